@@ -1,0 +1,16 @@
+"""Flint's engines: an Ignite trainer and evaluator that replicate BMXNet's training step."""
+
+from engine.evaluator import create_evaluator
+from engine.rng import RNGState, seed_everything
+from engine.trainer import TrainEvents, batch_size_of, create_trainer, is_last_update_of_epoch, samples_seen
+
+__all__ = [
+    "RNGState",
+    "TrainEvents",
+    "batch_size_of",
+    "create_evaluator",
+    "create_trainer",
+    "is_last_update_of_epoch",
+    "samples_seen",
+    "seed_everything",
+]

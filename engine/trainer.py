@@ -1,0 +1,197 @@
+"""The training engine: one Ignite ``Engine`` whose step is BMXNet's forward/backward/update.
+
+What this adds over ``ignite.engine.create_supervised_trainer``: the loss stays a tensor (no
+``.item()`` host sync per step), gradient accumulation windows restart every epoch and a trailing
+partial window is stepped and weighted by its samples (so a cycle equals one large batch exactly),
+``TrainEvents`` fire around each real optimizer step, AMP works on CPU (bf16) as well as CUDA, and
+the state counts samples seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Engine, EventEnum, Events
+from ignite.engine import _prepare_batch as _ignite_prepare_batch
+
+__all__ = ["TrainEvents", "create_trainer", "batch_size_of", "samples_seen", "is_last_update_of_epoch"]
+
+logger = logging.getLogger(__name__)
+
+PrepareBatch = Callable[[Any, "torch.device | None", bool], tuple[Any, Any]]
+
+
+class TrainEvents(EventEnum):
+    """Events fired by a trainer from :func:`create_trainer`, once per real optimizer step.
+
+    ``BEFORE_OPTIMIZER_STEP`` fires when the gradients of the whole update cycle are present (already
+    unscaled under AMP): the place for clipping, gradient norms and gradient histograms.
+    ``OPTIMIZER_STEPPED`` fires after ``optimizer.step()`` and ``zero_grad()``. Both can be filtered
+    with ``every``/``once``, counted by ``engine.state.optimizer_step``.
+    """
+
+    BEFORE_OPTIMIZER_STEP = "before_optimizer_step"
+    OPTIMIZER_STEPPED = "optimizer_stepped"
+
+
+def batch_size_of(x: Any) -> int:
+    """Number of samples in a batch: the leading dimension of its first tensor (no device sync)."""
+    if isinstance(x, torch.Tensor):
+        return int(x.shape[0]) if x.dim() > 0 else 1
+    if isinstance(x, dict):
+        return batch_size_of(next(iter(x.values())))
+    if isinstance(x, Sequence) and not isinstance(x, str) and len(x) > 0:
+        return batch_size_of(x[0])
+    raise TypeError(f"Cannot tell the batch size of a {type(x).__name__}")
+
+
+def samples_seen(engine: Engine) -> int:
+    """Samples processed so far: ``state.samples`` of a Flint trainer, else the iteration count."""
+    return int(getattr(engine.state, "samples", engine.state.iteration))
+
+
+def is_last_update_of_epoch(engine: Engine) -> bool:
+    """True while the current iteration is the last one of its epoch (False if the length is unknown)."""
+    length = engine.state.epoch_length
+    return length is not None and engine.state.iteration % length == 0
+
+
+def _resolve_device(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        return first.device if first is not None else torch.device("cpu")
+    return torch.device(device)
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def create_trainer(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    *,
+    device: str | torch.device | None = None,
+    accumulation_steps: int = 1,
+    amp: bool = False,
+    clip_grad_norm: float | None = None,
+    prepare_batch: PrepareBatch | None = None,
+    non_blocking: bool = False,
+) -> Engine:
+    """Create a training engine running BMXNet's loop: forward, loss, backward, update.
+
+    Each iteration puts the model in train mode, moves the batch to ``device``, runs forward and
+    the loss (under autocast if ``amp``) and back-propagates. Every ``accumulation_steps``
+    iterations of an epoch (the "update cycle") and at the last iteration of an epoch, the gradients
+    are averaged over the samples of the cycle, ``TrainEvents.BEFORE_OPTIMIZER_STEP`` fires,
+    gradients are clipped if asked, the optimizer steps and gradients are zeroed. With equal batches
+    a cycle of N batches of size b is one step on a batch of N*b, up to float rounding; a shorter
+    last batch is weighted by its size.
+
+    ``engine.state.output`` is ``{"loss": detached loss tensor, "y_pred": detached prediction,
+    "y": target}``; nothing in the step reads a value back to the host. ``engine.state.samples``
+    counts samples seen and ``engine.state.optimizer_step`` optimizer steps; both are saved by
+    ``engine.state_dict()``.
+
+    Args:
+        model: the network; move it to ``device`` yourself.
+        optimizer: the optimizer over the model's parameters.
+        loss_fn: ``loss_fn(y_pred, y)`` returning a scalar mean loss.
+        device: where batches go; default: the device of the model's first parameter.
+        accumulation_steps: batches per optimizer step (default 1).
+        amp: autocast in bfloat16 (float16 with a GradScaler on CUDA without bf16). Default False.
+        clip_grad_norm: clip the gradients' total L2 norm to this value before each step. Default None.
+        prepare_batch: ``prepare_batch(batch, device, non_blocking) -> (x, y)``; default: Ignite's,
+            for ``(x, y)`` batches.
+        non_blocking: passed to ``prepare_batch``. Default False.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> trainer = create_trainer(model, opt, torch.nn.functional.mse_loss, accumulation_steps=2)
+        >>> data = [(torch.ones(4, 3), torch.zeros(4, 1))] * 5
+        >>> state = trainer.run(data, max_epochs=2)
+        >>> state.samples, state.optimizer_step
+        (40, 6)
+    """
+    if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+        raise ValueError(f"Argument accumulation_steps should be a positive integer, got {accumulation_steps!r}")
+    if clip_grad_norm is not None and not clip_grad_norm > 0:
+        raise ValueError(f"Argument clip_grad_norm should be a positive number, got {clip_grad_norm!r}")
+    device = _resolve_device(model, device)
+    prepare = prepare_batch or _ignite_prepare_batch
+    amp_dtype = _autocast_dtype(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    window = {"batches": 0, "samples": 0}  # the update cycle in progress
+
+    def optimizer_step(engine: Engine) -> None:
+        if scaler.is_enabled():
+            scaler.unscale_(optimizer)
+        if accumulation_steps > 1:
+            grads = [p.grad for p in params if p.grad is not None]
+            torch._foreach_div_(grads, float(window["samples"]))
+        window["batches"] = window["samples"] = 0
+        engine.state.optimizer_step += 1
+        engine.fire_event(TrainEvents.BEFORE_OPTIMIZER_STEP)
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        engine.fire_event(TrainEvents.OPTIMIZER_STEPPED)
+
+    def update(engine: Engine, batch: Any) -> dict[str, Any]:
+        if not model.training:
+            model.train()
+        x, y = prepare(batch, device, non_blocking)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            y_pred = model(x)
+            loss = loss_fn(y_pred, y)
+        n = batch_size_of(x)
+        engine.state.samples += n
+        if accumulation_steps == 1:
+            scaler.scale(loss).backward()
+            optimizer_step(engine)
+        else:
+            # Sum-weight each batch; optimizer_step divides by the cycle's samples.
+            scaler.scale(loss * n).backward()
+            window["batches"] += 1
+            window["samples"] += n
+            if window["batches"] == accumulation_steps or is_last_update_of_epoch(engine):
+                optimizer_step(engine)
+        return {"loss": loss.detach(), "y_pred": y_pred.detach(), "y": y}
+
+    trainer = Engine(update)
+    trainer.register_events(
+        *TrainEvents,
+        event_to_attr={
+            TrainEvents.BEFORE_OPTIMIZER_STEP: "optimizer_step",
+            TrainEvents.OPTIMIZER_STEPPED: "optimizer_step",
+        },
+    )
+    trainer.state_dict_user_keys.extend(["samples", "optimizer_step"])
+
+    @trainer.on(Events.STARTED)
+    def _start(engine: Engine) -> None:
+        if engine.state.iteration == 0:  # a fresh run; a resumed one keeps its loaded counters
+            engine.state.samples = 0
+            engine.state.optimizer_step = 0
+        window["batches"] = window["samples"] = 0
+        optimizer.zero_grad(set_to_none=True)
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _flush_partial_cycle(engine: Engine) -> None:
+        # Only reached with data of unknown length, where the last iteration could not be detected.
+        if window["batches"] > 0:
+            optimizer_step(engine)
+
+    trainer.scaler = scaler  # type: ignore[attr-defined]  # for checkpoints: to_save["scaler"]
+    return trainer

@@ -1,0 +1,35 @@
+"""Flint's handlers: one concern each, attachable to any Ignite Engine with ``attach(engine, ...)``."""
+
+from handlers.batch_logger import BatchLogger
+from handlers.checkpointing import CheckpointError, Checkpointing
+from handlers.epoch_metrics import EpochMetrics
+from handlers.epoch_timer import EpochTimer
+from handlers.interrupt_at import InterruptAt
+from handlers.lr_tracker import LRTracker, current_lrs
+from handlers.meters import BestScore, Throughput, average_excluding_first
+from handlers.net_summaries import NetSummaries
+from handlers.records import JsonlSink, LoggingSink, Record, RecordStream, TensorBoardSink
+from handlers.safe_disk_saver import SafeDiskSaver
+from handlers.validation import Validation
+
+__all__ = [
+    "BatchLogger",
+    "BestScore",
+    "CheckpointError",
+    "Checkpointing",
+    "EpochMetrics",
+    "EpochTimer",
+    "InterruptAt",
+    "JsonlSink",
+    "LRTracker",
+    "LoggingSink",
+    "NetSummaries",
+    "Record",
+    "RecordStream",
+    "SafeDiskSaver",
+    "TensorBoardSink",
+    "Throughput",
+    "Validation",
+    "average_excluding_first",
+    "current_lrs",
+]

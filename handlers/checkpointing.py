@@ -1,0 +1,145 @@
+"""Checkpointing: the latest checkpoints and the best one by a validation metric, resumable exactly."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+
+from handlers.meters import BestScore
+from handlers.safe_disk_saver import SafeDiskSaver
+
+__all__ = ["Checkpointing", "CheckpointError"]
+
+logger = logging.getLogger(__name__)
+_LATEST = re.compile(r"^checkpoint_(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read: missing, truncated, corrupt or unsafe."""
+
+
+class Checkpointing:
+    """Keeps the latest ``n_latest`` checkpoints and the best ``n_best`` by a validation metric.
+
+    Two Ignite ``Checkpoint`` handlers over a :class:`SafeDiskSaver`: ``checkpoint_<iteration>.pt``
+    written at each trainer EPOCH_COMPLETED (attach after validation), and
+    ``best_checkpoint_<epoch>_<metric>=<value>.pt`` written when a validation result beats the best.
+    Each file holds every object of ``to_save`` plus the best score and both handlers' rotation
+    lists, so a resumed run keeps rotating and comparing as if never stopped. Everything is tensors
+    and plain values: files load with ``torch.load(weights_only=True)``.
+
+    Args:
+        dirname: the checkpoint directory.
+        to_save: name -> object with ``state_dict``/``load_state_dict`` (model, optimizer, trainer,
+            ``engine.RNGState()``, ...).
+        n_latest: latest checkpoints kept. Default 2.
+        metric: the evaluator metric to monitor; None keeps no best checkpoint. Default None.
+        mode: ``"max"`` or ``"min"``: which direction of ``metric`` is better. Default ``"max"``.
+        n_best: best checkpoints kept. Default 1.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from ignite.engine import Engine
+        >>> d = tempfile.mkdtemp()
+        >>> model = torch.nn.Linear(1, 1)
+        >>> trainer = Engine(lambda e, b: None)
+        >>> ckpt = Checkpointing(d, {"model": model, "trainer": trainer}).attach(trainer)
+        >>> _ = trainer.run([0, 1], max_epochs=3)
+        >>> sorted(os.listdir(d)), Checkpointing.find_latest(d).name
+        (['checkpoint_4.pt', 'checkpoint_6.pt'], 'checkpoint_6.pt')
+    """
+
+    def __init__(
+        self,
+        dirname: str | os.PathLike[str],
+        to_save: Mapping[str, Any],
+        *,
+        n_latest: int = 2,
+        metric: str | None = None,
+        mode: str = "max",
+        n_best: int = 1,
+    ) -> None:
+        for name, value in (("n_latest", n_latest), ("n_best", n_best)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Argument {name} should be a positive integer, got {value!r}")
+        self.dirname = Path(dirname)
+        self.metric = metric
+        self.best = BestScore(mode)
+        self.objects: dict[str, Any] = {**to_save, "best_score": self.best}
+        self.best_checkpoint: Checkpoint | None = None
+        if metric is not None:
+            sign = 1.0 if mode == "max" else -1.0
+            self.best_checkpoint = Checkpoint(
+                dict(self.objects),
+                SafeDiskSaver(self.dirname),
+                filename_prefix="best",
+                score_function=lambda engine: sign * float(engine.state.metrics[metric]),
+                score_name=metric,
+                n_saved=n_best,
+                global_step_transform=lambda *_: self.best.epoch or 0,
+                filename_pattern="{filename_prefix}_{name}_{global_step}_{score_name}={score}.{ext}",
+            )
+            self.objects["best_checkpointer"] = self.best_checkpoint
+        self.latest = Checkpoint(
+            self.objects,
+            SafeDiskSaver(self.dirname),
+            n_saved=n_latest,
+            global_step_transform=lambda engine, _: engine.state.iteration,
+            filename_pattern="{name}_{global_step}.{ext}",
+            include_self=True,
+        )
+        self._saved_at: int | None = None
+
+    def attach(self, trainer: Engine, evaluator: Engine | None = None) -> Checkpointing:
+        """Save the latest at each trainer EPOCH_COMPLETED; track the best on ``evaluator`` COMPLETED."""
+        if evaluator is not None and self.best_checkpoint is not None:
+            evaluator.add_event_handler(Events.COMPLETED, self._on_validation, trainer)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.save_latest)
+        return self
+
+    def _on_validation(self, evaluator: Engine, trainer: Engine) -> None:
+        assert self.metric is not None and self.best_checkpoint is not None
+        if self.best.update(float(evaluator.state.metrics[self.metric]), trainer.state.epoch):
+            self.best_checkpoint(evaluator)
+
+    def save_latest(self, trainer: Engine) -> None:
+        """Write a latest checkpoint now, unless one was already written at this iteration."""
+        if self._saved_at != trainer.state.iteration:
+            self.latest(trainer)
+            self._saved_at = trainer.state.iteration
+
+    @staticmethod
+    def find_latest(dirname: str | os.PathLike[str]) -> Path | None:
+        """The latest checkpoint in ``dirname`` by iteration, or None if there is none."""
+        found = [(int(m.group(1)), p) for p in Path(dirname).glob("checkpoint_*.pt") if (m := _LATEST.match(p.name))]
+        return max(found)[1] if found else None
+
+    def load(self, path: str | os.PathLike[str], map_location: str | torch.device | None = None) -> None:
+        """Restore every object (and the handlers' own state) from the checkpoint at ``path``.
+
+        Loads with ``weights_only=True`` only; raises :class:`CheckpointError` naming the file if it
+        cannot be read or lacks an object of ``to_save``.
+        """
+        path = Path(path)
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # truncated, corrupt, or holding objects that are not plain data
+            raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0]) from e
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"cannot load checkpoint {path}: not a checkpoint dictionary")
+        missing = [k for k in self.objects if k not in state and k not in ("best_score", "best_checkpointer")]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")
+        Checkpoint.load_objects({k: v for k, v in self.objects.items() if k in state}, state)
+        if "checkpointer" in state:
+            self.latest.load_state_dict(state["checkpointer"])
+        self._saved_at = None
+        logger.info("Resumed from %s", path)

@@ -1,0 +1,68 @@
+"""Net summaries: weight and gradient histograms per epoch, as BMXNet's ``write_net_summaries``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+from engine.trainer import TrainEvents, is_last_update_of_epoch, samples_seen
+
+__all__ = ["NetSummaries"]
+
+
+def _last_of_epoch(engine: Engine, _: int) -> bool:
+    return is_last_update_of_epoch(engine)
+
+
+class NetSummaries:
+    """Writes ``weights/<name>`` histograms at epoch end and ``grads/<name>`` of the epoch's last update.
+
+    Gradients are zeroed right after each optimizer step, so on a Flint trainer they are taken at
+    ``TrainEvents.BEFORE_OPTIMIZER_STEP`` of the epoch's last iteration (the whole cycle's gradients);
+    on another engine at its last ITERATION_COMPLETED. The x axis is samples seen. Ignite's
+    ``WeightsHistHandler``/``GradsHistHandler`` step by epoch or iteration and cannot pick the last
+    update; this adds both.
+
+    Args:
+        model: whose named parameters to summarise.
+        writer: anything with ``add_histogram(tag, values, step)``, e.g. a tensorboardX SummaryWriter.
+
+    Example:
+        >>> import torch
+        >>> from engine import create_trainer
+        >>> class Writer:
+        ...     def __init__(self): self.tags = []
+        ...     def add_histogram(self, tag, values, step): self.tags.append((tag, step))
+        >>> model = torch.nn.Linear(2, 1)
+        >>> trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.mse_loss)
+        >>> writer = Writer()
+        >>> _ = NetSummaries(model, writer).attach(trainer)
+        >>> _ = trainer.run([(torch.ones(4, 2), torch.ones(4, 1))] * 3, max_epochs=1)
+        >>> writer.tags
+        [('grads/weight', 12), ('grads/bias', 12), ('weights/weight', 12), ('weights/bias', 12)]
+    """
+
+    def __init__(self, model: torch.nn.Module, writer: Any) -> None:
+        self.model, self.writer = model, writer
+
+    def attach(self, trainer: Engine) -> NetSummaries:
+        if trainer.has_registered_events(TrainEvents.BEFORE_OPTIMIZER_STEP):
+            grads_event = TrainEvents.BEFORE_OPTIMIZER_STEP(event_filter=_last_of_epoch)
+        else:
+            grads_event = Events.ITERATION_COMPLETED(event_filter=_last_of_epoch)
+        trainer.add_event_handler(grads_event, self.write_grads)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.write_weights)
+        return self
+
+    def write_weights(self, engine: Engine) -> None:
+        step = samples_seen(engine)
+        for name, p in self.model.named_parameters():
+            self.writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
+
+    def write_grads(self, engine: Engine) -> None:
+        step = samples_seen(engine)
+        for name, p in self.model.named_parameters():
+            if p.grad is not None:
+                self.writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)

@@ -1,0 +1,142 @@
+"""One stream of training records, fanned out to Python logging, a JSON-lines file and TensorBoard.
+
+A record is a flat dict with a ``"phase"`` (``"batch"``, ``"training"``, ``"validation"``, ``"lr"``,
+``"summary"``, ...) and plain values: numbers, strings, ``None`` or lists of numbers (one per param
+group). Reporting handlers build records and call ``stream.emit(record)``; each sink decides how
+to show it. Ignite's loggers write straight to one backend each; this keeps one record feeding all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Record", "RecordStream", "LoggingSink", "JsonlSink", "TensorBoardSink"]
+
+Record = dict[str, Any]
+_log = logging.getLogger(__name__)
+
+# Keys that say where a record sits on the run rather than what was measured.
+_POSITION_KEYS = ("phase", "epoch", "iteration", "samples")
+
+
+class RecordStream:
+    """Sends every emitted record to each sink, in order.
+
+    Args:
+        sinks: callables taking a record. More can be added with :meth:`add`.
+
+    Example:
+        >>> seen = []
+        >>> stream = RecordStream([seen.append])
+        >>> stream.emit({"phase": "training", "epoch": 1, "loss": 0.5})
+        >>> seen
+        [{'phase': 'training', 'epoch': 1, 'loss': 0.5}]
+    """
+
+    def __init__(self, sinks: Iterable[Callable[[Record], None]] = ()) -> None:
+        self.sinks: list[Callable[[Record], None]] = list(sinks)
+
+    def add(self, sink: Callable[[Record], None]) -> RecordStream:
+        self.sinks.append(sink)
+        return self
+
+    def emit(self, record: Record) -> None:
+        for sink in self.sinks:
+            sink(record)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if callable(close):
+                close()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+class LoggingSink:
+    """Logs each record as one readable line, e.g. ``[Epoch 2] validation: loss=0.0931 accuracy=0.975``.
+
+    Args:
+        logger: where lines go. Default: this module's logger.
+        quiet_phases: phases logged at DEBUG instead of INFO. Default ``("lr",)``: the LR is already
+            on the batch and training lines.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None, quiet_phases: Iterable[str] = ("lr",)) -> None:
+        self.logger = logger or _log
+        self.quiet_phases = frozenset(quiet_phases)
+
+    def __call__(self, record: Record) -> None:
+        head = f"[Epoch {record['epoch']}]" if "epoch" in record else ""
+        if record.get("phase") == "batch":
+            head += f" [iter {record.get('iteration')}, {record.get('samples')} samples]"
+        body = " ".join(f"{k}={_fmt(v)}" for k, v in record.items() if k not in _POSITION_KEYS)
+        level = logging.DEBUG if record.get("phase") in self.quiet_phases else logging.INFO
+        self.logger.log(level, "%s %s: %s", head, record.get("phase"), body)
+
+
+class JsonlSink:
+    """Appends each record as one JSON line to ``path`` and flushes it, so no written line is lost.
+
+    Non-finite floats are written as ``null`` to keep every line valid JSON.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def __call__(self, record: Record) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class TensorBoardSink:
+    """Writes each numeric field as a scalar ``<phase>/<field>`` against samples seen.
+
+    Underscores in field names become hyphens (``epoch_time`` -> ``training/epoch-time``); a list is
+    one scalar per param group (``<field>/group_<i>``). Records of phase ``"lr"`` go to
+    ``training/lr/group_<i>``, the one LR curve (LR lists on other phases are not plotted twice).
+
+    Args:
+        writer: a ``tensorboardX.SummaryWriter`` (or ``ignite``'s ``TensorboardLogger().writer``).
+    """
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def __call__(self, record: Record) -> None:
+        phase = record.get("phase")
+        if phase == "summary":
+            return
+        prefix = "training" if phase == "lr" else phase
+        step = record.get("samples", record.get("iteration", 0))
+        for key, value in record.items():
+            if key in _POSITION_KEYS or (key == "lr" and phase != "lr"):
+                continue
+            tag = f"{prefix}/{key.replace('_', '-')}"
+            if isinstance(value, list):
+                for i, v in enumerate(value):
+                    self.writer.add_scalar(f"{tag}/group_{i}", float(v), step)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(tag, float(value), step)
+        if phase in ("training", "validation"):  # once an epoch; batch points ride on the writer's timer
+            self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
