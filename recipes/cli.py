@@ -1,0 +1,152 @@
+"""The ``flint`` command: ``flint list`` and ``flint run RECIPE [options]``.
+
+Exit status: 0 completed; 3 interrupted with a checkpoint saved (relaunch with ``--resume``);
+2 bad usage, one line naming the bad value and the choices; 1 any other failure, one line
+``flint: error: ...`` (the traceback goes to the run's ``train.log``, or to the terminal with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from dataclasses import fields
+
+from recipes import RECIPES
+from recipes.config import DEVICES, OPTIMIZERS, Config
+from recipes.train import UsageError, resolve_device, train
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]  # one line, not usage + line
+        raise UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a non-negative number")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _lr_mult(text: str) -> tuple[str, float]:
+    name, sep, factor = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=FACTOR, e.g. fc2=0.1")
+    return name, _positive_float(factor)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="flint", description="Flint: the BMXNet training loop on PyTorch-Ignite.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,run}", parser_class=_Parser)
+    commands.add_parser("list", help="list the recipes")
+    run = commands.add_parser("run", help="train a recipe", argument_default=argparse.SUPPRESS)
+    run.add_argument("recipe", choices=sorted(RECIPES), help="recipe name (see `flint list`)")
+    run.add_argument("--dataset", help="dataset; default: the recipe's first")
+    run.add_argument("--epochs", type=_positive_int, help="training epochs")
+    run.add_argument("--batch-size", type=_positive_int, help="samples per batch")
+    run.add_argument("--lr", type=_positive_float, help="base learning rate")
+    run.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer")
+    run.add_argument("--momentum", type=_non_negative_float, help="momentum (sgd, rmsprop)")
+    run.add_argument("--wd", type=_non_negative_float, help="weight decay")
+    run.add_argument(
+        "--lr-mult", type=_lr_mult, action="append", metavar="NAME=FACTOR",
+        help="parameters whose name contains NAME get lr*FACTOR in their own param group (repeatable)",
+    )  # fmt: skip
+    run.add_argument("--log-interval", type=_positive_int, help="iterations between batch log records (default 50)")
+    run.add_argument("--update-cycle", type=_positive_int, help="batches per optimizer step (default 1)")
+    run.add_argument("--seed", type=int, help="random seed (default 42)")
+    run.add_argument("--device", choices=DEVICES, help="device (default auto: cuda if available)")
+    run.add_argument("-o", "--output-dir", help="run directory (default runs/RECIPE)")
+    run.add_argument(
+        "--resume", nargs="?", const="", metavar="PATH",
+        help="continue from a checkpoint; without PATH the latest in the output dir",
+    )  # fmt: skip
+    run.add_argument("--interrupt-at", type=_positive_int, metavar="EPOCH", help="save and exit 3 after this epoch")
+    run.add_argument("--test-run", action="store_true", help="one training and one validation batch per epoch")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast)")
+    run.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """Recipe defaults, overridden by the options given, checked together."""
+    recipe = RECIPES[args.recipe]
+    given = vars(args)
+    known = {f.name for f in fields(Config)}
+    values = {**recipe.defaults, **{k: v for k, v in given.items() if k in known}}
+    values["lr_mult"] = dict(given.get("lr_mult", []))
+    values["progress"] = not given.get("no_progress", False)
+    values["dataset"] = values.get("dataset") or recipe.default_dataset
+    if values["dataset"] not in recipe.datasets:
+        raise UsageError(f"--dataset {values['dataset']!r}: {recipe.name} takes {', '.join(recipe.datasets)}")
+    values["output_dir"] = values.get("output_dir") or f"runs/{recipe.name}"
+    values["device"] = str(resolve_device(values.get("device", "auto")))
+    cfg = Config(**values)
+    if cfg.interrupt_at is not None and cfg.interrupt_at >= cfg.epochs:
+        raise UsageError(f"--interrupt-at {cfg.interrupt_at}: must be below --epochs {cfg.epochs}")
+    return cfg
+
+
+def _setup_console_logging(debug: bool) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if debug else logging.INFO)
+    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    root.addHandler(console)
+    logging.getLogger("ignite").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``flint`` command line; returns the exit status."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "list":
+            for recipe in RECIPES.values():
+                print(f"{recipe.name:<10} {recipe.description} [datasets: {', '.join(recipe.datasets)}]")
+            return EXIT_OK
+        cfg = resolve_config(args)
+        _setup_console_logging(debug)
+        status = train(cfg, RECIPES[cfg.recipe])
+    except UsageError as e:
+        print(f"flint: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("flint: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"flint: error: {message}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_INTERRUPTED if status == "interrupted" else EXIT_OK

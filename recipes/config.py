@@ -1,0 +1,33 @@
+"""The options of a training run, as one dataclass; the resolved copy is saved as ``config.json``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Config", "OPTIMIZERS", "DEVICES"]
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class Config:
+    recipe: str  # recipe name (`flint list` shows them)
+    dataset: str = ""  # dataset name; "" = the recipe's default
+    epochs: int = 10  # training epochs
+    batch_size: int = 64  # samples per batch; one optimizer step sees batch_size * update_cycle
+    lr: float = 0.1  # base learning rate
+    optimizer: str = "sgd"  # one of OPTIMIZERS
+    momentum: float = 0.9  # SGD and RMSprop momentum
+    wd: float = 1e-4  # weight decay
+    lr_mult: dict[str, float] = field(default_factory=dict)  # name substring -> LR factor, one param group each
+    log_interval: int = 50  # iterations between batch records
+    update_cycle: int = 1  # batches per optimizer step (gradient accumulation)
+    seed: int = 42  # seeds torch, numpy and random; same seed and options give the same metrics
+    device: str = "auto"  # one of DEVICES; auto = cuda if available
+    output_dir: str = ""  # where the run's files go; "" = runs/<recipe>
+    resume: str | None = None  # None: new run; "": latest checkpoint in output_dir; else a checkpoint path
+    interrupt_at: int | None = None  # after this epoch's validation, save and exit with status 3
+    test_run: bool = False  # one training and one validation batch per epoch
+    progress: bool = True  # tqdm progress bar when stderr is a terminal
+    amp: bool = False  # autocast: bf16 (fp16 + GradScaler on CUDA without bf16)

@@ -1,0 +1,25 @@
+"""What a recipe is: a model, the datasets it trains on, and its default options."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+__all__ = ["Recipe"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str  # what `flint run NAME` takes
+    description: str  # one line for `flint list`
+    build_model: Callable[[], nn.Module]  # a fresh, randomly initialised model
+    datasets: Mapping[str, Callable[[], tuple[Dataset, Dataset]]]  # name -> (train, validation); first is default
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # Config fields this recipe sets differently
+
+    @property
+    def default_dataset(self) -> str:
+        return next(iter(self.datasets))

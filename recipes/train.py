@@ -1,0 +1,205 @@
+"""The training job every recipe runs, top to bottom: BMXNet's loop on Flint's engine and handlers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from ignite.engine import Events
+from ignite.handlers import TensorboardLogger
+from ignite.metrics import Accuracy, Average, Loss
+from torch import nn
+from torch.utils.data import DataLoader
+
+from engine import RNGState, batch_size_of, create_evaluator, create_trainer, seed_everything
+from handlers import (
+    BatchLogger,
+    Checkpointing,
+    EpochMetrics,
+    EpochTimer,
+    InterruptAt,
+    JsonlSink,
+    LoggingSink,
+    LRTracker,
+    NetSummaries,
+    RecordStream,
+    TensorBoardSink,
+    Validation,
+    current_lrs,
+)
+from recipes.config import Config
+from recipes.registry import Recipe
+
+__all__ = ["train", "UsageError", "param_groups", "make_optimizer", "resolve_device"]
+
+logger = logging.getLogger(__name__)
+
+
+class UsageError(ValueError):
+    """A bad option or option combination; the CLI prints it in one line and exits 2."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here; choose from auto, cpu")
+    return torch.device(name)
+
+
+def param_groups(model: nn.Module, lr: float, lr_mult: dict[str, float]) -> list[dict]:
+    """One group at ``lr``, plus one per ``lr_mult`` entry for the parameters whose name contains it.
+
+    A parameter goes to the first entry it matches (seed 001's per-group learning rates).
+    """
+    groups: dict[str | None, list] = {None: [], **{key: [] for key in lr_mult}}
+    for name, p in model.named_parameters():
+        groups[next((key for key in lr_mult if key in name), None)].append(p)
+    for key, params in groups.items():
+        if key is not None and not params:
+            names = ", ".join(n for n, _ in model.named_parameters())
+            raise UsageError(f"--lr-mult {key}={lr_mult[key]}: no parameter name contains {key!r}; names: {names}")
+    result = [{"params": groups[None], "lr": lr}] if groups[None] else []
+    return result + [{"params": groups[key], "lr": lr * lr_mult[key]} for key in lr_mult]
+
+
+def make_optimizer(cfg: Config, groups: list[dict]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.wd)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.wd)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+    raise UsageError(f"--optimizer {cfg.optimizer!r}: choose from sgd, adam, adamw, rmsprop")
+
+
+def _resume_from(cfg: Config, out: Path) -> Path | None:
+    """The checkpoint to resume from, or None for a new run; refuses to mix a new run into an old one."""
+    found = Checkpointing.find_latest(out / "checkpoints")
+    if cfg.resume is None:
+        if found is not None or (out / "metrics.jsonl").exists():
+            raise UsageError(f"output dir {out} already holds a run; pass --resume to continue it or choose another -o")
+        return None
+    if cfg.resume:
+        path = Path(cfg.resume)
+        if not path.is_file():
+            raise UsageError(f"--resume {cfg.resume}: no such checkpoint file")
+        return path
+    if found is None:
+        logger.info("--resume: no checkpoint in %s yet, starting a new run", out / "checkpoints")
+    return found
+
+
+def _weighted_loss(output: dict) -> torch.Tensor:
+    # The batch's mean loss repeated per sample, so Ignite's Average weights batches by size.
+    return output["loss"].reshape(1, 1).expand(batch_size_of(output["y"]), 1)
+
+
+def train(cfg: Config, recipe: Recipe) -> str:
+    """Run one training job; returns ``"completed"`` or ``"interrupted"`` (a checkpoint was saved)."""
+    # --- where the run lives -------------------------------------------------------------------
+    out = Path(cfg.output_dir)
+    resume_path = _resume_from(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = logging.FileHandler(out / "train.log", encoding="utf-8")
+    log_file.setLevel(logging.DEBUG)
+    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(log_file)
+    try:
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
+        logger.info("Run config: %s", json.dumps(asdict(cfg)))
+        return _train(cfg, recipe, out, resume_path)
+    except Exception:
+        logger.debug("Run failed", exc_info=True)
+        raise
+    finally:
+        logging.getLogger().removeHandler(log_file)
+        log_file.close()
+
+
+def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> str:
+    seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
+    batches_per_epoch = 1 if cfg.test_run else None
+
+    # --- data ----------------------------------------------------------------------------------
+    train_set, val_set = recipe.datasets[cfg.dataset]()
+    pin = device.type == "cuda"
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, pin_memory=pin)
+    val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 256), shuffle=False, pin_memory=pin)
+
+    # --- model, optimizer, engines -------------------------------------------------------------
+    model = recipe.build_model().to(device)
+    optimizer = make_optimizer(cfg, param_groups(model, cfg.lr, cfg.lr_mult))
+    loss_fn = nn.CrossEntropyLoss()
+    trainer = create_trainer(
+        model, optimizer, loss_fn, device=device, accumulation_steps=cfg.update_cycle, amp=cfg.amp, non_blocking=pin
+    )
+    evaluator = create_evaluator(model, device=device, amp=cfg.amp, non_blocking=pin)
+
+    # --- one record stream: log lines, metrics.jsonl, TensorBoard ------------------------------
+    tb = TensorboardLogger(log_dir=str(out))
+    stream = RecordStream([LoggingSink(logger), JsonlSink(out / "metrics.jsonl"), TensorBoardSink(tb.writer)])
+
+    # --- handlers, in the order they run at each event -----------------------------------------
+    timer = EpochTimer().attach(trainer)  # first: its epoch time excludes validation
+    train_metrics = {
+        "loss": Average(output_transform=_weighted_loss, device=device),
+        "accuracy": Accuracy(device=device),
+    }
+    EpochMetrics(
+        train_metrics, stream, "training", extra=lambda _: {"epoch_time": timer.last, "lr": current_lrs(optimizer)}
+    ).attach(trainer)
+    LRTracker(optimizer, stream, every=cfg.log_interval).attach(trainer)
+    BatchLogger(stream, every=cfg.log_interval, optimizer=optimizer, metrics={"accuracy": train_metrics["accuracy"]}).attach(
+        trainer
+    )
+    NetSummaries(model, tb.writer).attach(trainer)
+    Validation(evaluator, val_loader, epoch_length=batches_per_epoch).attach(trainer)
+    val_metrics = {
+        "loss": Loss(loss_fn, output_transform=lambda o: (o["y_pred"], o["y"]), device=device),
+        "accuracy": Accuracy(device=device),
+    }
+    EpochMetrics(val_metrics, stream, "validation", trainer=trainer).attach(evaluator)
+    to_save = {"model": model, "optimizer": optimizer, "trainer": trainer, "scaler": trainer.scaler, "rng": RNGState()}
+    checkpoints = Checkpointing(out / "checkpoints", to_save, n_latest=2, metric="accuracy").attach(trainer, evaluator)
+    interrupt = InterruptAt(cfg.interrupt_at, checkpoints.save_latest).attach(trainer) if cfg.interrupt_at else None
+    if cfg.progress and sys.stderr.isatty():
+        from ignite.handlers import ProgressBar
+
+        every = max(1, len(train_loader) // 50)  # redrawing per iteration costs ~85 us each
+        ProgressBar(persist=False).attach(
+            trainer, output_transform=lambda o: {"loss": o["loss"]}, event_name=Events.ITERATION_COMPLETED(every=every)
+        )
+
+    # --- resume and run ------------------------------------------------------------------------
+    if resume_path is not None:
+        checkpoints.load(resume_path, map_location=device)
+        if trainer.state.epoch >= cfg.epochs:  # Ignite would start over on a finished state
+            logger.info("The run in %s already completed %d epochs; nothing to do", out, trainer.state.epoch)
+            stream.close()
+            return "completed"
+    status = "failed"
+    try:
+        trainer.run(train_loader, max_epochs=cfg.epochs, epoch_length=batches_per_epoch)
+        status = "interrupted" if interrupt is not None and interrupt.triggered else "completed"
+    finally:
+        stream.emit(
+            {
+                "phase": "summary",
+                "status": status,
+                "epochs": trainer.state.epoch,
+                "samples": getattr(trainer.state, "samples", 0),
+                "best_epoch": checkpoints.best.epoch,
+                "best_accuracy": checkpoints.best.value,
+                "avg_epoch_time": timer.average,
+            }
+        )
+        stream.close()
+    return status
