@@ -28,7 +28,8 @@ def create_evaluator(
 
     The model is put in eval mode when a run starts; every batch runs forward under
     ``torch.no_grad()`` (and autocast if ``amp``). ``engine.state.output`` is
-    ``{"y_pred": ..., "y": ...}``, the form Ignite's metrics read directly. Each metric is reset when
+    ``{"y_pred": ..., "y": ..., "criterion_kwargs": {}}``, the form Ignite's metrics (``Loss`` too)
+    read directly. Each metric is reset when
     the run starts and computed into ``engine.state.metrics[name]`` when it ends.
 
     Args:
@@ -58,7 +59,7 @@ def create_evaluator(
         x, y = prepare(batch, device, non_blocking)
         with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             y_pred = model(x)
-        return {"y_pred": y_pred, "y": y}
+        return {"y_pred": y_pred, "y": y, "criterion_kwargs": {}}
 
     evaluator = Engine(evaluate)
     evaluator.add_event_handler(Events.STARTED, lambda _: model.eval())

@@ -163,7 +163,7 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
     NetSummaries(model, tb.writer).attach(trainer)
     Validation(evaluator, val_loader, epoch_length=batches_per_epoch).attach(trainer)
     val_metrics = {
-        "loss": Loss(loss_fn, output_transform=lambda o: (o["y_pred"], o["y"]), device=device),
+        "loss": Loss(loss_fn, device=device),
         "accuracy": Accuracy(device=device),
     }
     EpochMetrics(val_metrics, stream, "validation", trainer=trainer).attach(evaluator)

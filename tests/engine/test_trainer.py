@@ -1,0 +1,171 @@
+import copy
+
+import pytest
+import torch
+from ignite.engine import Events
+
+from engine import TrainEvents, create_evaluator, create_trainer
+
+
+class FFNN(torch.nn.Module):
+    """Seed 001's feed-forward regression network: input [0, log x, 5x] -> x."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ffnn = torch.nn.Sequential(
+            torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffnn(x)
+
+
+def seed001_data(batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    labels = torch.arange(1, 64, dtype=torch.float32).unsqueeze(1)  # 63 samples: the last batch is short
+    examples = torch.cat([torch.zeros_like(labels), torch.log(labels), labels * 5], dim=1)
+    return [(examples[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, 63, batch_size)]
+
+
+def seed001_model() -> FFNN:
+    torch.manual_seed(42)
+    model = FFNN()
+    for p in model.parameters():
+        torch.nn.init.uniform_(p)
+    return model
+
+
+def train_seed001(batch_size: int, update_cycle: int, epochs: int = 10) -> FFNN:
+    model = seed001_model()
+    opt = torch.optim.AdamW(model.parameters())
+    trainer = create_trainer(model, opt, torch.nn.functional.mse_loss, accumulation_steps=update_cycle)
+    trainer.run(seed001_data(batch_size), max_epochs=epochs)
+    return model
+
+
+@pytest.mark.parametrize("batch_size,update_cycle", [(8, 4), (4, 8), (16, 2)])
+def test_update_cycle_equals_one_large_batch(batch_size, update_cycle):
+    # 63 samples: each epoch is one cycle of 32 and one of 31 (a short last batch), both exact.
+    big = train_seed001(batch_size * update_cycle, 1)
+    accumulated = train_seed001(batch_size, update_cycle)
+    for p_big, p_acc in zip(big.parameters(), accumulated.parameters()):
+        torch.testing.assert_close(p_acc, p_big, rtol=1e-5, atol=1e-6)
+
+
+def test_update_cycle_really_changes_the_trajectory():
+    # Guards the test above against passing vacuously: small batches without a cycle differ.
+    big = train_seed001(32, 1)
+    small = train_seed001(8, 1)
+    assert not all(torch.allclose(a, b, atol=1e-4) for a, b in zip(big.parameters(), small.parameters()))
+
+
+def test_single_step_matches_a_hand_written_loop_bitwise(model, batches):
+    hand_model = copy.deepcopy(model)
+    hand_opt = torch.optim.SGD(hand_model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(2):
+        for x, y in batches:
+            hand_opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(hand_model(x), y)
+            loss.backward()
+            hand_opt.step()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    create_trainer(model, opt, torch.nn.functional.cross_entropy).run(batches, max_epochs=2)
+    for a, b in zip(model.parameters(), hand_model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_output_is_a_dict_of_detached_tensors(model, batches):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy)
+    state = trainer.run(batches[:1], max_epochs=1)
+    out = state.output
+    assert set(out) == {"loss", "y_pred", "y"}
+    assert isinstance(out["loss"], torch.Tensor) and out["loss"].dim() == 0 and not out["loss"].requires_grad
+    assert out["y_pred"].shape == (4, 3) and not out["y_pred"].requires_grad
+    assert torch.equal(out["y"], batches[0][1])
+
+
+def test_train_events_fire_once_per_optimizer_step_with_the_cycles_gradients(model, batches):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy, accumulation_steps=3)
+    seen = []
+
+    @trainer.on(TrainEvents.BEFORE_OPTIMIZER_STEP)
+    def before(engine):
+        seen.append(("before", engine.state.iteration, all(p.grad is not None for p in model.parameters())))
+
+    @trainer.on(TrainEvents.OPTIMIZER_STEPPED)
+    def after(engine):
+        seen.append(("after", engine.state.iteration, all(p.grad is None for p in model.parameters())))
+
+    state = trainer.run(batches, max_epochs=2)  # 7 batches an epoch: cycles of 3, 3 and 1
+    steps = [it for kind, it, _ in seen if kind == "before"]
+    assert steps == [3, 6, 7, 10, 13, 14]
+    assert [it for kind, it, _ in seen if kind == "after"] == steps
+    assert all(ok for _, _, ok in seen)
+    assert state.optimizer_step == 6
+
+
+def test_train_events_can_be_filtered_by_step_count(model, batches):
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    fired = []
+    trainer.add_event_handler(TrainEvents.OPTIMIZER_STEPPED(every=5), lambda e: fired.append(e.state.optimizer_step))
+    trainer.run(batches, max_epochs=2)
+    assert fired == [5, 10]
+
+
+def test_samples_are_counted_and_saved_in_the_state_dict(model, batches):
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    trainer.run(batches, max_epochs=3)
+    assert trainer.state.samples == 3 * 26
+    saved = trainer.state_dict()
+    assert saved["samples"] == 78 and saved["optimizer_step"] == 21
+
+
+def test_resumed_trainer_keeps_its_counters(model, batches):
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    trainer.run(batches, max_epochs=1)
+    saved = trainer.state_dict()
+    resumed = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    resumed.load_state_dict(saved)
+    resumed.run(batches, max_epochs=2)
+    assert resumed.state.samples == 52 and resumed.state.optimizer_step == 14
+
+
+def test_clip_grad_norm_bounds_each_update(model, batches):
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    create_trainer(model, opt, lambda y_pred, y: 1000 * torch.nn.functional.cross_entropy(y_pred, y), clip_grad_norm=0.5).run(
+        batches[:1], max_epochs=1
+    )
+    change = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert change.norm() == pytest.approx(0.5, rel=1e-4)  # lr 1: the update is the clipped gradient
+
+
+def test_amp_on_cpu_autocasts_to_bfloat16(model, batches):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = create_trainer(model, opt, torch.nn.functional.cross_entropy, amp=True).run(batches, max_epochs=1)
+    assert state.output["y_pred"].dtype == torch.bfloat16
+    assert torch.isfinite(state.output["loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_model_is_back_in_train_mode_after_evaluation(model, batches):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy)
+    evaluator = create_evaluator(model)
+    modes = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: modes.append(model.training))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=2), lambda e: evaluator.run(batches[:1]))
+    trainer.run(batches, max_epochs=1)
+    assert all(modes)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5])
+def test_bad_accumulation_steps_fail_fast(model, bad):
+    with pytest.raises(ValueError, match=f"accumulation_steps should be a positive integer, got {bad}"):
+        create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.mse_loss, accumulation_steps=bad)
+
+
+def test_bad_clip_grad_norm_fails_fast(model):
+    with pytest.raises(ValueError, match="clip_grad_norm should be a positive number, got 0"):
+        create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.mse_loss, clip_grad_norm=0)

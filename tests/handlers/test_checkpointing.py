@@ -1,0 +1,122 @@
+import pytest
+import torch
+from ignite.engine import Events
+from ignite.metrics import Accuracy
+from torch.utils.data import DataLoader, TensorDataset
+
+from engine import RNGState, create_evaluator, create_trainer, seed_everything
+from handlers import CheckpointError, Checkpointing, Validation
+
+
+def make_run(tmp_path, metric="accuracy", mode="max"):
+    """A real small training run: shuffled DataLoader, dropout, SGD with momentum, validation."""
+    seed_everything(0)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.3), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy)
+    evaluator = create_evaluator(model, {"accuracy": Accuracy()})
+    Validation(evaluator, DataLoader(TensorDataset(x, y), batch_size=16)).attach(trainer)
+    to_save = {"model": model, "optimizer": opt, "trainer": trainer, "rng": RNGState()}
+    ckpt = Checkpointing(tmp_path, to_save, metric=metric, mode=mode).attach(trainer, evaluator)
+    return trainer, loader, model, evaluator, ckpt
+
+
+def test_keeps_two_latest_and_the_best(tmp_path):
+    trainer, loader, _, evaluator, ckpt = make_run(tmp_path)
+    scores = []
+    evaluator.add_event_handler(Events.COMPLETED, lambda e: scores.append(e.state.metrics["accuracy"]))
+    trainer.run(loader, max_epochs=5)
+    best_epoch = max(range(5), key=lambda i: (scores[i], -i)) + 1  # the first epoch with the top score
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["checkpoint_20.pt", "checkpoint_25.pt", f"best_checkpoint_{best_epoch}_accuracy={max(scores):.4f}.pt"])
+    assert (ckpt.best.epoch, ckpt.best.value) == (best_epoch, max(scores))
+    assert Checkpointing.find_latest(tmp_path).name == "checkpoint_25.pt"
+    for path in tmp_path.iterdir():
+        state = torch.load(path, weights_only=True)  # plain data only
+        assert {"model", "optimizer", "trainer", "rng", "best_score"} <= set(state)
+
+
+def test_resume_from_an_epoch_boundary_is_bit_exact(tmp_path):
+    straight, loader, straight_model, _, _ = make_run(tmp_path / "straight")
+    straight.run(loader, max_epochs=4)
+
+    first, loader, _, _, _ = make_run(tmp_path / "interrupted")
+    first.run(loader, max_epochs=2)
+    torch.rand(5)  # the new process's RNGs are elsewhere; the checkpoint must put them back
+
+    resumed, loader, resumed_model, _, ckpt = make_run(tmp_path / "interrupted")
+    ckpt.load(Checkpointing.find_latest(tmp_path / "interrupted"))
+    assert resumed.state.epoch == 2 and resumed.state.samples == 80
+    resumed.run(loader, max_epochs=4)
+    for a, b in zip(straight_model.parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b)
+    # Rotation carried over: the resumed run removed the first run's older files.
+    assert sorted(p.name for p in (tmp_path / "interrupted").glob("checkpoint_*")) == ["checkpoint_15.pt", "checkpoint_20.pt"]
+
+
+def test_best_score_survives_a_resume(tmp_path):
+    trainer, loader, _, _, ckpt = make_run(tmp_path, metric="accuracy")
+    trainer.run(loader, max_epochs=3)
+    best = (ckpt.best.epoch, ckpt.best.value)
+    _, _, _, _, again = make_run(tmp_path)
+    again.load(Checkpointing.find_latest(tmp_path))
+    assert (again.best.epoch, again.best.value) == best
+    assert again.best_checkpoint._saved == ckpt.best_checkpoint._saved
+
+
+def test_min_mode_keeps_the_lowest(tmp_path):
+    trainer, loader, _, evaluator, ckpt = make_run(tmp_path, metric="accuracy", mode="min")
+    scores = []
+    evaluator.add_event_handler(Events.COMPLETED, lambda e: scores.append(e.state.metrics["accuracy"]))
+    trainer.run(loader, max_epochs=4)
+    assert ckpt.best.value == min(scores)
+
+
+def test_truncated_checkpoint_is_named_in_the_error(tmp_path):
+    trainer, loader, _, _, ckpt = make_run(tmp_path)
+    trainer.run(loader, max_epochs=1)
+    path = Checkpointing.find_latest(tmp_path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=f"cannot load checkpoint {path}"):
+        ckpt.load(path)
+
+
+class RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+def test_a_checkpoint_that_runs_code_is_refused_and_the_code_does_not_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "checkpoint_1.pt"
+    torch.save({"model": RunsCode()}, evil)
+    _, _, _, _, ckpt = make_run(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="cannot load checkpoint .*checkpoint_1.pt"):
+        ckpt.load(evil)
+    assert not (tmp_path / "pwned").exists()
+    torch.load(evil, weights_only=False)  # proof the file is what it claims: an unsafe load runs it
+    assert (tmp_path / "pwned").exists()
+
+
+def test_a_checkpoint_missing_an_object_is_refused(tmp_path):
+    torch.save({"model": torch.nn.Linear(4, 16).state_dict()}, tmp_path / "partial.pt")
+    _, _, _, _, ckpt = make_run(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="lacks optimizer, trainer, rng"):
+        ckpt.load(tmp_path / "partial.pt")
+
+
+def test_find_latest_orders_by_iteration_not_name(tmp_path):
+    for name in ["checkpoint_9.pt", "checkpoint_10.pt", "best_checkpoint_99_accuracy=1.0000.pt", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"")
+    assert Checkpointing.find_latest(tmp_path).name == "checkpoint_10.pt"
+    assert Checkpointing.find_latest(tmp_path / "missing") is None
+
+
+def test_rejects_bad_counts(tmp_path):
+    with pytest.raises(ValueError, match="n_latest should be a positive integer, got 0"):
+        Checkpointing(tmp_path, {}, n_latest=0)

@@ -1,0 +1,42 @@
+import pytest
+import torch
+from ignite.engine import Events
+from ignite.handlers import LRScheduler
+
+from engine import create_trainer
+from handlers import LRTracker
+
+
+def test_tracks_every_param_group_at_epoch_start_and_every_n(model, batches, collector):
+    opt = torch.optim.SGD(
+        [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.01}], lr=0.1
+    )
+    trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy)
+    LRTracker(opt, collector, every=5).attach(trainer)
+    trainer.run(batches, max_epochs=2)
+    points = [(r["epoch"], r["iteration"], r["samples"]) for r in collector.phase("lr")]
+    assert points == [(1, 0, 0), (1, 5, 20), (2, 7, 26), (2, 10, 38)]
+    assert all(r["lr"] == [0.1, 0.01] for r in collector.records)
+
+
+def test_records_the_lr_a_scheduler_set_for_the_epoch(model, batches, collector):
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy)
+    scheduler = LRScheduler(torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+    trainer.add_event_handler(Events.EPOCH_STARTED, scheduler)  # the scheduler first, then the tracker
+    LRTracker(opt, collector, every=None).attach(trainer)
+    trainer.run(batches, max_epochs=3)
+    assert [r["lr"] for r in collector.records] == [[1.0], [0.5], [0.25]]
+
+
+def test_custom_events(model, batches, collector):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy)
+    LRTracker(opt, collector).attach(trainer, Events.EPOCH_COMPLETED)
+    trainer.run(batches, max_epochs=2)
+    assert [r["epoch"] for r in collector.records] == [1, 2]
+
+
+def test_rejects_negative_interval(model):
+    with pytest.raises(ValueError, match="every should be a non-negative integer or None, got -1"):
+        LRTracker(torch.optim.SGD(model.parameters(), lr=0.1), None, every=-1)  # type: ignore[arg-type]

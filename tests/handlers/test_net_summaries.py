@@ -1,0 +1,65 @@
+import torch
+from ignite.engine import Engine, Events
+from tensorboardX import SummaryWriter
+
+from engine import TrainEvents, create_trainer
+from handlers import NetSummaries
+
+
+class HistogramLog:
+    """Stands in for the writer: keeps a copy of what each add_histogram call was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, torch.Tensor, int]] = []
+
+    def add_histogram(self, tag, values, step):
+        self.calls.append((tag, values.clone(), step))
+
+
+def test_grads_are_the_last_update_of_each_epoch_and_weights_the_epoch_end(model, batches):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy, accumulation_steps=3)
+    expected_grads = {}
+
+    @trainer.on(TrainEvents.BEFORE_OPTIMIZER_STEP)
+    def keep(engine):
+        expected_grads[engine.state.epoch] = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    log = HistogramLog()
+    NetSummaries(model, log).attach(trainer)
+    trainer.run(batches, max_epochs=2)
+
+    names = [n for n, _ in model.named_parameters()]
+    grads = [(tag, v, step) for tag, v, step in log.calls if tag.startswith("grads/")]
+    weights = [(tag, v, step) for tag, v, step in log.calls if tag.startswith("weights/")]
+    assert [tag for tag, _, _ in grads] == [f"grads/{n}" for n in names] * 2
+    assert [step for _, _, step in grads] == [26] * len(names) + [52] * len(names)
+    for (tag, values, step), epoch in zip(grads, [1] * len(names) + [2] * len(names)):
+        assert torch.equal(values, expected_grads[epoch][tag.removeprefix("grads/")])
+    assert [step for _, _, step in weights] == [26] * len(names) + [52] * len(names)
+    assert torch.equal(weights[-1][1], dict(model.named_parameters())[names[-1]].detach())
+
+
+def test_on_a_plain_engine_grads_come_from_the_last_iteration(model, batches):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step(engine, batch):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(batch[0]), batch[1]).backward()
+        opt.step()
+
+    engine = Engine(step)
+    log = HistogramLog()
+    NetSummaries(model, log).attach(engine)
+    engine.run(batches, max_epochs=1)
+    assert [step for tag, _, step in log.calls if tag.startswith("grads/")] == [7] * 4  # iterations stand in
+
+
+def test_writes_real_tensorboard_histograms(tmp_path, model, batches):
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    writer = SummaryWriter(str(tmp_path))
+    NetSummaries(model, writer).attach(trainer)
+    trainer.run(batches, max_epochs=1)
+    writer.close()
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    assert b"weights/0.weight" in events.read_bytes() and b"grads/2.bias" in events.read_bytes()

@@ -1,0 +1,51 @@
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+
+from handlers import SafeDiskSaver
+
+
+def test_a_failed_write_keeps_every_older_checkpoint_and_leaves_no_partial_file(tmp_path):
+    saver = SafeDiskSaver(tmp_path)
+    model = torch.nn.Linear(2, 2)
+    saver({"model": model.state_dict()}, "checkpoint_1.pt")
+    saver({"model": model.state_dict()}, "checkpoint_2.pt")
+    saver.remove("checkpoint_1.pt")  # what Ignite's Checkpoint asks before writing the next one
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        saver({"model": Unpicklable()}, "checkpoint_3.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_1.pt", "checkpoint_2.pt"]
+    torch.load(tmp_path / "checkpoint_1.pt", weights_only=True)
+
+    saver({"model": model.state_dict()}, "checkpoint_3.pt")  # the next good write completes the removal
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_2.pt", "checkpoint_3.pt"]
+
+
+def test_rotation_under_ignite_checkpoint_keeps_n_complete_files(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    engine = Engine(lambda e, b: None)
+    engine.add_event_handler(Events.ITERATION_COMPLETED, Checkpoint({"model": model}, SafeDiskSaver(tmp_path), n_saved=2))
+    engine.run([0] * 6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_5.pt", "model_6.pt"]
+    for path in tmp_path.iterdir():
+        assert set(torch.load(path, weights_only=True)) == {"weight", "bias"}
+
+
+def test_resaving_the_same_name_keeps_the_new_file(tmp_path):
+    saver = SafeDiskSaver(tmp_path)
+    saver({"x": torch.tensor(1)}, "a.pt")
+    saver.remove("a.pt")
+    saver({"x": torch.tensor(2)}, "a.pt")
+    assert torch.load(tmp_path / "a.pt", weights_only=True)["x"] == 2
+
+
+def test_accepts_a_directory_that_already_holds_checkpoints(tmp_path):
+    (tmp_path / "old.pt").write_bytes(b"")
+    SafeDiskSaver(tmp_path)  # Ignite's DiskSaver refuses this by default; resuming needs it
+    SafeDiskSaver(tmp_path / "new" / "dir")
+    assert (tmp_path / "new" / "dir").is_dir()
