@@ -14,9 +14,11 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import fields
 
+import torch
+
 from recipes import RECIPES
 from recipes.config import DEVICES, OPTIMIZERS, Config
-from recipes.train import UsageError, resolve_device, train
+from recipes.train import UsageError, param_groups, resolve_device, train
 
 __all__ = ["main", "build_parser"]
 
@@ -110,6 +112,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
     values["output_dir"] = values.get("output_dir") or f"runs/{recipe.name}"
     values["device"] = str(resolve_device(values.get("device", "auto")))
     cfg = Config(**values)
+    with torch.device("meta"):  # parameter names only, no memory
+        param_groups(recipe.build_model(), cfg.lr, cfg.lr_mult)
     if cfg.interrupt_at is not None and cfg.interrupt_at >= cfg.epochs:
         raise UsageError(f"--interrupt-at {cfg.interrupt_at}: must be below --epochs {cfg.epochs}")
     return cfg

@@ -1,0 +1,138 @@
+"""The real `flint` command in a subprocess: outputs, exit statuses, interrupt and exact resume."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time")
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timing(recs: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in recs]
+
+
+def test_console_script_lists_the_recipes():
+    import subprocess
+
+    script = Path(sys.executable).parent / "flint"
+    result = subprocess.run([str(script), "list"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert result.stdout.startswith("lenet") and "datasets: digits" in result.stdout
+
+
+def test_test_run_writes_every_output(tmp_path, flint):
+    out = tmp_path / "run"
+    result = flint("run", "lenet", "--test-run", "--epochs", "2", "--log-interval", "1", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    names = {p.name for p in (out / "checkpoints").iterdir()}
+    best = {n for n in names if n.startswith("best_checkpoint_") and "_accuracy=" in n}
+    assert len(best) == 1 and names - best == {"checkpoint_1.pt", "checkpoint_2.pt"}
+    assert list(out.glob("events.out.tfevents.*")) and "Run config" in (out / "train.log").read_text()
+    config = json.loads((out / "config.json").read_text())
+    assert config["recipe"] == "lenet" and config["dataset"] == "digits" and config["device"] == "cpu"
+    assert config["epochs"] == 2 and config["test_run"] is True and config["output_dir"] == str(out)
+
+    recs = records(out)
+    assert [r["phase"] for r in recs if r["phase"] != "lr"] == [
+        "batch", "training", "validation", "batch", "training", "validation", "summary",
+    ]  # fmt: skip
+    batch = next(r for r in recs if r["phase"] == "batch")
+    assert set(batch) >= {"epoch", "iteration", "samples", "loss", "samples_per_sec", "lr"}
+    assert (batch["epoch"], batch["iteration"], batch["samples"]) == (1, 1, 64)
+    training = next(r for r in recs if r["phase"] == "training")
+    assert set(training) >= {"epoch", "loss", "accuracy", "epoch_time", "lr"} and training["lr"] == [0.05]
+    assert set(next(r for r in recs if r["phase"] == "validation")) >= {"epoch", "loss", "accuracy"}
+    summary = recs[-1]
+    assert summary["status"] == "completed" and summary["epochs"] == 2
+    assert set(summary) >= {"best_epoch", "best_accuracy", "avg_epoch_time"}
+
+
+def test_default_lenet_run_reaches_97_percent(tmp_path, flint):
+    out = tmp_path / "run"
+    result = flint("run", "lenet", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    validation = [r["accuracy"] for r in records(out) if r["phase"] == "validation"]
+    assert len(validation) == 10 and validation[-1] >= 0.97
+    assert "summary: status=completed" in result.stderr
+
+
+def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, flint):
+    common = ("run", "lenet", "--epochs", "4", "--log-interval", "10")
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert flint(*common, "-o", str(straight)).returncode == 0
+
+    first = flint(*common, "-o", str(broken), "--interrupt-at", "2")
+    assert first.returncode == 3, first.stderr
+    assert records(broken)[-1]["status"] == "interrupted"
+    second = flint(*common, "-o", str(broken), "--resume")
+    assert second.returncode == 0, second.stderr
+
+    resumed = [r for r in records(broken) if r["phase"] != "summary"]
+    assert without_timing(resumed) == without_timing([r for r in records(straight) if r["phase"] != "summary"])
+    final = [without_timing([r])[0] for r in (records(straight)[-1], records(broken)[-1])]
+    assert final[0] == final[1] and final[0]["status"] == "completed"
+    a = torch.load(straight / "checkpoints" / "checkpoint_92.pt", weights_only=True)["model"]
+    b = torch.load(broken / "checkpoints" / "checkpoint_92.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    again = flint(*common, "-o", str(broken), "--resume")  # relaunching a finished run changes nothing
+    assert again.returncode == 0 and "already completed 4 epochs" in again.stderr
+    assert len(records(broken)) == len(resumed) + 2
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["run", "lenet", "--epochs", "0"], ["argument --epochs: 0 is not a positive integer"]),
+        (["run", "lenet", "--batch-size", "x"], ["argument --batch-size: 'x' is not an integer"]),
+        (["run", "lenet", "--optimizer", "lbfgs"], ["--optimizer", "invalid choice: 'lbfgs'", "sgd", "adamw", "rmsprop"]),
+        (["run", "resnet9"], ["invalid choice: 'resnet9'", "lenet"]),
+        (["run", "lenet", "--lr-mult", "fc2"], ["argument --lr-mult: 'fc2' is not NAME=FACTOR"]),
+        (["run", "lenet", "--lr-mult", "head=0.1"], ["--lr-mult head=0.1: no parameter name contains 'head'; names: conv1.0.weight"]),
+        (["run", "lenet", "--epochs", "3", "--interrupt-at", "3"], ["--interrupt-at 3: must be below --epochs 3"]),
+        (["run", "lenet", "--dataset", "cifar10"], ["--dataset 'cifar10': lenet takes digits"]),
+        (["run", "lenet", "--resume", "nowhere.pt"], ["--resume nowhere.pt: no such checkpoint file"]),
+        (["fly"], ["invalid choice: 'fly'", "list", "run"]),
+    ],
+)
+def test_bad_usage_is_one_line_and_exit_2_with_nothing_written(tmp_path, flint, args, fragments):
+    result = flint(*args, "-o", str(tmp_path / "run")) if args[0] == "run" else flint(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("flint: error: ")
+    assert all(fragment in result.stderr for fragment in fragments), result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_device_is_bad_usage(tmp_path, flint):
+    result = flint("run", "lenet", "--device", "cuda", "-o", str(tmp_path))
+    assert result.returncode == 2 and "--device cuda: no CUDA device is available here" in result.stderr
+
+
+def test_a_new_run_refuses_a_directory_holding_another(tmp_path, flint):
+    out = tmp_path / "run"
+    assert flint("run", "lenet", "--test-run", "--epochs", "1", "-o", str(out)).returncode == 0
+    before = (out / "metrics.jsonl").read_text()
+    result = flint("run", "lenet", "--test-run", "--epochs", "1", "-o", str(out))
+    assert result.returncode == 2 and f"output dir {out} already holds a run; pass --resume" in result.stderr
+    assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_a_failure_is_one_line_exit_1_with_the_traceback_in_the_log(tmp_path, flint):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    out = tmp_path / "run"
+    result = flint("run", "lenet", "--test-run", "-o", str(out), "--resume", str(bad))
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"flint: error: cannot load checkpoint {bad}") and "Traceback" not in result.stderr
+    assert "Traceback" in (out / "train.log").read_text()
+    debug = flint("run", "lenet", "--test-run", "-o", str(tmp_path / "run2"), "--resume", str(bad), "--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
