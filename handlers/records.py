@@ -84,7 +84,7 @@ class LoggingSink:
             head += f" [iter {record.get('iteration')}, {record.get('samples')} samples]"
         body = " ".join(f"{k}={_fmt(v)}" for k, v in record.items() if k not in _POSITION_KEYS)
         level = logging.DEBUG if record.get("phase") in self.quiet_phases else logging.INFO
-        self.logger.log(level, "%s %s: %s", head, record.get("phase"), body)
+        self.logger.log(level, "%s%s: %s", f"{head} " if head else "", record.get("phase"), body)
 
 
 class JsonlSink:

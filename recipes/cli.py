@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 
 import torch
+from tqdm import tqdm
 
 from recipes import RECIPES
 from recipes.config import DEVICES, OPTIMIZERS, Config
@@ -119,10 +120,20 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes through tqdm, so log lines print above a progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
 def _setup_console_logging(debug: bool) -> None:
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
-    console = logging.StreamHandler(sys.stderr)
+    console = _ConsoleHandler(sys.stderr)
     console.setLevel(logging.DEBUG if debug else logging.INFO)
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     root.addHandler(console)

@@ -179,27 +179,28 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
         )
 
     # --- resume and run ------------------------------------------------------------------------
-    if resume_path is not None:
-        checkpoints.load(resume_path, map_location=device)
-        if trainer.state.epoch >= cfg.epochs:  # Ignite would start over on a finished state
-            logger.info("The run in %s already completed %d epochs; nothing to do", out, trainer.state.epoch)
-            stream.close()
-            return "completed"
     status = "failed"
     try:
-        trainer.run(train_loader, max_epochs=cfg.epochs, epoch_length=batches_per_epoch)
-        status = "interrupted" if interrupt is not None and interrupt.triggered else "completed"
+        if resume_path is not None:
+            checkpoints.load(resume_path, map_location=device)
+            if trainer.state.epoch >= cfg.epochs:  # Ignite would start over on a finished state
+                logger.info("The run in %s already completed %d epochs; nothing to do", out, trainer.state.epoch)
+                return "completed"
+        try:
+            trainer.run(train_loader, max_epochs=cfg.epochs, epoch_length=batches_per_epoch)
+            status = "interrupted" if interrupt is not None and interrupt.triggered else "completed"
+        finally:
+            stream.emit(
+                {
+                    "phase": "summary",
+                    "status": status,
+                    "epochs": trainer.state.epoch,
+                    "samples": getattr(trainer.state, "samples", 0),
+                    "best_epoch": checkpoints.best.epoch,
+                    "best_accuracy": checkpoints.best.value,
+                    "avg_epoch_time": timer.average,
+                }
+            )
     finally:
-        stream.emit(
-            {
-                "phase": "summary",
-                "status": status,
-                "epochs": trainer.state.epoch,
-                "samples": getattr(trainer.state, "samples", 0),
-                "best_epoch": checkpoints.best.epoch,
-                "best_accuracy": checkpoints.best.value,
-                "avg_epoch_time": timer.average,
-            }
-        )
         stream.close()
     return status

@@ -136,3 +136,17 @@ def test_a_failure_is_one_line_exit_1_with_the_traceback_in_the_log(tmp_path, fl
     assert "Traceback" in (out / "train.log").read_text()
     debug = flint("run", "lenet", "--test-run", "-o", str(tmp_path / "run2"), "--resume", str(bad), "--debug")
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_update_cycle_lr_mult_and_amp_reach_the_run(tmp_path, flint):
+    out = tmp_path / "run"
+    args = ("--test-run", "--epochs", "2", "--update-cycle", "2", "--lr-mult", "fc2=0.1", "--amp", "--optimizer", "adam")
+    result = flint("run", "lenet", *args, "--lr", "0.01", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert (config["update_cycle"], config["lr_mult"], config["amp"], config["optimizer"]) == (2, {"fc2": 0.1}, True, "adam")
+    training = [r for r in records(out) if r["phase"] == "training"]
+    assert [r["lr"] for r in training] == [[0.01, pytest.approx(0.001)]] * 2
+    state = torch.load(out / "checkpoints" / "checkpoint_2.pt", weights_only=True)
+    assert state["trainer"]["optimizer_step"] == 2  # one-batch epochs: each flushes its partial cycle
+    assert len(state["optimizer"]["param_groups"]) == 2
