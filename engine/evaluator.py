@@ -52,7 +52,7 @@ def create_evaluator(
         0.5
     """
     device = _resolve_device(model, device)
-    prepare: Callable[..., tuple[Any, Any]] = prepare_batch or _ignite_prepare_batch
+    prepare: Callable[..., Any] = prepare_batch or _ignite_prepare_batch
     amp_dtype = _autocast_dtype(device)
 
     def evaluate(engine: Engine, batch: Any) -> dict[str, Any]:

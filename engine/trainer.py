@@ -139,7 +139,8 @@ def create_trainer(
             grads = [p.grad for p in params if p.grad is not None]
             torch._foreach_div_(grads, float(window["samples"]))
         window["batches"] = window["samples"] = 0
-        engine.state.optimizer_step += 1
+        state: Any = engine.state  # Ignite's State takes new attributes; mypy does not know them
+        state.optimizer_step += 1
         engine.fire_event(TrainEvents.BEFORE_OPTIMIZER_STEP)
         if clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
@@ -156,7 +157,8 @@ def create_trainer(
             y_pred = model(x)
             loss = loss_fn(y_pred, y)
         n = batch_size_of(x)
-        engine.state.samples += n
+        state: Any = engine.state
+        state.samples += n
         if accumulation_steps == 1:
             scaler.scale(loss).backward()
             optimizer_step(engine)
@@ -181,9 +183,10 @@ def create_trainer(
 
     @trainer.on(Events.STARTED)
     def _start(engine: Engine) -> None:
-        if engine.state.iteration == 0:  # a fresh run; a resumed one keeps its loaded counters
-            engine.state.samples = 0
-            engine.state.optimizer_step = 0
+        state: Any = engine.state
+        if state.iteration == 0:  # a fresh run; a resumed one keeps its loaded counters
+            state.samples = 0
+            state.optimizer_step = 0
         window["batches"] = window["samples"] = 0
         optimizer.zero_grad(set_to_none=True)
 

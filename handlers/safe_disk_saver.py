@@ -54,7 +54,7 @@ class SafeDiskSaver(DiskSaver):
     """
 
     def __init__(self, dirname: str | os.PathLike[str], save_on_rank: int = 0, **kwargs: Any) -> None:
-        super().__init__(dirname, atomic=True, create_dir=True, require_empty=False, save_on_rank=save_on_rank, **kwargs)
+        super().__init__(Path(dirname), atomic=True, create_dir=True, require_empty=False, save_on_rank=save_on_rank, **kwargs)
         self._pending_removals: list[str] = []
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:

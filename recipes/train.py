@@ -167,7 +167,8 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
         "accuracy": Accuracy(device=device),
     }
     EpochMetrics(val_metrics, stream, "validation", trainer=trainer).attach(evaluator)
-    to_save = {"model": model, "optimizer": optimizer, "trainer": trainer, "scaler": trainer.scaler, "rng": RNGState()}
+    scaler = trainer.scaler  # type: ignore[attr-defined]  # create_trainer's GradScaler (disabled unless fp16)
+    to_save = {"model": model, "optimizer": optimizer, "trainer": trainer, "scaler": scaler, "rng": RNGState()}
     checkpoints = Checkpointing(out / "checkpoints", to_save, n_latest=2, metric="accuracy").attach(trainer, evaluator)
     interrupt = InterruptAt(cfg.interrupt_at, checkpoints.save_latest).attach(trainer) if cfg.interrupt_at else None
     if cfg.progress and sys.stderr.isatty():
