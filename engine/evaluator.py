@@ -30,7 +30,8 @@ def create_evaluator(
     ``torch.no_grad()`` (and autocast if ``amp``). ``engine.state.output`` is
     ``{"y_pred": ..., "y": ..., "criterion_kwargs": {}}``, the form Ignite's metrics (``Loss`` too)
     read directly. Each metric is reset when
-    the run starts and computed into ``engine.state.metrics[name]`` when it ends.
+    the run starts and computed into ``engine.state.metrics[name]`` when it ends. Under ``amp`` the
+    predictions are cast back to float32 for the metrics.
 
     Args:
         model: the network, already on ``device``.
@@ -59,6 +60,8 @@ def create_evaluator(
         x, y = prepare(batch, device, non_blocking)
         with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             y_pred = model(x)
+        if amp and y_pred.is_floating_point():
+            y_pred = y_pred.float()  # metrics (Loss) then run in float32, outside autocast
         return {"y_pred": y_pred, "y": y, "criterion_kwargs": {}}
 
     evaluator = Engine(evaluate)

@@ -11,11 +11,18 @@ import torch
 __all__ = ["RNGState", "seed_everything"]
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, NumPy's global generator and torch (CPU and every CUDA device)."""
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python's ``random``, NumPy's global generator and torch (CPU and every CUDA device).
+
+    With ``deterministic`` (default), cuDNN is also told to pick deterministic kernels and not to
+    benchmark, so runs on a GPU repeat too (CPU kernels already do).
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
 
 
 class RNGState:
@@ -52,11 +59,12 @@ class RNGState:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        torch.set_rng_state(state["torch"])
+        # A checkpoint loaded with map_location="cuda" brings these tensors to the GPU; RNGs take CPU ones.
+        torch.set_rng_state(state["torch"].cpu())
         if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
         n = state["numpy"]
-        keys = n["keys"].numpy().astype(np.uint32)
+        keys = n["keys"].cpu().numpy().astype(np.uint32)
         np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
         p = state["python"]
         random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))

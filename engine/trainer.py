@@ -67,7 +67,7 @@ def _resolve_device(model: torch.nn.Module, device: str | torch.device | None) -
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype:
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.float16
     return torch.bfloat16
 
@@ -129,15 +129,16 @@ def create_trainer(
     prepare = prepare_batch or _ignite_prepare_batch
     amp_dtype = _autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     window = {"batches": 0, "samples": 0}  # the update cycle in progress
 
     def optimizer_step(engine: Engine) -> None:
         if scaler.is_enabled():
             scaler.unscale_(optimizer)
+        if accumulation_steps > 1 or clip_grad_norm is not None:
+            # Read at each step: param groups may be added after the trainer was made (unfreezing).
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if accumulation_steps > 1:
-            grads = [p.grad for p in params if p.grad is not None]
-            torch._foreach_div_(grads, float(window["samples"]))
+            torch._foreach_div_([p.grad for p in params], float(window["samples"]))
         window["batches"] = window["samples"] = 0
         state: Any = engine.state  # Ignite's State takes new attributes; mypy does not know them
         state.optimizer_step += 1

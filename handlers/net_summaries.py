@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -10,6 +11,8 @@ from ignite.engine import Engine, Events
 from engine.trainer import TrainEvents, is_last_update_of_epoch, samples_seen
 
 __all__ = ["NetSummaries"]
+
+logger = logging.getLogger(__name__)
 
 
 def _last_of_epoch(engine: Engine, _: int) -> bool:
@@ -23,7 +26,7 @@ class NetSummaries:
     ``TrainEvents.BEFORE_OPTIMIZER_STEP`` of the epoch's last iteration (the whole cycle's gradients);
     on another engine at its last ITERATION_COMPLETED. The x axis is samples seen. Ignite's
     ``WeightsHistHandler``/``GradsHistHandler`` step by epoch or iteration and cannot pick the last
-    update; this adds both.
+    update; this adds both. Tensors holding NaN or Inf (a diverged run) are skipped with a warning.
 
     Args:
         model: whose named parameters to summarise.
@@ -57,12 +60,16 @@ class NetSummaries:
         return self
 
     def write_weights(self, engine: Engine) -> None:
-        step = samples_seen(engine)
-        for name, p in self.model.named_parameters():
-            self.writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
+        self._write("weights", {name: p for name, p in self.model.named_parameters()}, samples_seen(engine))
 
     def write_grads(self, engine: Engine) -> None:
-        step = samples_seen(engine)
-        for name, p in self.model.named_parameters():
-            if p.grad is not None:
-                self.writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
+        grads = {name: p.grad for name, p in self.model.named_parameters() if p.grad is not None}
+        self._write("grads", grads, samples_seen(engine))
+
+    def _write(self, kind: str, tensors: dict[str, torch.Tensor], step: int) -> None:
+        for name, tensor in tensors.items():
+            values = tensor.detach().float().cpu()
+            if not torch.isfinite(values).all():  # a diverged run: a histogram of NaN/Inf cannot be drawn
+                logger.warning("Not writing %s/%s at %d samples: it holds NaN or Inf", kind, name, step)
+                continue
+            self.writer.add_histogram(f"{kind}/{name}", values, step)

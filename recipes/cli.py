@@ -136,8 +136,10 @@ def _setup_console_logging(debug: bool) -> None:
     console = _ConsoleHandler(sys.stderr)
     console.setLevel(logging.DEBUG if debug else logging.INFO)
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    # Ignite logs an ERROR per engine as an exception passes; the CLI's own one line says it once.
+    console.addFilter(lambda record: not record.name.startswith("ignite"))
     root.addHandler(console)
-    logging.getLogger("ignite").setLevel(logging.WARNING)
+    logging.getLogger("ignite").setLevel(logging.WARNING)  # its warnings and errors still reach train.log
 
 
 def main(argv: Sequence[str] | None = None) -> int:

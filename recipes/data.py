@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-__all__ = ["digits"]
+__all__ = ["digits", "FirstBatches"]
+
+
+class FirstBatches:
+    """The first ``n`` batches of a fresh pass over ``loader``, each time it is iterated (``--test-run``).
+
+    Running Ignite with ``epoch_length`` below the loader's length would instead continue one pass
+    across epochs, which a resumed run cannot reproduce; a fresh pass per epoch reshuffles the same
+    way in both.
+
+    Example:
+        >>> batches = FirstBatches([[1, 2], [3, 4], [5, 6]], 2)
+        >>> len(batches), list(batches), list(batches)
+        (2, [[1, 2], [3, 4]], [[1, 2], [3, 4]])
+    """
+
+    def __init__(self, loader: Iterable[Any], n: int) -> None:
+        self.loader, self.n = loader, n
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.loader), self.n)
+
+    def __len__(self) -> int:
+        return self.n
 
 
 def digits(size: int = 28, val_fraction: float = 0.2, split_seed: int = 0) -> tuple[TensorDataset, TensorDataset]:

@@ -7,6 +7,7 @@ import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from ignite.engine import Events
@@ -32,6 +33,7 @@ from handlers import (
     current_lrs,
 )
 from recipes.config import Config
+from recipes.data import FirstBatches
 from recipes.registry import Recipe
 
 __all__ = ["train", "UsageError", "param_groups", "make_optimizer", "resolve_device"]
@@ -79,8 +81,26 @@ def make_optimizer(cfg: Config, groups: list[dict]) -> torch.optim.Optimizer:
     raise UsageError(f"--optimizer {cfg.optimizer!r}: choose from sgd, adam, adamw, rmsprop")
 
 
+# Options a resumed run may change: they do not alter what is trained or how.
+RESUMABLE_CHANGES = ("epochs", "resume", "interrupt_at", "progress", "device", "output_dir", "log_interval")
+
+
+def config_changes(saved: dict, cfg: Config) -> list[str]:
+    """``name=old, now new`` for each option that differs from the saved run's and may not change."""
+    new = asdict(cfg)
+    return [
+        f"{key}={saved[key]!r}, now {new[key]!r}"
+        for key in new
+        if key in saved and key not in RESUMABLE_CHANGES and saved[key] != new[key]
+    ]
+
+
 def _resume_from(cfg: Config, out: Path) -> Path | None:
     """The checkpoint to resume from, or None for a new run; refuses to mix a new run into an old one."""
+    if cfg.resume is not None and (out / "config.json").is_file():
+        changed = config_changes(json.loads((out / "config.json").read_text(encoding="utf-8")), cfg)
+        if changed:
+            raise UsageError(f"--resume: the run in {out} was started with {'; '.join(changed)}; resume it unchanged")
     found = Checkpointing.find_latest(out / "checkpoints")
     if cfg.resume is None:
         if found is not None or (out / "metrics.jsonl").exists():
@@ -126,13 +146,14 @@ def train(cfg: Config, recipe: Recipe) -> str:
 def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> str:
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
-    batches_per_epoch = 1 if cfg.test_run else None
 
     # --- data ----------------------------------------------------------------------------------
     train_set, val_set = recipe.datasets[cfg.dataset]()
     pin = device.type == "cuda"
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, pin_memory=pin)
-    val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 256), shuffle=False, pin_memory=pin)
+    train_loader: Any = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, pin_memory=pin)
+    val_loader: Any = DataLoader(val_set, batch_size=max(cfg.batch_size, 256), shuffle=False, pin_memory=pin)
+    if cfg.test_run:
+        train_loader, val_loader = FirstBatches(train_loader, 1), FirstBatches(val_loader, 1)
 
     # --- model, optimizer, engines -------------------------------------------------------------
     model = recipe.build_model().to(device)
@@ -161,7 +182,7 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
         trainer
     )
     NetSummaries(model, tb.writer).attach(trainer)
-    Validation(evaluator, val_loader, epoch_length=batches_per_epoch).attach(trainer)
+    Validation(evaluator, val_loader).attach(trainer)
     val_metrics = {
         "loss": Loss(loss_fn, device=device),
         "accuracy": Accuracy(device=device),
@@ -188,7 +209,7 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
                 logger.info("The run in %s already completed %d epochs; nothing to do", out, trainer.state.epoch)
                 return "completed"
         try:
-            trainer.run(train_loader, max_epochs=cfg.epochs, epoch_length=batches_per_epoch)
+            trainer.run(train_loader, max_epochs=cfg.epochs)
             status = "interrupted" if interrupt is not None and interrupt.triggered else "completed"
         finally:
             stream.emit(

@@ -2,6 +2,7 @@ import io
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from engine import RNGState, seed_everything
@@ -30,3 +31,13 @@ def test_seed_everything_makes_draws_repeatable():
     assert draw() == first
     seed_everything(4)
     assert draw() != first
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_rng_state_loads_from_a_checkpoint_mapped_to_the_gpu():
+    buffer = io.BytesIO()
+    torch.save(RNGState().state_dict(), buffer)
+    expected = draw()
+    buffer.seek(0)
+    RNGState().load_state_dict(torch.load(buffer, map_location="cuda", weights_only=True))
+    assert draw() == expected

@@ -169,3 +169,20 @@ def test_bad_accumulation_steps_fail_fast(model, bad):
 def test_bad_clip_grad_norm_fails_fast(model):
     with pytest.raises(ValueError, match="clip_grad_norm should be a positive number, got 0"):
         create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.mse_loss, clip_grad_norm=0)
+
+
+def test_param_groups_added_after_creation_are_averaged_and_clipped_too(batches):
+    torch.manual_seed(0)
+    frozen, head = torch.nn.Linear(4, 8), torch.nn.Linear(8, 3)
+    model = torch.nn.Sequential(frozen, torch.nn.ReLU(), head)
+    reference = copy.deepcopy(model)
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy, accumulation_steps=2, clip_grad_norm=1e6)
+    opt.add_param_group({"params": frozen.parameters()})  # unfrozen later
+    seen = {}
+    trainer.add_event_handler(TrainEvents.BEFORE_OPTIMIZER_STEP(once=1), lambda e: seen.update(grad=frozen.weight.grad.clone()))
+    trainer.run(batches[:2], max_epochs=1)
+
+    x, y = torch.cat([batches[0][0], batches[1][0]]), torch.cat([batches[0][1], batches[1][1]])
+    torch.nn.functional.cross_entropy(reference(x), y).backward()
+    torch.testing.assert_close(seen["grad"], reference[0].weight.grad)

@@ -63,3 +63,15 @@ def test_writes_real_tensorboard_histograms(tmp_path, model, batches):
     writer.close()
     (events,) = tmp_path.glob("events.out.tfevents.*")
     assert b"weights/0.weight" in events.read_bytes() and b"grads/2.bias" in events.read_bytes()
+
+
+def test_a_diverged_model_is_skipped_with_a_warning_not_a_crash(model, batches, caplog):
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    log = HistogramLog()
+    NetSummaries(model, log).attach(trainer)
+    # After the epoch's last step, so only this tensor is non-finite when the epoch ends.
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=7), lambda e: model[0].weight.data.fill_(float("nan")))
+    trainer.run(batches, max_epochs=1)
+    tags = [tag for tag, _, _ in log.calls]
+    assert "weights/0.weight" not in tags and "weights/2.weight" in tags
+    assert "Not writing weights/0.weight at 26 samples: it holds NaN or Inf" in caplog.text

@@ -150,3 +150,36 @@ def test_update_cycle_lr_mult_and_amp_reach_the_run(tmp_path, flint):
     state = torch.load(out / "checkpoints" / "checkpoint_2.pt", weights_only=True)
     assert state["trainer"]["optimizer_step"] == 2  # one-batch epochs: each flushes its partial cycle
     assert len(state["optimizer"]["param_groups"]) == 2
+
+
+def test_test_run_resume_is_exact_too(tmp_path, flint):
+    common = ("run", "lenet", "--test-run", "--epochs", "4", "--log-interval", "1")
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert flint(*common, "-o", str(straight)).returncode == 0
+    assert flint(*common, "-o", str(broken), "--interrupt-at", "2").returncode == 3
+    assert flint(*common, "-o", str(broken), "--resume").returncode == 0
+    run = [r for r in records(straight) if r["phase"] != "summary"]
+    assert without_timing([r for r in records(broken) if r["phase"] != "summary"]) == without_timing(run)
+
+
+def test_resume_refuses_changed_options_but_takes_more_epochs(tmp_path, flint):
+    out = tmp_path / "run"
+    assert flint("run", "lenet", "--test-run", "--epochs", "3", "--interrupt-at", "1", "-o", str(out)).returncode == 3
+    config_before = (out / "config.json").read_text()
+    changed = flint("run", "lenet", "--epochs", "3", "--batch-size", "32", "-o", str(out), "--resume")
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1
+    assert "batch_size=64, now 32; test_run=True, now False; resume it unchanged" in changed.stderr
+    assert (out / "config.json").read_text() == config_before
+    more = flint("run", "lenet", "--test-run", "--epochs", "4", "-o", str(out), "--resume")
+    assert more.returncode == 0 and records(out)[-1]["epochs"] == 4
+
+
+def test_a_failure_during_the_run_prints_one_error_line(tmp_path, flint):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoints").write_text("a file where the checkpoint directory should be")
+    result = flint("run", "lenet", "--test-run", "--epochs", "1", "-o", str(out))
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "rror" in line]
+    assert len(errors) == 1 and errors[0].startswith("flint: error: ") and "Not a directory" in errors[0]
+    assert records(out)[-1]["status"] == "failed"

@@ -1,0 +1,27 @@
+"""Recipe ``mlp``: seed 004's fully connected network, Flatten then 512-512-10 with ReLU."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["MLP"]
+
+
+class MLP(nn.Module):
+    """Flatten, then ``in_features`` -> 512 -> 512 -> ``num_classes`` with ReLU between.
+
+    Example:
+        >>> MLP()(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, in_features: int = 28 * 28, num_classes: int = 10) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.layers = nn.Sequential(
+            nn.Linear(in_features, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.flatten(x))

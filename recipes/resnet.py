@@ -1,0 +1,22 @@
+"""Recipe ``resnet``: ResNet-18 for 32x32 images (3x3 stem, no max-pool), the CIFAR-10 variant."""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models import resnet18
+
+__all__ = ["cifar_resnet18"]
+
+
+def cifar_resnet18(num_classes: int = 10) -> nn.Module:
+    """torchvision's ResNet-18 with its 7x7 stride-2 stem and max-pool replaced for 32x32 inputs.
+
+    Example:
+        >>> import torch
+        >>> cifar_resnet18()(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+    model = resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
