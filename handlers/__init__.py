@@ -5,6 +5,7 @@ from handlers.checkpointing import CheckpointError, Checkpointing
 from handlers.epoch_metrics import EpochMetrics
 from handlers.epoch_timer import EpochTimer
 from handlers.interrupt_at import InterruptAt
+from handlers.lr_schedule import LR_MODES, LRSchedule, lr_multiplier
 from handlers.lr_tracker import LRTracker, current_lrs
 from handlers.meters import BestScore, Throughput, average_excluding_first
 from handlers.net_summaries import NetSummaries
@@ -21,7 +22,9 @@ __all__ = [
     "EpochTimer",
     "InterruptAt",
     "JsonlSink",
+    "LRSchedule",
     "LRTracker",
+    "LR_MODES",
     "LoggingSink",
     "NetSummaries",
     "Record",
@@ -32,4 +35,5 @@ __all__ = [
     "Validation",
     "average_excluding_first",
     "current_lrs",
+    "lr_multiplier",
 ]

@@ -84,8 +84,9 @@ class Checkpointing:
                 score_function=lambda engine: sign * float(engine.state.metrics[metric]),
                 score_name=metric,
                 n_saved=n_best,
-                global_step_transform=lambda *_: self.best.epoch or 0,
-                filename_pattern="{filename_prefix}_{name}_{global_step}_{score_name}={score}.{ext}",
+                # The name shows the metric itself; Ignite's {score} would show the negated value in "min" mode.
+                global_step_transform=lambda *_: f"{self.best.epoch}_{metric}={self.best.value:.4f}",
+                filename_pattern="{filename_prefix}_{name}_{global_step}.{ext}",
             )
             self.objects["best_checkpointer"] = self.best_checkpoint
         self.latest = Checkpoint(

@@ -18,12 +18,18 @@ def current_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
     return [float(group["lr"]) for group in optimizer.param_groups]
 
 
+def _first_of_epoch(engine: Engine, iteration: int) -> bool:
+    length = engine.state.epoch_length
+    return length is None or (iteration - 1) % length == 0
+
+
 class LRTracker:
-    """Emits the LR of every param group at each epoch start and every ``every`` iterations.
+    """Emits the LR of every param group as each epoch starts and every ``every`` iterations.
 
     Records look like ``{"phase": "lr", "epoch", "iteration", "samples", "lr": [per group]}``; the
-    TensorBoard sink plots them as ``training/lr/group_<i>``. Attach it after any LR scheduler so
-    the value recorded at epoch start is the one the epoch's first step uses.
+    TensorBoard sink plots them as ``training/lr/group_<i>``. By default the epoch's record is taken
+    at the ITERATION_STARTED of its first iteration: attached after an LR scheduler (per epoch or per
+    iteration), it records the LR that the epoch's first step uses.
 
     Args:
         optimizer: whose param groups to read.
@@ -39,7 +45,7 @@ class LRTracker:
         >>> _ = LRTracker(opt, RecordStream([seen.append]), every=2).attach(engine)
         >>> _ = engine.run(range(4), max_epochs=1)
         >>> [(r["iteration"], r["lr"]) for r in seen]
-        [(0, [0.5]), (2, [0.5]), (4, [0.5])]
+        [(1, [0.5]), (2, [0.5]), (4, [0.5])]
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, stream: RecordStream, every: int | None = 50) -> None:
@@ -50,9 +56,10 @@ class LRTracker:
         self.every = every
 
     def attach(self, engine: Engine, *events: Any) -> LRTracker:
-        """Register on ``events`` (default: EPOCH_STARTED and ITERATION_COMPLETED every ``every``)."""
+        """Register on ``events`` (default: each epoch's first iteration and every ``every`` iterations)."""
         if not events:
-            events = (Events.EPOCH_STARTED,) + ((Events.ITERATION_COMPLETED(every=self.every),) if self.every else ())
+            events = (Events.ITERATION_STARTED(event_filter=_first_of_epoch),)
+            events += (Events.ITERATION_COMPLETED(every=self.every),) if self.every else ()
         for event in events:
             engine.add_event_handler(event, self)
         return self

@@ -17,6 +17,7 @@ from dataclasses import fields
 import torch
 from tqdm import tqdm
 
+from handlers import LR_MODES
 from recipes import RECIPES
 from recipes.config import DEVICES, OPTIMIZERS, Config
 from recipes.train import UsageError, param_groups, resolve_device, train
@@ -58,6 +59,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    return 0 if text.strip() == "0" else _positive_int(text)
+
+
+def _epoch_list(text: str) -> list[int]:
+    epochs = [_positive_int(part) for part in text.split(",")]
+    if epochs != sorted(set(epochs)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not increasing epochs, e.g. 30,60,90")
+    return epochs
+
+
 def _lr_mult(text: str) -> tuple[str, float]:
     name, sep, factor = text.partition("=")
     if not sep or not name:
@@ -84,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     run.add_argument("--log-interval", type=_positive_int, help="iterations between batch log records (default 50)")
     run.add_argument("--update-cycle", type=_positive_int, help="batches per optimizer step (default 1)")
+    run.add_argument("--lr-mode", choices=LR_MODES, help="LR schedule, updated every iteration (default constant)")
+    run.add_argument("--lr-steps", type=_epoch_list, metavar="E1,E2,...", help="--lr-mode step: epochs to decay after")
+    run.add_argument("--lr-factor", type=_positive_float, help="--lr-mode step: decay factor (default 0.1)")
+    run.add_argument("--warmup-epochs", type=_non_negative_int, help="epochs of linear LR warmup (default 0)")
+    run.add_argument("--warmup-lr", type=_non_negative_float, help="LR at the start of warmup (default 0)")
     run.add_argument("--seed", type=int, help="random seed (default 42)")
     run.add_argument("--device", choices=DEVICES, help="device (default auto: cuda if available)")
     run.add_argument("-o", "--output-dir", help="run directory (default runs/RECIPE)")
@@ -117,6 +134,12 @@ def resolve_config(args: argparse.Namespace) -> Config:
         param_groups(recipe.build_model(), cfg.lr, cfg.lr_mult)
     if cfg.interrupt_at is not None and cfg.interrupt_at >= cfg.epochs:
         raise UsageError(f"--interrupt-at {cfg.interrupt_at}: must be below --epochs {cfg.epochs}")
+    if cfg.lr_mode == "step" and not cfg.lr_steps:
+        raise UsageError("--lr-mode step needs --lr-steps E1,E2,...: the epochs after which to decay")
+    if cfg.lr_steps and cfg.lr_mode != "step":
+        raise UsageError(f"--lr-steps applies to --lr-mode step, not {cfg.lr_mode}")
+    if cfg.warmup_epochs >= cfg.epochs:
+        raise UsageError(f"--warmup-epochs {cfg.warmup_epochs}: must be below --epochs {cfg.epochs}")
     return cfg
 
 
@@ -149,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "list":
             for recipe in RECIPES.values():
-                print(f"{recipe.name:<10} {recipe.description} [datasets: {', '.join(recipe.datasets)}]")
+                others = ", ".join(list(recipe.datasets)[1:])
+                print(f"{recipe.name:<7} {recipe.description} [dataset: {recipe.default_dataset}; also: {others}]")
             return EXIT_OK
         cfg = resolve_config(args)
         _setup_console_logging(debug)

@@ -23,6 +23,11 @@ class Config:
     lr_mult: dict[str, float] = field(default_factory=dict)  # name substring -> LR factor, one param group each
     log_interval: int = 50  # iterations between batch records
     update_cycle: int = 1  # batches per optimizer step (gradient accumulation)
+    lr_mode: str = "constant"  # LR schedule, one of handlers.LR_MODES, applied every iteration
+    lr_steps: list[int] = field(default_factory=list)  # lr_mode step: epochs after which the LR is multiplied
+    lr_factor: float = 0.1  # lr_mode step: the multiplier at each of lr_steps
+    warmup_epochs: int = 0  # epochs of linear warmup before the schedule
+    warmup_lr: float = 0.0  # the LR warmup starts from (scaled per group like --lr-mult)
     seed: int = 42  # seeds torch, numpy and random; same seed and options give the same metrics
     device: str = "auto"  # one of DEVICES; auto = cuda if available
     output_dir: str = ""  # where the run's files go; "" = runs/<recipe>

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
-__all__ = ["digits", "FirstBatches"]
+__all__ = ["digits", "fake_images", "fake_regression", "FirstBatches"]
 
 
 class FirstBatches:
@@ -61,3 +61,30 @@ def digits(size: int = 28, val_fraction: float = 0.2, split_seed: int = 0) -> tu
     mean, std = x[train_idx].mean(), x[train_idx].std()
     x = (x - mean) / std
     return TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[val_idx], y[val_idx])
+
+
+def fake_images(
+    shape: tuple[int, int, int], num_classes: int = 10, train_size: int = 256, val_size: int = 64
+) -> tuple[Dataset, Dataset]:
+    """torchvision's ``FakeData`` shaped like a real dataset, for smoke runs: random images in [0, 1].
+
+    Every image is fixed by its index, so runs repeat; validation images follow the training ones.
+    """
+    from torchvision.datasets import FakeData
+    from torchvision.transforms import ToTensor
+
+    def make(size: int, offset: int) -> Dataset:
+        return FakeData(size, shape, num_classes, transform=ToTensor(), random_offset=offset)
+
+    return make(train_size, 0), make(val_size, train_size)
+
+
+def fake_regression(
+    in_features: int, out_features: int = 1, train_size: int = 64, val_size: int = 32
+) -> tuple[Dataset, Dataset]:
+    """Random inputs and targets for a regression recipe's smoke runs, fixed by a seed."""
+    g = torch.Generator().manual_seed(0)
+    n = train_size + val_size
+    x, y = torch.randn(n, in_features, generator=g), torch.randn(n, out_features, generator=g)
+    return TensorDataset(x[:train_size], y[:train_size]), TensorDataset(x[train_size:], y[train_size:])
+

@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["MLP"]
+from recipes.data import digits, fake_images
+from recipes.registry import Recipe
+
+__all__ = ["MLP", "RECIPE"]
 
 
 class MLP(nn.Module):
@@ -25,3 +28,12 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(self.flatten(x))
+
+
+RECIPE = Recipe(
+    name="mlp",
+    description="seed 004's fully connected 784-512-512-10 network, image classification",
+    build_model=MLP,
+    datasets={"digits": lambda cfg: digits(), "fake": lambda cfg: fake_images((1, 28, 28))},
+    defaults={"epochs": 10, "batch_size": 32, "lr": 0.05, "lr_mode": "cosine", "optimizer": "sgd", "momentum": 0.9, "wd": 1e-4},
+)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models import resnet18
 
-__all__ = ["cifar_resnet18"]
+from recipes.data import fake_images
+from recipes.registry import Recipe
+
+__all__ = ["cifar_resnet18", "RECIPE"]
 
 
 def cifar_resnet18(num_classes: int = 10) -> nn.Module:
@@ -20,3 +23,12 @@ def cifar_resnet18(num_classes: int = 10) -> nn.Module:
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model
+
+
+RECIPE = Recipe(
+    name="resnet",
+    description="ResNet-18 for 32x32 images (3x3 stem, no max-pool), BMXNet's image classification job",
+    build_model=cifar_resnet18,
+    datasets={"fake": lambda cfg: fake_images((3, 32, 32))},
+    defaults={"epochs": 30, "batch_size": 128, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9, "wd": 5e-4},
+)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
 from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Events
 from ignite.handlers import TensorboardLogger
-from ignite.metrics import Accuracy, Average, Loss
+from ignite.metrics import Accuracy, Average, Loss, MeanAbsoluteError, Metric
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -21,6 +23,7 @@ from handlers import (
     BatchLogger,
     Checkpointing,
     EpochMetrics,
+    LRSchedule,
     EpochTimer,
     InterruptAt,
     JsonlSink,
@@ -31,6 +34,7 @@ from handlers import (
     TensorBoardSink,
     Validation,
     current_lrs,
+    lr_multiplier,
 )
 from recipes.config import Config
 from recipes.data import FirstBatches
@@ -121,6 +125,21 @@ def _weighted_loss(output: dict) -> torch.Tensor:
     return output["loss"].reshape(1, 1).expand(batch_size_of(output["y"]), 1)
 
 
+def task_metrics(task: str, loss_fn: nn.Module, device: torch.device) -> tuple[dict, dict, str, str]:
+    """(training metrics, validation metrics, monitored metric, "max"|"min") for a recipe's task.
+
+    Classification reports loss and accuracy and keeps the best accuracy; regression reports loss and
+    mean absolute error and keeps the lowest loss. All accumulate on ``device``.
+    """
+    other: Callable[[], Metric] = (
+        (lambda: Accuracy(device=device)) if task == "classification" else (lambda: MeanAbsoluteError(device=device))
+    )
+    name = "accuracy" if task == "classification" else "mae"
+    train = {"loss": Average(output_transform=_weighted_loss, device=device), name: other()}
+    val = {"loss": Loss(loss_fn, device=device), name: other()}
+    return (train, val, "accuracy", "max") if task == "classification" else (train, val, "loss", "min")
+
+
 def train(cfg: Config, recipe: Recipe) -> str:
     """Run one training job; returns ``"completed"`` or ``"interrupted"`` (a checkpoint was saved)."""
     # --- where the run lives -------------------------------------------------------------------
@@ -148,7 +167,7 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
     device = torch.device(cfg.device)
 
     # --- data ----------------------------------------------------------------------------------
-    train_set, val_set = recipe.datasets[cfg.dataset]()
+    train_set, val_set = recipe.datasets[cfg.dataset](cfg)
     pin = device.type == "cuda"
     train_loader: Any = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, pin_memory=pin)
     val_loader: Any = DataLoader(val_set, batch_size=max(cfg.batch_size, 256), shuffle=False, pin_memory=pin)
@@ -158,11 +177,24 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
     # --- model, optimizer, engines -------------------------------------------------------------
     model = recipe.build_model().to(device)
     optimizer = make_optimizer(cfg, param_groups(model, cfg.lr, cfg.lr_mult))
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss() if recipe.task == "classification" else nn.MSELoss()
     trainer = create_trainer(
         model, optimizer, loss_fn, device=device, accumulation_steps=cfg.update_cycle, amp=cfg.amp, non_blocking=pin
     )
     evaluator = create_evaluator(model, device=device, amp=cfg.amp, non_blocking=pin)
+    schedule = LRSchedule(
+        optimizer,
+        functools.partial(
+            lr_multiplier,
+            mode=cfg.lr_mode,
+            steps_per_epoch=len(train_loader),
+            epochs=cfg.epochs,
+            milestones=cfg.lr_steps,
+            factor=cfg.lr_factor,
+            warmup_epochs=cfg.warmup_epochs,
+            warmup_start=cfg.warmup_lr / cfg.lr,
+        ),
+    )
 
     # --- one record stream: log lines, metrics.jsonl, TensorBoard ------------------------------
     tb = TensorboardLogger(log_dir=str(out))
@@ -170,27 +202,23 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
 
     # --- handlers, in the order they run at each event -----------------------------------------
     timer = EpochTimer().attach(trainer)  # first: its epoch time excludes validation
-    train_metrics = {
-        "loss": Average(output_transform=_weighted_loss, device=device),
-        "accuracy": Accuracy(device=device),
-    }
+    schedule.attach(trainer)  # ITERATION_STARTED, before the LR tracker reads it
+    train_metrics, val_metrics, monitor, mode = task_metrics(recipe.task, loss_fn, device)
+    running = {k: m for k, m in train_metrics.items() if k != "loss"}  # BatchLogger has the interval's loss
     EpochMetrics(
         train_metrics, stream, "training", extra=lambda _: {"epoch_time": timer.last, "lr": current_lrs(optimizer)}
     ).attach(trainer)
     LRTracker(optimizer, stream, every=cfg.log_interval).attach(trainer)
-    BatchLogger(stream, every=cfg.log_interval, optimizer=optimizer, metrics={"accuracy": train_metrics["accuracy"]}).attach(
-        trainer
-    )
+    BatchLogger(stream, every=cfg.log_interval, optimizer=optimizer, metrics=running).attach(trainer)
     NetSummaries(model, tb.writer).attach(trainer)
     Validation(evaluator, val_loader).attach(trainer)
-    val_metrics = {
-        "loss": Loss(loss_fn, device=device),
-        "accuracy": Accuracy(device=device),
-    }
     EpochMetrics(val_metrics, stream, "validation", trainer=trainer).attach(evaluator)
     scaler = trainer.scaler  # type: ignore[attr-defined]  # create_trainer's GradScaler (disabled unless fp16)
-    to_save = {"model": model, "optimizer": optimizer, "trainer": trainer, "scaler": scaler, "rng": RNGState()}
-    checkpoints = Checkpointing(out / "checkpoints", to_save, n_latest=2, metric="accuracy").attach(trainer, evaluator)
+    to_save = {
+        "model": model, "optimizer": optimizer, "trainer": trainer, "scaler": scaler, "scheduler": schedule, "rng": RNGState(),
+    }  # fmt: skip
+    checkpoints = Checkpointing(out / "checkpoints", to_save, n_latest=2, metric=monitor, mode=mode)
+    checkpoints.attach(trainer, evaluator)
     interrupt = InterruptAt(cfg.interrupt_at, checkpoints.save_latest).attach(trainer) if cfg.interrupt_at else None
     if cfg.progress and sys.stderr.isatty():
         from ignite.handlers import ProgressBar
@@ -219,7 +247,7 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
                     "epochs": trainer.state.epoch,
                     "samples": getattr(trainer.state, "samples", 0),
                     "best_epoch": checkpoints.best.epoch,
-                    "best_accuracy": checkpoints.best.value,
+                    f"best_{monitor}": checkpoints.best.value,
                     "avg_epoch_time": timer.average,
                 }
             )

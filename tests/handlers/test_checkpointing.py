@@ -73,6 +73,8 @@ def test_min_mode_keeps_the_lowest(tmp_path):
     evaluator.add_event_handler(Events.COMPLETED, lambda e: scores.append(e.state.metrics["accuracy"]))
     trainer.run(loader, max_epochs=4)
     assert ckpt.best.value == min(scores)
+    (best,) = tmp_path.glob("best_checkpoint_*")
+    assert best.name == f"best_checkpoint_{ckpt.best.epoch}_accuracy={min(scores):.4f}.pt"  # the value, not negated
 
 
 def test_truncated_checkpoint_is_named_in_the_error(tmp_path):

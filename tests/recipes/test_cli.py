@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from recipes.cli import main
+
 TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time")
 
 
@@ -24,7 +26,9 @@ def test_console_script_lists_the_recipes():
     script = Path(sys.executable).parent / "flint"
     result = subprocess.run([str(script), "list"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
-    assert result.stdout.startswith("lenet") and "datasets: digits" in result.stdout
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["lenet", "mlp", "resnet", "ffnn"]
+    assert "[dataset: digits; also: fake]" in lines[0] and "[dataset: seed001; also: fake]" in lines[3]
 
 
 def test_test_run_writes_every_output(tmp_path, flint):
@@ -54,13 +58,35 @@ def test_test_run_writes_every_output(tmp_path, flint):
     assert set(summary) >= {"best_epoch", "best_accuracy", "avg_epoch_time"}
 
 
-def test_default_lenet_run_reaches_97_percent(tmp_path, flint):
+@pytest.mark.parametrize("recipe", ["lenet", "mlp"])
+def test_default_run_on_digits_reaches_97_percent(tmp_path, flint, recipe):
     out = tmp_path / "run"
-    result = flint("run", "lenet", "-o", str(out))
+    result = flint("run", recipe, "-o", str(out))
     assert result.returncode == 0, result.stderr
     validation = [r["accuracy"] for r in records(out) if r["phase"] == "validation"]
     assert len(validation) == 10 and validation[-1] >= 0.97
     assert "summary: status=completed" in result.stderr
+
+
+@pytest.mark.parametrize("recipe", ["lenet", "mlp", "resnet", "ffnn"])
+def test_every_recipe_runs_end_to_end_on_fake_data(tmp_path, flint, recipe):
+    out = tmp_path / "run"
+    result = flint("run", recipe, "--dataset", "fake", "--test-run", "--epochs", "2", "--batch-size", "4", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    recs = records(out)
+    metric = "mae" if recipe == "ffnn" else "accuracy"
+    assert [r["epoch"] for r in recs if r["phase"] == "validation"] == [1, 2]
+    assert all(metric in r and "loss" in r for r in recs if r["phase"] in ("training", "validation"))
+    assert recs[-1]["status"] == "completed" and ("best_loss" if recipe == "ffnn" else "best_accuracy") in recs[-1]
+
+
+def test_ffnn_update_cycle_equals_the_large_batch(tmp_path, flint):
+    small, large = tmp_path / "small", tmp_path / "large"
+    assert flint("run", "ffnn", "--epochs", "30", "--batch-size", "8", "--update-cycle", "4", "-o", str(small)).returncode == 0
+    assert flint("run", "ffnn", "--epochs", "30", "--batch-size", "32", "-o", str(large)).returncode == 0
+    losses = [[r["loss"] for r in records(d) if r["phase"] == "validation"] for d in (small, large)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert losses[1][-1] < losses[1][0] / 10  # it did learn
 
 
 def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, flint):
@@ -100,14 +126,26 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, flint):
         (["run", "lenet", "--dataset", "cifar10"], ["--dataset 'cifar10': lenet takes digits"]),
         (["run", "lenet", "--resume", "nowhere.pt"], ["--resume nowhere.pt: no such checkpoint file"]),
         (["fly"], ["invalid choice: 'fly'", "list", "run"]),
+        (["run", "lenet", "--lr-mode", "step"], ["--lr-mode step needs --lr-steps E1,E2,..."]),
+        (["run", "lenet", "--lr-mode", "cosine", "--lr-steps", "3"], ["--lr-steps applies to --lr-mode step, not cosine"]),
+        (["run", "lenet", "--lr-mode", "step", "--lr-steps", "5,3"], ["argument --lr-steps: '5,3' is not increasing epochs"]),
+        (["run", "lenet", "--lr-mode", "linear"], ["invalid choice: 'linear'", "constant", "step", "cosine", "poly"]),
+        (["run", "lenet", "--epochs", "2", "--warmup-epochs", "2"], ["--warmup-epochs 2: must be below --epochs 2"]),
     ],
 )
-def test_bad_usage_is_one_line_and_exit_2_with_nothing_written(tmp_path, flint, args, fragments):
-    result = flint(*args, "-o", str(tmp_path / "run")) if args[0] == "run" else flint(*args)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("flint: error: ")
-    assert all(fragment in result.stderr for fragment in fragments), result.stderr
+def test_bad_usage_is_one_line_and_exit_2_with_nothing_written(tmp_path, capsys, args, fragments):
+    # In-process through the CLI's own main(), to spare a torch import per case; one case below runs in a process.
+    status = main([*args, "-o", str(tmp_path / "run")] if args[0] == "run" else args)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("flint: error: ")
+    assert all(fragment in err for fragment in fragments), err
     assert not (tmp_path / "run").exists()
+
+
+def test_bad_usage_exits_2_from_a_real_process(tmp_path, flint):
+    result = flint("run", "lenet", "--epochs", "-1", "-o", str(tmp_path / "run"))
+    assert result.returncode == 2 and result.stderr == "flint: error: argument --epochs: -1 is not a positive integer\n"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -152,8 +190,9 @@ def test_update_cycle_lr_mult_and_amp_reach_the_run(tmp_path, flint):
     assert len(state["optimizer"]["param_groups"]) == 2
 
 
-def test_test_run_resume_is_exact_too(tmp_path, flint):
-    common = ("run", "lenet", "--test-run", "--epochs", "4", "--log-interval", "1")
+def test_test_run_resume_is_exact_too_with_a_schedule(tmp_path, flint):
+    schedule = ("--lr-mode", "cosine", "--warmup-epochs", "1", "--warmup-lr", "0.01")
+    common = ("run", "lenet", "--test-run", "--epochs", "4", "--log-interval", "1", *schedule)
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     assert flint(*common, "-o", str(straight)).returncode == 0
     assert flint(*common, "-o", str(broken), "--interrupt-at", "2").returncode == 3

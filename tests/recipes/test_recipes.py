@@ -35,9 +35,20 @@ def test_lr_mult_matching_nothing_is_a_usage_error():
         param_groups(LeNet(), 0.1, {"head": 0.5})
 
 
-def test_every_recipe_builds_and_runs_a_batch_of_its_default_dataset():
-    for recipe in RECIPES.values():
-        train, _ = recipe.datasets[recipe.default_dataset]()
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_runs_a_batch_of_each_embedded_dataset(name):
+    recipe = RECIPES[name]
+    for dataset in recipe.datasets:
+        train, val = recipe.datasets[dataset](None)
         x, y = train[0]
-        out = recipe.build_model().eval()(x.unsqueeze(0))
-        assert out.shape == (1, 10)
+        out = recipe.build_model().eval()(torch.as_tensor(x).unsqueeze(0))
+        expected = (1, 10) if recipe.task == "classification" else (1, 1)
+        assert out.shape == expected and torch.isfinite(out).all() and len(val) > 0
+
+
+def test_ffnn_data_is_seed_001s():
+    from recipes.ffnn import seed001_split
+
+    train, val = seed001_split()
+    x, y = train.tensors
+    assert torch.equal(x[:, 1], torch.log(y[:, 0])) and torch.equal(x[:, 2], 5 * y[:, 0]) and y[-1].item() == 63

@@ -1,0 +1,124 @@
+"""Optimizers and losses by name (seed 002's catalogue), and the parameter groups they act on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["OPTIMIZERS", "REFUSED_OPTIMIZERS", "LOSSES", "make_optimizer", "make_loss", "param_groups", "OptionError"]
+
+
+class OptionError(ValueError):
+    """An option value that cannot work; the CLI reports it in one line with exit status 2."""
+
+
+OPTIMIZERS = (
+    "sgd", "adam", "adamw", "adamax", "adagrad", "adadelta", "rmsprop", "rprop", "asgd", "nadam", "radam",
+)  # fmt: skip
+REFUSED_OPTIMIZERS = {
+    "lbfgs": "L-BFGS re-evaluates the loss several times per step through a closure, "
+    "and Flint's trainer takes one step per update cycle",
+}
+
+
+def param_groups(
+    model: nn.Module, lr: float, lr_mult: dict[str, float], wd: float = 0.0, wd_all: bool = False
+) -> list[dict]:
+    """Param groups: one at ``lr``, then one per ``lr_mult`` entry for parameters whose name contains it.
+
+    A parameter goes to the first entry it matches (seed 001's per-group learning rates). With
+    ``wd > 0`` and not ``wd_all``, each group is split in two: weight decay for weights, none for
+    biases and normalisation parameters (every parameter of at most one dimension).
+    """
+    by_key: dict[str | None, list[tuple[str, nn.Parameter]]] = {None: [], **{key: [] for key in lr_mult}}
+    for name, p in model.named_parameters():
+        by_key[next((key for key in lr_mult if key in name), None)].append((name, p))
+    for key, named in by_key.items():
+        if key is not None and not named:
+            names = ", ".join(n for n, _ in model.named_parameters())
+            raise OptionError(f"--lr-mult {key}={lr_mult[key]}: no parameter name contains {key!r}; names: {names}")
+    groups = []
+    for key, named in by_key.items():
+        group_lr = lr if key is None else lr * lr_mult[key]
+        if wd > 0 and not wd_all:
+            decay = [p for _, p in named if p.dim() > 1]
+            plain = [p for _, p in named if p.dim() <= 1]
+            groups += [{"params": decay, "lr": group_lr, "weight_decay": wd}]
+            groups += [{"params": plain, "lr": group_lr, "weight_decay": 0.0}]
+        else:
+            groups += [{"params": [p for _, p in named], "lr": group_lr, "weight_decay": wd}]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(
+    name: str, groups: list[dict], *, lr: float, momentum: float = 0.0, nesterov: bool = False
+) -> torch.optim.Optimizer:
+    """The named ``torch.optim`` optimizer over ``groups`` (each carrying its own lr and weight decay)."""
+    if name in REFUSED_OPTIMIZERS:
+        raise OptionError(f"--optimizer {name}: not supported: {REFUSED_OPTIMIZERS[name]}; choose from {', '.join(OPTIMIZERS)}")
+    if nesterov and (name != "sgd" or momentum <= 0):
+        raise OptionError("--nesterov needs --optimizer sgd with a positive --momentum")
+    if name == "rprop" and any(g["weight_decay"] for g in groups):
+        raise OptionError("--optimizer rprop has no weight decay; pass --wd 0")
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, momentum=momentum)
+    if name == "rprop":
+        return torch.optim.Rprop([{k: v for k, v in g.items() if k != "weight_decay"} for g in groups], lr=lr)
+    classes = {
+        "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax,
+        "adagrad": torch.optim.Adagrad, "adadelta": torch.optim.Adadelta, "asgd": torch.optim.ASGD,
+        "nadam": torch.optim.NAdam, "radam": torch.optim.RAdam,
+    }  # fmt: skip
+    if name not in classes:
+        raise OptionError(f"--optimizer {name!r}: choose from {', '.join(OPTIMIZERS)}")
+    return classes[name](groups, lr=lr)
+
+
+class _NLLOnLogits(nn.Module):
+    """NLL of the model's logits after log-softmax (the models output logits, not log-probabilities)."""
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.nll_loss(F.log_softmax(logits, dim=1), y)
+
+
+class _OneHotBCEWithLogits(nn.Module):
+    """Binary cross-entropy with logits against one-hot targets made from class indices."""
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, F.one_hot(y, logits.shape[1]).to(logits.dtype))
+
+
+LOSSES: dict[str, dict[str, Callable[[float], nn.Module]]] = {
+    "classification": {
+        "cross-entropy": lambda smoothing: nn.CrossEntropyLoss(label_smoothing=smoothing),
+        "nll": lambda _: _NLLOnLogits(),
+        "bce-with-logits": lambda _: _OneHotBCEWithLogits(),
+        "multi-margin": lambda _: nn.MultiMarginLoss(),
+    },
+    "regression": {
+        "mse": lambda _: nn.MSELoss(),
+        "l1": lambda _: nn.L1Loss(),
+        "smooth-l1": lambda _: nn.SmoothL1Loss(),
+        "huber": lambda _: nn.HuberLoss(),
+    },
+}
+
+
+def make_loss(task: str, name: str, label_smoothing: float = 0.0) -> nn.Module:
+    """The named loss for ``task``; refuses a loss that does not fit the task, listing those that do.
+
+    Example:
+        >>> make_loss("regression", "huber")
+        HuberLoss()
+    """
+    choices = LOSSES[task]
+    if name not in choices:
+        raise OptionError(f"--loss {name!r} does not fit {task}; choose from {', '.join(choices)}")
+    if label_smoothing and name != "cross-entropy":
+        raise OptionError(f"--label-smoothing applies to --loss cross-entropy, not {name}")
+    return choices[name](label_smoothing)
