@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from handlers import LR_MODES
 from recipes import RECIPES
-from recipes.config import DEVICES, OPTIMIZERS, Config
-from recipes.train import UsageError, param_groups, resolve_device, train
+from recipes.config import DEVICES, Config, UsageError
+from recipes.optim import DEFAULT_LOSS, LOSSES, OPTIMIZERS, REFUSED_OPTIMIZERS, make_loss
+from recipes.train import build_optimizer, resolve_device, train
 
 __all__ = ["main", "build_parser"]
 
@@ -70,6 +71,21 @@ def _epoch_list(text: str) -> list[int]:
     return epochs
 
 
+def _optimizer(name: str) -> str:
+    if name in REFUSED_OPTIMIZERS:
+        raise argparse.ArgumentTypeError(f"{name} is not supported: {REFUSED_OPTIMIZERS[name]}; choose from {', '.join(OPTIMIZERS)}")
+    if name not in OPTIMIZERS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(OPTIMIZERS)})")
+    return name
+
+
+def _label_smoothing(text: str) -> float:
+    value = _non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1)")
+    return value
+
+
 def _lr_mult(text: str) -> tuple[str, float]:
     name, sep, factor = text.partition("=")
     if not sep or not name:
@@ -87,9 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=_positive_int, help="training epochs")
     run.add_argument("--batch-size", type=_positive_int, help="samples per batch")
     run.add_argument("--lr", type=_positive_float, help="base learning rate")
-    run.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer")
+    run.add_argument("--optimizer", type=_optimizer, metavar="{" + ",".join(OPTIMIZERS) + "}", help="optimizer")
     run.add_argument("--momentum", type=_non_negative_float, help="momentum (sgd, rmsprop)")
-    run.add_argument("--wd", type=_non_negative_float, help="weight decay")
+    run.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
+    run.add_argument("--wd", type=_non_negative_float, help="weight decay (not on biases and normalisation parameters)")
+    run.add_argument("--wd-all", action="store_true", help="weight decay on every parameter, biases and BatchNorm too")
+    losses = sorted({name for task in LOSSES.values() for name in task})
+    run.add_argument("--loss", metavar="{" + ",".join(losses) + "}", help="loss; must fit the recipe's task")
+    run.add_argument("--label-smoothing", type=_label_smoothing, help="cross-entropy label smoothing (default 0)")
     run.add_argument(
         "--lr-mult", type=_lr_mult, action="append", metavar="NAME=FACTOR",
         help="parameters whose name contains NAME get lr*FACTOR in their own param group (repeatable)",
@@ -129,9 +150,11 @@ def resolve_config(args: argparse.Namespace) -> Config:
         raise UsageError(f"--dataset {values['dataset']!r}: {recipe.name} takes {', '.join(recipe.datasets)}")
     values["output_dir"] = values.get("output_dir") or f"runs/{recipe.name}"
     values["device"] = str(resolve_device(values.get("device", "auto")))
+    values["loss"] = values.get("loss") or DEFAULT_LOSS[recipe.task]
     cfg = Config(**values)
-    with torch.device("meta"):  # parameter names only, no memory
-        param_groups(recipe.build_model(), cfg.lr, cfg.lr_mult)
+    make_loss(recipe.task, cfg.loss, cfg.label_smoothing)
+    with torch.device("meta"):  # the model's parameters without memory: checks --lr-mult and the optimizer
+        build_optimizer(cfg, recipe.build_model())
     if cfg.interrupt_at is not None and cfg.interrupt_at >= cfg.epochs:
         raise UsageError(f"--interrupt-at {cfg.interrupt_at}: must be below --epochs {cfg.epochs}")
     if cfg.lr_mode == "step" and not cfg.lr_steps:

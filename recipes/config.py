@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Config", "OPTIMIZERS", "DEVICES"]
+__all__ = ["Config", "DEVICES", "UsageError"]
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 DEVICES = ("auto", "cpu", "cuda")
+
+
+class UsageError(ValueError):
+    """A bad option or option combination; the CLI prints it in one line and exits 2."""
 
 
 @dataclass
@@ -17,9 +20,13 @@ class Config:
     epochs: int = 10  # training epochs
     batch_size: int = 64  # samples per batch; one optimizer step sees batch_size * update_cycle
     lr: float = 0.1  # base learning rate
-    optimizer: str = "sgd"  # one of OPTIMIZERS
+    optimizer: str = "sgd"  # one of recipes.optim.OPTIMIZERS
     momentum: float = 0.9  # SGD and RMSprop momentum
-    wd: float = 1e-4  # weight decay
+    nesterov: bool = False  # Nesterov momentum (SGD)
+    wd: float = 1e-4  # weight decay, on weights only: not on biases and normalisation parameters
+    wd_all: bool = False  # weight decay on every parameter, biases and BatchNorm too
+    loss: str = ""  # one of recipes.optim.LOSSES[task]; "" = cross-entropy for classification, mse for regression
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
     lr_mult: dict[str, float] = field(default_factory=dict)  # name substring -> LR factor, one param group each
     log_interval: int = 50  # iterations between batch records
     update_cycle: int = 1  # batches per optimizer step (gradient accumulation)

@@ -36,5 +36,5 @@ RECIPE = Recipe(
     description="LeNet-5 with BatchNorm (seed 002), image classification",
     build_model=LeNet,
     datasets={"digits": lambda cfg: digits(), "fake": lambda cfg: fake_images((1, 28, 28))},
-    defaults={"epochs": 10, "batch_size": 64, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9, "wd": 1e-4},
+    defaults={"epochs": 10, "batch_size": 64, "lr": 0.05, "lr_mode": "cosine", "optimizer": "sgd", "momentum": 0.9, "wd": 1e-4},
 )

@@ -8,12 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["OPTIMIZERS", "REFUSED_OPTIMIZERS", "LOSSES", "make_optimizer", "make_loss", "param_groups", "OptionError"]
+from recipes.config import UsageError
 
-
-class OptionError(ValueError):
-    """An option value that cannot work; the CLI reports it in one line with exit status 2."""
-
+__all__ = ["OPTIMIZERS", "REFUSED_OPTIMIZERS", "LOSSES", "DEFAULT_LOSS", "make_optimizer", "make_loss", "param_groups"]
 
 OPTIMIZERS = (
     "sgd", "adam", "adamw", "adamax", "adagrad", "adadelta", "rmsprop", "rprop", "asgd", "nadam", "radam",
@@ -39,7 +36,7 @@ def param_groups(
     for key, named in by_key.items():
         if key is not None and not named:
             names = ", ".join(n for n, _ in model.named_parameters())
-            raise OptionError(f"--lr-mult {key}={lr_mult[key]}: no parameter name contains {key!r}; names: {names}")
+            raise UsageError(f"--lr-mult {key}={lr_mult[key]}: no parameter name contains {key!r}; names: {names}")
     groups = []
     for key, named in by_key.items():
         group_lr = lr if key is None else lr * lr_mult[key]
@@ -58,11 +55,11 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """The named ``torch.optim`` optimizer over ``groups`` (each carrying its own lr and weight decay)."""
     if name in REFUSED_OPTIMIZERS:
-        raise OptionError(f"--optimizer {name}: not supported: {REFUSED_OPTIMIZERS[name]}; choose from {', '.join(OPTIMIZERS)}")
+        raise UsageError(f"--optimizer {name}: not supported: {REFUSED_OPTIMIZERS[name]}; choose from {', '.join(OPTIMIZERS)}")
     if nesterov and (name != "sgd" or momentum <= 0):
-        raise OptionError("--nesterov needs --optimizer sgd with a positive --momentum")
+        raise UsageError("--nesterov needs --optimizer sgd with a positive --momentum")
     if name == "rprop" and any(g["weight_decay"] for g in groups):
-        raise OptionError("--optimizer rprop has no weight decay; pass --wd 0")
+        raise UsageError("--optimizer rprop has no weight decay; pass --wd 0")
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
     if name == "rmsprop":
@@ -75,7 +72,7 @@ def make_optimizer(
         "nadam": torch.optim.NAdam, "radam": torch.optim.RAdam,
     }  # fmt: skip
     if name not in classes:
-        raise OptionError(f"--optimizer {name!r}: choose from {', '.join(OPTIMIZERS)}")
+        raise UsageError(f"--optimizer {name!r}: choose from {', '.join(OPTIMIZERS)}")
     return classes[name](groups, lr=lr)
 
 
@@ -93,6 +90,7 @@ class _OneHotBCEWithLogits(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, F.one_hot(y, logits.shape[1]).to(logits.dtype))
 
 
+DEFAULT_LOSS = {"classification": "cross-entropy", "regression": "mse"}
 LOSSES: dict[str, dict[str, Callable[[float], nn.Module]]] = {
     "classification": {
         "cross-entropy": lambda smoothing: nn.CrossEntropyLoss(label_smoothing=smoothing),
@@ -118,7 +116,7 @@ def make_loss(task: str, name: str, label_smoothing: float = 0.0) -> nn.Module:
     """
     choices = LOSSES[task]
     if name not in choices:
-        raise OptionError(f"--loss {name!r} does not fit {task}; choose from {', '.join(choices)}")
+        raise UsageError(f"--loss {name!r} does not fit {task}; choose from {', '.join(choices)}")
     if label_smoothing and name != "cross-entropy":
-        raise OptionError(f"--label-smoothing applies to --loss cross-entropy, not {name}")
+        raise UsageError(f"--label-smoothing applies to --loss cross-entropy, not {name}")
     return choices[name](label_smoothing)

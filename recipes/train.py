@@ -36,17 +36,14 @@ from handlers import (
     current_lrs,
     lr_multiplier,
 )
-from recipes.config import Config
+from recipes.config import Config, UsageError
 from recipes.data import FirstBatches
+from recipes.optim import make_loss, make_optimizer, param_groups
 from recipes.registry import Recipe
 
-__all__ = ["train", "UsageError", "param_groups", "make_optimizer", "resolve_device"]
+__all__ = ["train", "build_optimizer", "resolve_device", "task_metrics", "config_changes"]
 
 logger = logging.getLogger(__name__)
-
-
-class UsageError(ValueError):
-    """A bad option or option combination; the CLI prints it in one line and exits 2."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,32 +54,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def param_groups(model: nn.Module, lr: float, lr_mult: dict[str, float]) -> list[dict]:
-    """One group at ``lr``, plus one per ``lr_mult`` entry for the parameters whose name contains it.
-
-    A parameter goes to the first entry it matches (seed 001's per-group learning rates).
-    """
-    groups: dict[str | None, list] = {None: [], **{key: [] for key in lr_mult}}
-    for name, p in model.named_parameters():
-        groups[next((key for key in lr_mult if key in name), None)].append(p)
-    for key, params in groups.items():
-        if key is not None and not params:
-            names = ", ".join(n for n, _ in model.named_parameters())
-            raise UsageError(f"--lr-mult {key}={lr_mult[key]}: no parameter name contains {key!r}; names: {names}")
-    result = [{"params": groups[None], "lr": lr}] if groups[None] else []
-    return result + [{"params": groups[key], "lr": lr * lr_mult[key]} for key in lr_mult]
-
-
-def make_optimizer(cfg: Config, groups: list[dict]) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.wd)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.wd)
-    if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
-    raise UsageError(f"--optimizer {cfg.optimizer!r}: choose from sgd, adam, adamw, rmsprop")
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.lr, cfg.lr_mult, cfg.wd, cfg.wd_all)
+    return make_optimizer(cfg.optimizer, groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
 # Options a resumed run may change: they do not alter what is trained or how.
@@ -176,8 +150,8 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
 
     # --- model, optimizer, engines -------------------------------------------------------------
     model = recipe.build_model().to(device)
-    optimizer = make_optimizer(cfg, param_groups(model, cfg.lr, cfg.lr_mult))
-    loss_fn = nn.CrossEntropyLoss() if recipe.task == "classification" else nn.MSELoss()
+    optimizer = build_optimizer(cfg, model)
+    loss_fn = make_loss(recipe.task, cfg.loss, cfg.label_smoothing)
     trainer = create_trainer(
         model, optimizer, loss_fn, device=device, accumulation_steps=cfg.update_cycle, amp=cfg.amp, non_blocking=pin
     )

@@ -51,7 +51,8 @@ def test_test_run_writes_every_output(tmp_path, flint):
     assert set(batch) >= {"epoch", "iteration", "samples", "loss", "samples_per_sec", "lr"}
     assert (batch["epoch"], batch["iteration"], batch["samples"]) == (1, 1, 64)
     training = next(r for r in recs if r["phase"] == "training")
-    assert set(training) >= {"epoch", "loss", "accuracy", "epoch_time", "lr"} and training["lr"] == [0.05]
+    # Two param groups: weights with weight decay, biases and BatchNorm parameters without.
+    assert set(training) >= {"epoch", "loss", "accuracy", "epoch_time", "lr"} and training["lr"] == [0.05, 0.05]
     assert set(next(r for r in recs if r["phase"] == "validation")) >= {"epoch", "loss", "accuracy"}
     summary = recs[-1]
     assert summary["status"] == "completed" and summary["epochs"] == 2
@@ -118,7 +119,13 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, flint):
     [
         (["run", "lenet", "--epochs", "0"], ["argument --epochs: 0 is not a positive integer"]),
         (["run", "lenet", "--batch-size", "x"], ["argument --batch-size: 'x' is not an integer"]),
-        (["run", "lenet", "--optimizer", "lbfgs"], ["--optimizer", "invalid choice: 'lbfgs'", "sgd", "adamw", "rmsprop"]),
+        (["run", "lenet", "--optimizer", "sgdd"], ["--optimizer", "invalid choice: 'sgdd'", "sgd", "adamw", "radam"]),
+        (["run", "lenet", "--optimizer", "lbfgs"], ["--optimizer: lbfgs is not supported: L-BFGS re-evaluates", "adamw"]),
+        (["run", "lenet", "--loss", "mse"], ["--loss 'mse' does not fit classification; choose from cross-entropy, nll"]),
+        (["run", "ffnn", "--loss", "nll"], ["--loss 'nll' does not fit regression; choose from mse, l1, smooth-l1, huber"]),
+        (["run", "lenet", "--optimizer", "adam", "--nesterov"], ["--nesterov needs --optimizer sgd"]),
+        (["run", "lenet", "--optimizer", "rprop"], ["--optimizer rprop has no weight decay; pass --wd 0"]),
+        (["run", "lenet", "--label-smoothing", "1"], ["argument --label-smoothing: 1 is not in [0, 1)"]),
         (["run", "resnet9"], ["invalid choice: 'resnet9'", "lenet"]),
         (["run", "lenet", "--lr-mult", "fc2"], ["argument --lr-mult: 'fc2' is not NAME=FACTOR"]),
         (["run", "lenet", "--lr-mult", "head=0.1"], ["--lr-mult head=0.1: no parameter name contains 'head'; names: conv1.0.weight"]),
@@ -178,16 +185,17 @@ def test_a_failure_is_one_line_exit_1_with_the_traceback_in_the_log(tmp_path, fl
 
 def test_update_cycle_lr_mult_and_amp_reach_the_run(tmp_path, flint):
     out = tmp_path / "run"
-    args = ("--test-run", "--epochs", "2", "--update-cycle", "2", "--lr-mult", "fc2=0.1", "--amp", "--optimizer", "adam")
+    args = ("--test-run", "--epochs", "2", "--update-cycle", "2", "--lr-mult", "fc2=0.1", "--amp", "--optimizer", "adam", "--lr-mode", "constant")
     result = flint("run", "lenet", *args, "--lr", "0.01", "-o", str(out))
     assert result.returncode == 0, result.stderr
     config = json.loads((out / "config.json").read_text())
     assert (config["update_cycle"], config["lr_mult"], config["amp"], config["optimizer"]) == (2, {"fc2": 0.1}, True, "adam")
     training = [r for r in records(out) if r["phase"] == "training"]
-    assert [r["lr"] for r in training] == [[0.01, pytest.approx(0.001)]] * 2
+    assert [r["lr"] for r in training] == [[0.01, 0.01, pytest.approx(0.001), pytest.approx(0.001)]] * 2
     state = torch.load(out / "checkpoints" / "checkpoint_2.pt", weights_only=True)
     assert state["trainer"]["optimizer_step"] == 2  # one-batch epochs: each flushes its partial cycle
-    assert len(state["optimizer"]["param_groups"]) == 2
+    groups = state["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [1e-4, 0.0, 1e-4, 0.0]
 
 
 def test_test_run_resume_is_exact_too_with_a_schedule(tmp_path, flint):

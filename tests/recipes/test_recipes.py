@@ -4,7 +4,8 @@ import torch
 from recipes import RECIPES
 from recipes.data import digits
 from recipes.lenet import LeNet
-from recipes.train import UsageError, param_groups
+from recipes.config import UsageError
+from recipes.optim import param_groups
 
 
 def test_digits_are_a_fixed_disjoint_split_of_28x28_images():
