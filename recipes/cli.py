@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train a recipe", argument_default=argparse.SUPPRESS)
     run.add_argument("recipe", choices=sorted(RECIPES), help="recipe name (see `flint list`)")
     run.add_argument("--dataset", help="dataset; default: the recipe's first")
+    run.add_argument("--data-dir", help="where real datasets are (default ./data)")
+    run.add_argument("--download", action="store_true", help="download a missing dataset into --data-dir")
+    run.add_argument("--num-workers", type=_non_negative_int, help="DataLoader worker processes (default 0)")
     run.add_argument("--epochs", type=_positive_int, help="training epochs")
     run.add_argument("--batch-size", type=_positive_int, help="samples per batch")
     run.add_argument("--lr", type=_positive_float, help="base learning rate")
@@ -179,6 +182,8 @@ class _ConsoleHandler(logging.StreamHandler):
 def _setup_console_logging(debug: bool) -> None:
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
+    for old in [h for h in root.handlers if isinstance(h, _ConsoleHandler)]:  # main() called again in-process
+        root.removeHandler(old)
     console = _ConsoleHandler(sys.stderr)
     console.setLevel(logging.DEBUG if debug else logging.INFO)
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-__all__ = ["digits", "fake_images", "fake_regression", "FirstBatches"]
+__all__ = [
+    "digits", "fake_images", "fake_regression", "torchvision_dataset", "DatasetMissing", "FirstBatches", "DOWNLOADABLE",
+]  # fmt: skip
 
 
 class FirstBatches:
@@ -88,3 +90,45 @@ def fake_regression(
     x, y = torch.randn(n, in_features, generator=g), torch.randn(n, out_features, generator=g)
     return TensorDataset(x[:train_size], y[:train_size]), TensorDataset(x[train_size:], y[train_size:])
 
+
+
+# Per-channel statistics of the training sets, for Normalize; the keys are the downloadable datasets.
+_STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+class DatasetMissing(RuntimeError):
+    """A dataset that is not in the data directory and was not to be downloaded."""
+
+
+def torchvision_dataset(name: str, data_dir: str, download: bool) -> tuple[Dataset, Dataset]:
+    """MNIST, Fashion-MNIST or CIFAR-10 through torchvision's own dataset classes, as (train, test).
+
+    Images become normalised tensors; CIFAR-10 training images are also randomly cropped (4 pixels of
+    padding) and flipped. The files are read from ``data_dir`` in the datasets' own formats (MNIST idx
+    files, CIFAR-10 python batches) or fetched there first with ``download``.
+
+    Raises:
+        DatasetMissing: the files are not there and ``download`` is False; the message names the
+            directory and the flag.
+    """
+    from torchvision import datasets, transforms
+
+    classes = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}
+    mean, std = _STATS[name]
+    plain = [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    augment = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if name == "cifar10" else []
+    try:
+        train = classes[name](data_dir, train=True, transform=transforms.Compose(augment + plain), download=download)
+        test = classes[name](data_dir, train=False, transform=transforms.Compose(plain), download=download)
+    except RuntimeError as e:
+        if download or "not found" not in str(e):
+            raise
+        raise DatasetMissing(f"dataset {name} not found in {data_dir}; pass --download to fetch it there") from None
+    return train, test
+
+
+DOWNLOADABLE = tuple(_STATS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recipes.data import digits, fake_images
+from recipes.data import digits, fake_images, torchvision_dataset
 from recipes.registry import Recipe
 
 __all__ = ["LeNet", "RECIPE"]
@@ -35,6 +35,11 @@ RECIPE = Recipe(
     name="lenet",
     description="LeNet-5 with BatchNorm (seed 002), image classification",
     build_model=LeNet,
-    datasets={"digits": lambda cfg: digits(), "fake": lambda cfg: fake_images((1, 28, 28))},
+    datasets={
+        "digits": lambda cfg: digits(),
+        "mnist": lambda cfg: torchvision_dataset("mnist", cfg.data_dir, cfg.download),
+        "fashion-mnist": lambda cfg: torchvision_dataset("fashion-mnist", cfg.data_dir, cfg.download),
+        "fake": lambda cfg: fake_images((1, 28, 28)),
+    },
     defaults={"epochs": 10, "batch_size": 64, "lr": 0.05, "lr_mode": "cosine", "optimizer": "sgd", "momentum": 0.9, "wd": 1e-4},
 )

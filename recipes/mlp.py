@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recipes.data import digits, fake_images
+from recipes.data import digits, fake_images, torchvision_dataset
 from recipes.registry import Recipe
 
 __all__ = ["MLP", "RECIPE"]
@@ -34,6 +34,11 @@ RECIPE = Recipe(
     name="mlp",
     description="seed 004's fully connected 784-512-512-10 network, image classification",
     build_model=MLP,
-    datasets={"digits": lambda cfg: digits(), "fake": lambda cfg: fake_images((1, 28, 28))},
+    datasets={
+        "digits": lambda cfg: digits(),
+        "fashion-mnist": lambda cfg: torchvision_dataset("fashion-mnist", cfg.data_dir, cfg.download),
+        "mnist": lambda cfg: torchvision_dataset("mnist", cfg.data_dir, cfg.download),
+        "fake": lambda cfg: fake_images((1, 28, 28)),
+    },
     defaults={"epochs": 10, "batch_size": 32, "lr": 0.05, "lr_mode": "cosine", "optimizer": "sgd", "momentum": 0.9, "wd": 1e-4},
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models import resnet18
 
-from recipes.data import fake_images
+from recipes.data import fake_images, torchvision_dataset
 from recipes.registry import Recipe
 
 __all__ = ["cifar_resnet18", "RECIPE"]
@@ -29,6 +29,9 @@ RECIPE = Recipe(
     name="resnet",
     description="ResNet-18 for 32x32 images (3x3 stem, no max-pool), BMXNet's image classification job",
     build_model=cifar_resnet18,
-    datasets={"fake": lambda cfg: fake_images((3, 32, 32))},
+    datasets={
+        "cifar10": lambda cfg: torchvision_dataset("cifar10", cfg.data_dir, cfg.download),
+        "fake": lambda cfg: fake_images((3, 32, 32)),
+    },
     defaults={"epochs": 30, "batch_size": 128, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9, "wd": 5e-4},
 )

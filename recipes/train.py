@@ -60,7 +60,9 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 # Options a resumed run may change: they do not alter what is trained or how.
-RESUMABLE_CHANGES = ("epochs", "resume", "interrupt_at", "progress", "device", "output_dir", "log_interval")
+RESUMABLE_CHANGES = (
+    "epochs", "resume", "interrupt_at", "progress", "device", "output_dir", "log_interval", "data_dir", "download",
+)  # fmt: skip
 
 
 def config_changes(saved: dict, cfg: Config) -> list[str]:
@@ -143,8 +145,9 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
     # --- data ----------------------------------------------------------------------------------
     train_set, val_set = recipe.datasets[cfg.dataset](cfg)
     pin = device.type == "cuda"
-    train_loader: Any = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, pin_memory=pin)
-    val_loader: Any = DataLoader(val_set, batch_size=max(cfg.batch_size, 256), shuffle=False, pin_memory=pin)
+    loading: dict[str, Any] = {"num_workers": cfg.num_workers, "pin_memory": pin, "persistent_workers": cfg.num_workers > 0}
+    train_loader: Any = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, **loading)
+    val_loader: Any = DataLoader(val_set, batch_size=max(cfg.batch_size, 256), shuffle=False, **loading)
     if cfg.test_run:
         train_loader, val_loader = FirstBatches(train_loader, 1), FirstBatches(val_loader, 1)
 

@@ -28,7 +28,7 @@ def test_console_script_lists_the_recipes():
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["lenet", "mlp", "resnet", "ffnn"]
-    assert "[dataset: digits; also: fake]" in lines[0] and "[dataset: seed001; also: fake]" in lines[3]
+    assert "[dataset: digits; also: mnist, fashion-mnist, fake]" in lines[0] and "[dataset: cifar10; also: fake]" in lines[2]
 
 
 def test_test_run_writes_every_output(tmp_path, flint):

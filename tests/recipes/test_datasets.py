@@ -1,0 +1,96 @@
+"""Real datasets through torchvision's own loaders, on small files written in each dataset's format."""
+
+import json
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from recipes.cli import main
+from recipes.data import DatasetMissing, torchvision_dataset
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """An MNIST idx file: magic (0x08 = unsigned byte, then the number of dimensions), sizes, data."""
+    header = struct.pack(">I", 0x0800 + array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist(root, folder="MNIST", n_train=40, n_test=12):
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    return root
+
+
+def write_cifar10(root, n_per_batch=8):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8), "labels": list(range(n_per_batch))}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"class{i}" for i in range(10)]}))
+    return root
+
+
+@pytest.fixture
+def cifar_files_trusted(monkeypatch):
+    # torchvision checks CIFAR-10 files against the real release's MD5 sums; these small files are ours.
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda path, md5=None: True)
+
+
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_mnist_formats_load_as_normalised_tensors(tmp_path, name, folder):
+    write_mnist(tmp_path, folder)
+    train, test = torchvision_dataset(name, str(tmp_path), download=False)
+    assert (len(train), len(test)) == (40, 12)
+    x, y = train[3]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and y == 3
+    raw = torch.tensor(np.asarray(train.data[3]), dtype=torch.float32) / 255
+    assert not torch.equal(x[0], raw) and torch.allclose(x[0] * (0.3081 if name == "mnist" else 0.3530), raw - (0.1307 if name == "mnist" else 0.2860), atol=1e-5)
+
+
+def test_cifar10_python_batches_load_with_augmentation_on_training_only(tmp_path, cifar_files_trusted):
+    write_cifar10(tmp_path)
+    train, test = torchvision_dataset("cifar10", str(tmp_path), download=False)
+    assert (len(train), len(test)) == (40, 8)
+    torch.manual_seed(0)
+    views = {tuple(train[0][0].flatten()[:64].tolist()) for _ in range(8)}
+    assert train[0][0].shape == (3, 32, 32) and len(views) > 1  # random crop and flip
+    assert torch.equal(test[0][0], test[0][0]) and test[5][1] == 5
+
+
+def test_a_missing_dataset_names_the_directory_and_the_flag(tmp_path):
+    with pytest.raises(DatasetMissing, match=f"dataset mnist not found in {tmp_path}; pass --download"):
+        torchvision_dataset("mnist", str(tmp_path), download=False)
+
+
+def test_lenet_trains_on_mnist_files_through_the_cli(tmp_path, flint):
+    data, out = write_mnist(tmp_path / "data"), tmp_path / "run"
+    result = flint("run", "lenet", "--dataset", "mnist", "--data-dir", str(data), "--epochs", "2", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["samples"] for r in recs if r["phase"] == "training"] == [40, 80]
+
+
+def test_missing_dataset_through_the_cli_is_one_line_exit_1(tmp_path, flint):
+    result = flint("run", "lenet", "--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "-o", str(tmp_path / "run"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"flint: error: dataset mnist not found in {tmp_path / 'none'}; pass --download to fetch it there"
+
+
+def test_resnet_on_cifar10_files_and_mlp_on_fashion_mnist_with_workers(tmp_path, cifar_files_trusted):
+    data = write_cifar10(tmp_path / "data")
+    common = ["--data-dir", str(data), "--test-run", "--epochs", "1", "--no-progress"]
+    assert main(["run", "resnet", "--dataset", "cifar10", "--batch-size", "4", *common, "-o", str(tmp_path / "r")]) == 0
+    write_mnist(data, "FashionMNIST")
+    args = ["run", "mlp", "--dataset", "fashion-mnist", "--num-workers", "2", *common, "-o", str(tmp_path / "m")]
+    assert main(args) == 0
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert (config["dataset"], config["num_workers"], config["data_dir"]) == ("fashion-mnist", 2, str(data))
