@@ -99,11 +99,18 @@ class Checkpointing:
         )
         self._saved_at: int | None = None
 
-    def attach(self, trainer: Engine, evaluator: Engine | None = None) -> Checkpointing:
-        """Save the latest at each trainer EPOCH_COMPLETED; track the best on ``evaluator`` COMPLETED."""
+    def attach(self, trainer: Engine, evaluator: Engine | None = None, every: int = 1) -> Checkpointing:
+        """Save the latest every ``every`` epochs, at the last epoch and when the trainer is terminating
+        (early stopping); track the best on ``evaluator`` COMPLETED."""
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"Argument every should be a positive integer, got {every!r}")
         if evaluator is not None and self.best_checkpoint is not None:
             evaluator.add_event_handler(Events.COMPLETED, self._on_validation, trainer)
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.save_latest)
+
+        def due(engine: Engine, epoch: int) -> bool:
+            return epoch % every == 0 or epoch == engine.state.max_epochs or bool(engine.should_terminate)
+
+        trainer.add_event_handler(Events.EPOCH_COMPLETED(event_filter=due), self.save_latest)
         return self
 
     def _on_validation(self, evaluator: Engine, trainer: Engine) -> None:

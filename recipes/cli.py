@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from a checkpoint; without PATH the latest in the output dir",
     )  # fmt: skip
     run.add_argument("--interrupt-at", type=_positive_int, metavar="EPOCH", help="save and exit 3 after this epoch")
+    run.add_argument(
+        "--early-stopping", type=_positive_int, metavar="PATIENCE",
+        help="stop after PATIENCE validations without improvement of the monitored metric",
+    )  # fmt: skip
+    run.add_argument("--save-frequency", type=_positive_int, metavar="N", help="epochs between checkpoints (default 1)")
     run.add_argument("--test-run", action="store_true", help="one training and one validation batch per epoch")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast)")

@@ -43,6 +43,8 @@ class Config:
     output_dir: str = ""  # where the run's files go; "" = runs/<recipe>
     resume: str | None = None  # None: new run; "": latest checkpoint in output_dir; else a checkpoint path
     interrupt_at: int | None = None  # after this epoch's validation, save and exit with status 3
+    early_stopping: int | None = None  # stop after this many validations without improving the monitored metric
+    save_frequency: int = 1  # epochs between latest checkpoints (the last epoch and stops are always saved)
     test_run: bool = False  # one training and one validation batch per epoch
     progress: bool = True  # tqdm progress bar when stderr is a terminal
     amp: bool = False  # autocast: bf16 (fp16 + GradScaler on CUDA without bf16)

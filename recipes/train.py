@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Events
-from ignite.handlers import TensorboardLogger
+from ignite.handlers import EarlyStopping, TensorboardLogger
 from ignite.metrics import Accuracy, Average, Loss, MeanAbsoluteError, Metric
 from torch import nn
 from torch.utils.data import DataLoader
@@ -190,12 +190,19 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
     NetSummaries(model, tb.writer).attach(trainer)
     Validation(evaluator, val_loader).attach(trainer)
     EpochMetrics(val_metrics, stream, "validation", trainer=trainer).attach(evaluator)
+    stopper = None
+    if cfg.early_stopping:
+        # Ignite's, on the evaluator; not reset at the trainer's STARTED, which would wipe a resumed patience.
+        stopper = EarlyStopping(cfg.early_stopping, lambda e: e.state.metrics[monitor], trainer, mode=mode)  # type: ignore[arg-type]
+        evaluator.add_event_handler(Events.COMPLETED, stopper)
     scaler = trainer.scaler  # type: ignore[attr-defined]  # create_trainer's GradScaler (disabled unless fp16)
     to_save = {
         "model": model, "optimizer": optimizer, "trainer": trainer, "scaler": scaler, "scheduler": schedule, "rng": RNGState(),
     }  # fmt: skip
+    if stopper is not None:
+        to_save["early_stopping"] = stopper
     checkpoints = Checkpointing(out / "checkpoints", to_save, n_latest=2, metric=monitor, mode=mode)
-    checkpoints.attach(trainer, evaluator)
+    checkpoints.attach(trainer, evaluator, every=cfg.save_frequency)
     interrupt = InterruptAt(cfg.interrupt_at, checkpoints.save_latest).attach(trainer) if cfg.interrupt_at else None
     if cfg.progress and sys.stderr.isatty():
         from ignite.handlers import ProgressBar
@@ -213,6 +220,9 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
             if trainer.state.epoch >= cfg.epochs:  # Ignite would start over on a finished state
                 logger.info("The run in %s already completed %d epochs; nothing to do", out, trainer.state.epoch)
                 return "completed"
+            if stopper is not None and stopper.counter >= stopper.patience:
+                logger.info("The run in %s already stopped early after epoch %d; nothing to do", out, trainer.state.epoch)
+                return "completed"
         try:
             trainer.run(train_loader, max_epochs=cfg.epochs)
             status = "interrupted" if interrupt is not None and interrupt.triggered else "completed"
@@ -226,6 +236,7 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
                     "best_epoch": checkpoints.best.epoch,
                     f"best_{monitor}": checkpoints.best.value,
                     "avg_epoch_time": timer.average,
+                    "stopped_early": stopper is not None and stopper.counter >= stopper.patience,
                 }
             )
     finally:

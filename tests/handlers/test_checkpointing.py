@@ -122,3 +122,19 @@ def test_find_latest_orders_by_iteration_not_name(tmp_path):
 def test_rejects_bad_counts(tmp_path):
     with pytest.raises(ValueError, match="n_latest should be a positive integer, got 0"):
         Checkpointing(tmp_path, {}, n_latest=0)
+
+
+def test_save_frequency_keeps_the_last_epoch_and_a_stop(tmp_path, model, batches):
+    from engine import create_trainer
+
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    Checkpointing(tmp_path, {"model": model, "trainer": trainer}, n_latest=10).attach(trainer, every=3)
+    trainer.run(batches, max_epochs=7)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_21.pt", "checkpoint_42.pt", "checkpoint_49.pt"]
+
+    stopped = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    # Terminating before the checkpoint handler runs, as EarlyStopping does during validation.
+    stopped.add_event_handler(Events.EPOCH_COMPLETED(once=2), lambda e: e.terminate())
+    Checkpointing(tmp_path / "stop", {"model": model, "trainer": stopped}).attach(stopped, every=3)
+    stopped.run(batches, max_epochs=7)
+    assert [p.name for p in (tmp_path / "stop").iterdir()] == ["checkpoint_14.pt"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from handlers import Checkpointing
 from recipes.cli import main
 
 TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time")
@@ -230,3 +231,17 @@ def test_a_failure_during_the_run_prints_one_error_line(tmp_path, flint):
     errors = [line for line in result.stderr.splitlines() if "rror" in line]
     assert len(errors) == 1 and errors[0].startswith("flint: error: ") and "Not a directory" in errors[0]
     assert records(out)[-1]["status"] == "failed"
+
+
+def test_early_stopping_stops_saves_and_a_relaunch_does_nothing(tmp_path, flint):
+    out = tmp_path / "run"
+    result = flint("run", "lenet", "--epochs", "30", "--early-stopping", "1", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    recs = records(out)
+    accuracy = [r["accuracy"] for r in recs if r["phase"] == "validation"]
+    summary = recs[-1]
+    assert summary["stopped_early"] is True and summary["epochs"] == len(accuracy) < 30
+    assert accuracy[-1] <= max(accuracy[:-1])  # the last validation did not improve: patience 1 ran out
+    assert Checkpointing.find_latest(out / "checkpoints").name == f"checkpoint_{23 * summary['epochs']}.pt"
+    again = flint("run", "lenet", "--epochs", "30", "--early-stopping", "1", "-o", str(out), "--resume")
+    assert again.returncode == 0 and "already stopped early" in again.stderr and records(out) == recs
