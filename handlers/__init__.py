@@ -4,16 +4,18 @@ from handlers.batch_logger import BatchLogger
 from handlers.checkpointing import CheckpointError, Checkpointing
 from handlers.epoch_metrics import EpochMetrics
 from handlers.epoch_timer import EpochTimer
+from handlers.eta import ETA
 from handlers.interrupt_at import InterruptAt
 from handlers.lr_schedule import LR_MODES, LRSchedule, lr_multiplier
 from handlers.lr_tracker import LRTracker, current_lrs
-from handlers.meters import BestScore, Throughput, average_excluding_first
+from handlers.meters import BestScore, Throughput, average_excluding_first, remaining_time
 from handlers.net_summaries import NetSummaries
 from handlers.records import JsonlSink, LoggingSink, Record, RecordStream, TensorBoardSink
 from handlers.safe_disk_saver import SafeDiskSaver
 from handlers.validation import Validation
 
 __all__ = [
+    "ETA",
     "BatchLogger",
     "BestScore",
     "CheckpointError",
@@ -36,4 +38,5 @@ __all__ = [
     "average_excluding_first",
     "current_lrs",
     "lr_multiplier",
+    "remaining_time",
 ]

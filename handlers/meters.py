@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["Throughput", "BestScore", "average_excluding_first"]
+__all__ = ["Throughput", "BestScore", "average_excluding_first", "remaining_time"]
 
 
 class Throughput:
@@ -40,6 +40,20 @@ class Throughput:
             value = (samples - self._samples) / elapsed if elapsed > 0 else math.nan
         self.start(samples, now)
         return value
+
+
+def remaining_time(done: float, total: float, elapsed: float) -> float | None:
+    """Seconds left if the rest goes at the rate so far; never negative; None before any progress.
+
+    Example:
+        >>> remaining_time(done=25, total=100, elapsed=10.0)
+        30.0
+        >>> remaining_time(done=120, total=100, elapsed=10.0), remaining_time(0, 100, 1.0)
+        (0.0, None)
+    """
+    if done <= 0:
+        return None
+    return max(0.0, elapsed / done * (total - done))
 
 
 def average_excluding_first(times: Sequence[float]) -> float | None:

@@ -20,6 +20,8 @@ from tqdm import tqdm
 from handlers import LR_MODES
 from recipes import RECIPES
 from recipes.config import DEVICES, Config, UsageError
+from recipes.export import FORMATS, export_model
+from recipes.report import write_report
 from recipes.optim import DEFAULT_LOSS, LOSSES, OPTIMIZERS, REFUSED_OPTIMIZERS, make_loss
 from recipes.train import build_optimizer, resolve_device, train
 
@@ -95,8 +97,14 @@ def _lr_mult(text: str) -> tuple[str, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="flint", description="Flint: the BMXNet training loop on PyTorch-Ignite.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,run}", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,run,report,export}", parser_class=_Parser)
     commands.add_parser("list", help="list the recipes")
+    report = commands.add_parser("report", help="plot a run's curves to RUN_DIR/report.png and print its results")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    export = commands.add_parser("export", help="export a trained model")
+    export.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory (its best checkpoint) or a checkpoint")
+    export.add_argument("--format", choices=FORMATS, required=True, help="onnx, torchscript or state_dict")
+    export.add_argument("-o", "--output", help="file to write (default RUN_DIR/model.<format suffix>)")
     run = commands.add_parser("run", help="train a recipe", argument_default=argparse.SUPPRESS)
     run.add_argument("recipe", choices=sorted(RECIPES), help="recipe name (see `flint list`)")
     run.add_argument("--dataset", help="dataset; default: the recipe's first")
@@ -207,6 +215,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             for recipe in RECIPES.values():
                 others = ", ".join(list(recipe.datasets)[1:])
                 print(f"{recipe.name:<7} {recipe.description} [dataset: {recipe.default_dataset}; also: {others}]")
+            return EXIT_OK
+        if args.command == "report":
+            path, table = write_report(args.run_dir)
+            print(table)
+            print(f"curves: {path}")
+            return EXIT_OK
+        if args.command == "export":
+            _setup_console_logging(debug)
+            print(export_model(args.path, args.format, args.output))
             return EXIT_OK
         cfg = resolve_config(args)
         _setup_console_logging(debug)

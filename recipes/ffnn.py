@@ -58,4 +58,5 @@ RECIPE = Recipe(
     datasets={"seed001": lambda cfg: seed001_split(), "fake": lambda cfg: fake_regression(3)},
     defaults={"epochs": 100, "batch_size": 32, "lr": 0.01, "optimizer": "adamw", "wd": 0.0, "log_interval": 100},
     task="regression",
+    input_shape=(3,),
 )

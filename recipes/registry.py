@@ -25,6 +25,7 @@ class Recipe:
     datasets: Mapping[str, Callable[[Config], tuple[Dataset, Dataset]]]  # name -> (train, val); first is default
     defaults: Mapping[str, Any] = field(default_factory=dict)  # Config fields this recipe sets differently
     task: str = "classification"  # one of TASKS: decides the metrics and the monitored one
+    input_shape: tuple[int, ...] = (1, 28, 28)  # one sample's shape, for export
 
     @property
     def default_dataset(self) -> str:

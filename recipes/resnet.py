@@ -33,5 +33,6 @@ RECIPE = Recipe(
         "cifar10": lambda cfg: torchvision_dataset("cifar10", cfg.data_dir, cfg.download),
         "fake": lambda cfg: fake_images((3, 32, 32)),
     },
+    input_shape=(3, 32, 32),
     defaults={"epochs": 30, "batch_size": 128, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9, "wd": 5e-4},
 )
