@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save-frequency", type=_positive_int, metavar="N", help="epochs between checkpoints (default 1)")
     run.add_argument("--test-run", action="store_true", help="one training and one validation batch per epoch")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--progress-file", metavar="PATH", help="keep epoch and run ETA in this JSON file")
     run.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast)")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser

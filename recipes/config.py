@@ -46,5 +46,6 @@ class Config:
     early_stopping: int | None = None  # stop after this many validations without improving the monitored metric
     save_frequency: int = 1  # epochs between latest checkpoints (the last epoch and stops are always saved)
     test_run: bool = False  # one training and one validation batch per epoch
-    progress: bool = True  # tqdm progress bar when stderr is a terminal
+    progress: bool = True  # tqdm progress bar (with epoch and run ETA) when stderr is a terminal
+    progress_file: str | None = None  # a JSON file kept up to date with epoch and run ETA, for schedulers
     amp: bool = False  # autocast: bf16 (fp16 + GradScaler on CUDA without bf16)

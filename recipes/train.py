@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from engine import RNGState, batch_size_of, create_evaluator, create_trainer, seed_everything
 from handlers import (
+    ETA,
     BatchLogger,
     Checkpointing,
     EpochMetrics,
@@ -61,7 +62,8 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 # Options a resumed run may change: they do not alter what is trained or how.
 RESUMABLE_CHANGES = (
-    "epochs", "resume", "interrupt_at", "progress", "device", "output_dir", "log_interval", "data_dir", "download",
+    "epochs", "resume", "interrupt_at", "progress", "progress_file", "device", "output_dir", "log_interval", "data_dir",
+    "download",
 )  # fmt: skip
 
 
@@ -94,6 +96,13 @@ def _resume_from(cfg: Config, out: Path) -> Path | None:
     if found is None:
         logger.info("--resume: no checkpoint in %s yet, starting a new run", out / "checkpoints")
     return found
+
+
+def _clock_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 def _weighted_loss(output: dict) -> torch.Tensor:
@@ -204,13 +213,15 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
     checkpoints = Checkpointing(out / "checkpoints", to_save, n_latest=2, metric=monitor, mode=mode)
     checkpoints.attach(trainer, evaluator, every=cfg.save_frequency)
     interrupt = InterruptAt(cfg.interrupt_at, checkpoints.save_latest).attach(trainer) if cfg.interrupt_at else None
+    eta = ETA(cfg.progress_file).attach(trainer)
     if cfg.progress and sys.stderr.isatty():
         from ignite.handlers import ProgressBar
 
+        def bar_fields(output: dict) -> dict:  # tqdm shows the epoch's ETA itself
+            return {"loss": output["loss"], "run ETA": _clock_text(eta.estimate(trainer)["run_eta_s"])}
+
         every = max(1, len(train_loader) // 50)  # redrawing per iteration costs ~85 us each
-        ProgressBar(persist=False).attach(
-            trainer, output_transform=lambda o: {"loss": o["loss"]}, event_name=Events.ITERATION_COMPLETED(every=every)
-        )
+        ProgressBar(persist=False).attach(trainer, output_transform=bar_fields, event_name=Events.ITERATION_COMPLETED(every=every))
 
     # --- resume and run ------------------------------------------------------------------------
     status = "failed"

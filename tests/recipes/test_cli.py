@@ -245,3 +245,11 @@ def test_early_stopping_stops_saves_and_a_relaunch_does_nothing(tmp_path, flint)
     assert Checkpointing.find_latest(out / "checkpoints").name == f"checkpoint_{23 * summary['epochs']}.pt"
     again = flint("run", "lenet", "--epochs", "30", "--early-stopping", "1", "-o", str(out), "--resume")
     assert again.returncode == 0 and "already stopped early" in again.stderr and records(out) == recs
+
+
+def test_progress_file_for_schedulers(tmp_path):
+    progress = tmp_path / "progress.json"
+    args = ["run", "mlp", "--dataset", "fake", "--test-run", "--epochs", "2", "--no-progress"]
+    assert main([*args, "--progress-file", str(progress), "-o", str(tmp_path / "run")]) == 0
+    state = json.loads(progress.read_text())
+    assert (state["status"], state["epoch"], state["epochs"], state["run_eta_s"]) == ("finished", 2, 2, 0.0)
