@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="where real datasets are (default ./data)")
     run.add_argument("--download", action="store_true", help="download a missing dataset into --data-dir")
     run.add_argument("--num-workers", type=_non_negative_int, help="DataLoader worker processes (default 0)")
+    run.add_argument("--data-on-device", action="store_true", help="hold the whole dataset as tensors on the device")
     run.add_argument("--epochs", type=_positive_int, help="training epochs")
     run.add_argument("--batch-size", type=_positive_int, help="samples per batch")
     run.add_argument("--lr", type=_positive_float, help="base learning rate")
@@ -178,6 +179,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
         raise UsageError("--lr-mode step needs --lr-steps E1,E2,...: the epochs after which to decay")
     if cfg.lr_steps and cfg.lr_mode != "step":
         raise UsageError(f"--lr-steps applies to --lr-mode step, not {cfg.lr_mode}")
+    if cfg.data_on_device and cfg.num_workers:
+        raise UsageError("--data-on-device serves batches from device memory; it takes no --num-workers")
     if cfg.warmup_epochs >= cfg.epochs:
         raise UsageError(f"--warmup-epochs {cfg.warmup_epochs}: must be below --epochs {cfg.epochs}")
     return cfg

@@ -20,6 +20,7 @@ class Config:
     data_dir: str = "data"  # where mnist, fashion-mnist and cifar10 are read from (and downloaded to)
     download: bool = False  # fetch a missing dataset into data_dir
     num_workers: int = 0  # DataLoader worker processes (0: load in the main process)
+    data_on_device: bool = False  # hold the whole dataset as tensors on the device (small datasets)
     epochs: int = 10  # training epochs
     batch_size: int = 64  # samples per batch; one optimizer step sees batch_size * update_cycle
     lr: float = 0.1  # base learning rate

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 __all__ = [
     "digits", "fake_images", "fake_regression", "torchvision_dataset", "DatasetMissing", "FirstBatches", "DOWNLOADABLE",
+    "DeviceTensorLoader", "random_crop_flip", "DEVICE_AUGMENT",
 ]  # fmt: skip
 
 
@@ -104,11 +105,11 @@ class DatasetMissing(RuntimeError):
     """A dataset that is not in the data directory and was not to be downloaded."""
 
 
-def torchvision_dataset(name: str, data_dir: str, download: bool) -> tuple[Dataset, Dataset]:
+def torchvision_dataset(name: str, data_dir: str, download: bool, augment: bool = True) -> tuple[Dataset, Dataset]:
     """MNIST, Fashion-MNIST or CIFAR-10 through torchvision's own dataset classes, as (train, test).
 
-    Images become normalised tensors; CIFAR-10 training images are also randomly cropped (4 pixels of
-    padding) and flipped. The files are read from ``data_dir`` in the datasets' own formats (MNIST idx
+    Images become normalised tensors; with ``augment``, CIFAR-10 training images are also randomly
+    cropped (4 pixels of padding) and flipped (``DEVICE_AUGMENT`` does the same per batch on a device). The files are read from ``data_dir`` in the datasets' own formats (MNIST idx
     files, CIFAR-10 python batches) or fetched there first with ``download``.
 
     Raises:
@@ -120,9 +121,9 @@ def torchvision_dataset(name: str, data_dir: str, download: bool) -> tuple[Datas
     classes = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}
     mean, std = _STATS[name]
     plain = [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    augment = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if name == "cifar10" else []
+    extra = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if augment and name == "cifar10" else []
     try:
-        train = classes[name](data_dir, train=True, transform=transforms.Compose(augment + plain), download=download)
+        train = classes[name](data_dir, train=True, transform=transforms.Compose(extra + plain), download=download)
         test = classes[name](data_dir, train=False, transform=transforms.Compose(plain), download=download)
     except RuntimeError as e:
         if download or "not found" not in str(e):
@@ -132,3 +133,71 @@ def torchvision_dataset(name: str, data_dir: str, download: bool) -> tuple[Datas
 
 
 DOWNLOADABLE = tuple(_STATS)
+
+
+def random_crop_flip(x: torch.Tensor, padding: int = 4) -> torch.Tensor:
+    """A batch's random crops (zero padding ``padding``) and horizontal flips, one draw per image, on x's device.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> random_crop_flip(torch.ones(8, 3, 32, 32)).shape
+        torch.Size([8, 3, 32, 32])
+    """
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    top = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
+    left = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
+    rows = (top + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, c, h, w + 2 * padding)
+    cropped = padded.gather(2, rows)
+    cols = (left + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, c, h, w)
+    cropped = cropped.gather(3, cols)
+    flip = torch.rand(n, device=x.device) < 0.5
+    return torch.where(flip.view(n, 1, 1, 1), cropped.flip(3), cropped)
+
+
+DEVICE_AUGMENT = {"cifar10": random_crop_flip}
+
+
+class DeviceTensorLoader:
+    """A whole (small) dataset held as two tensors on a device, served in batches without a DataLoader.
+
+    The dataset's transforms run once, when it is loaded; ``augment`` (e.g. :func:`random_crop_flip`)
+    runs per batch on the device. Shuffling draws a permutation from torch's global generator, so a run
+    repeats with its seed and resumes exactly like one with a DataLoader.
+
+    Example:
+        >>> data = TensorDataset(torch.arange(5.0).unsqueeze(1), torch.arange(5))
+        >>> loader = DeviceTensorLoader(data, batch_size=2, shuffle=False)
+        >>> len(loader), [y.tolist() for _, y in loader]
+        (3, [[0, 1], [2, 3], [4]])
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool,
+        device: str | torch.device = "cpu",
+        augment: Any = None,
+    ) -> None:
+        if isinstance(dataset, TensorDataset):
+            x, y = dataset.tensors
+        else:
+            from torch.utils.data import DataLoader
+
+            batches = list(DataLoader(dataset, batch_size=1024))
+            x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        self.x, self.y = x.to(device), y.to(device)
+        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.y)
+        order = torch.randperm(n).to(self.x.device) if self.shuffle else torch.arange(n, device=self.x.device)
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            x = self.x[idx]
+            yield (self.augment(x) if self.augment is not None else x), self.y[idx]
+

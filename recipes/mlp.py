@@ -36,8 +36,8 @@ RECIPE = Recipe(
     build_model=MLP,
     datasets={
         "digits": lambda cfg: digits(),
-        "fashion-mnist": lambda cfg: torchvision_dataset("fashion-mnist", cfg.data_dir, cfg.download),
-        "mnist": lambda cfg: torchvision_dataset("mnist", cfg.data_dir, cfg.download),
+        "fashion-mnist": lambda cfg: torchvision_dataset("fashion-mnist", cfg.data_dir, cfg.download, not cfg.data_on_device),
+        "mnist": lambda cfg: torchvision_dataset("mnist", cfg.data_dir, cfg.download, not cfg.data_on_device),
         "fake": lambda cfg: fake_images((1, 28, 28)),
     },
     defaults={"epochs": 10, "batch_size": 32, "lr": 0.05, "lr_mode": "cosine", "optimizer": "sgd", "momentum": 0.9, "wd": 1e-4},

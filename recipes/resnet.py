@@ -30,7 +30,7 @@ RECIPE = Recipe(
     description="ResNet-18 for 32x32 images (3x3 stem, no max-pool), BMXNet's image classification job",
     build_model=cifar_resnet18,
     datasets={
-        "cifar10": lambda cfg: torchvision_dataset("cifar10", cfg.data_dir, cfg.download),
+        "cifar10": lambda cfg: torchvision_dataset("cifar10", cfg.data_dir, cfg.download, not cfg.data_on_device),
         "fake": lambda cfg: fake_images((3, 32, 32)),
     },
     input_shape=(3, 32, 32),

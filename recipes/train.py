@@ -38,7 +38,7 @@ from handlers import (
     lr_multiplier,
 )
 from recipes.config import Config, UsageError
-from recipes.data import FirstBatches
+from recipes.data import DEVICE_AUGMENT, DeviceTensorLoader, FirstBatches
 from recipes.optim import make_loss, make_optimizer, param_groups
 from recipes.registry import Recipe
 
@@ -154,9 +154,17 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
     # --- data ----------------------------------------------------------------------------------
     train_set, val_set = recipe.datasets[cfg.dataset](cfg)
     pin = device.type == "cuda"
-    loading: dict[str, Any] = {"num_workers": cfg.num_workers, "pin_memory": pin, "persistent_workers": cfg.num_workers > 0}
-    train_loader: Any = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, **loading)
-    val_loader: Any = DataLoader(val_set, batch_size=max(cfg.batch_size, 256), shuffle=False, **loading)
+    val_batch = max(cfg.batch_size, 256)
+    train_loader: Any
+    val_loader: Any
+    if cfg.data_on_device:
+        augment = DEVICE_AUGMENT.get(cfg.dataset)
+        train_loader = DeviceTensorLoader(train_set, cfg.batch_size, shuffle=True, device=device, augment=augment)
+        val_loader = DeviceTensorLoader(val_set, val_batch, shuffle=False, device=device)
+    else:
+        loading: dict[str, Any] = {"num_workers": cfg.num_workers, "pin_memory": pin, "persistent_workers": cfg.num_workers > 0}
+        train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, **loading)
+        val_loader = DataLoader(val_set, batch_size=val_batch, shuffle=False, **loading)
     if cfg.test_run:
         train_loader, val_loader = FirstBatches(train_loader, 1), FirstBatches(val_loader, 1)
 

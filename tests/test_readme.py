@@ -17,3 +17,13 @@ def test_readme_compose_example_trains_logs_and_checkpoints(tmp_path, monkeypatc
     assert [r["epoch"] for r in validation] == [1, 2, 3] and validation[-1]["accuracy"] > 0.9
     assert any(r["phase"] == "batch" for r in records)
     assert {p.name for p in (tmp_path / "checkpoints").glob("checkpoint_*.pt")} == {"checkpoint_46.pt", "checkpoint_69.pt"}
+
+
+def test_every_cli_option_is_documented_in_the_readme_and_docs():
+    from recipes.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    options = {o for sub in commands.values() for a in sub._actions for o in a.option_strings if o != "--help"}
+    for doc in ("README.md", "docs/cli.md"):
+        text = (REPO / doc).read_text()
+        assert [o for o in sorted(options) if o.startswith("--") and o not in text] == [], doc

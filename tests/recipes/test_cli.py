@@ -199,9 +199,10 @@ def test_update_cycle_lr_mult_and_amp_reach_the_run(tmp_path, flint):
     assert [g["weight_decay"] for g in groups] == [1e-4, 0.0, 1e-4, 0.0]
 
 
-def test_test_run_resume_is_exact_too_with_a_schedule(tmp_path, flint):
+@pytest.mark.parametrize("loading", [(), ("--data-on-device",)])
+def test_test_run_resume_is_exact_too_with_a_schedule(tmp_path, flint, loading):
     schedule = ("--lr-mode", "cosine", "--warmup-epochs", "1", "--warmup-lr", "0.01")
-    common = ("run", "lenet", "--test-run", "--epochs", "4", "--log-interval", "1", *schedule)
+    common = ("run", "lenet", "--test-run", "--epochs", "4", "--log-interval", "1", *schedule, *loading)
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     assert flint(*common, "-o", str(straight)).returncode == 0
     assert flint(*common, "-o", str(broken), "--interrupt-at", "2").returncode == 3

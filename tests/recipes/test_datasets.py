@@ -94,3 +94,45 @@ def test_resnet_on_cifar10_files_and_mlp_on_fashion_mnist_with_workers(tmp_path,
     assert main(args) == 0
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert (config["dataset"], config["num_workers"], config["data_dir"]) == ("fashion-mnist", 2, str(data))
+
+
+def test_device_loader_serves_every_sample_once_per_epoch_in_a_seeded_order():
+    from torch.utils.data import TensorDataset
+
+    from recipes.data import DeviceTensorLoader
+
+    data = TensorDataset(torch.arange(10.0).unsqueeze(1), torch.arange(10))
+    loader = DeviceTensorLoader(data, batch_size=4, shuffle=True)
+    torch.manual_seed(0)
+    first = [y.tolist() for _, y in loader]
+    second = [y.tolist() for _, y in loader]
+    torch.manual_seed(0)
+    assert [y.tolist() for _, y in loader] == first  # the same seed, the same order
+    assert [len(b) for b in first] == [4, 4, 2] and sorted(sum(first, [])) == list(range(10)) and first != second
+    assert all(torch.equal(x[:, 0].long(), y) for x, y in loader)  # samples stay paired with their labels
+
+
+def test_random_crop_flip_shifts_within_the_padding_and_mirrors():
+    from recipes.data import random_crop_flip
+
+    torch.manual_seed(0)
+    x = torch.arange(32.0).repeat(64, 1, 32, 1)  # each row counts 0..31 left to right
+    out = random_crop_flip(x, padding=4)
+    first_rows = out[:, 0, 16]  # a middle row: away from the vertical padding
+    for row in first_rows:
+        values = row[row > 0] if row[0] == 0 or row[-1] == 0 else row
+        steps = torch.diff(values)
+        assert torch.all(steps == 1) or torch.all(steps == -1)  # a shifted, possibly mirrored, ramp
+    flipped = (first_rows[:, 16] > first_rows[:, 15]).float().mean()
+    assert 0.2 < flipped < 0.8  # both orientations occur
+    assert torch.equal(random_crop_flip(x, padding=0).sort(dim=3).values, x)  # no padding: only flips
+
+
+def test_data_on_device_trains_and_refuses_workers(tmp_path, capsys):
+    args = ["run", "lenet", "--epochs", "2", "--data-on-device", "--no-progress", "-o", str(tmp_path / "run")]
+    assert main(args) == 0
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["samples"] for r in recs if r["phase"] == "training"] == [1438, 2876]
+    assert [r for r in recs if r["phase"] == "validation"][-1]["accuracy"] > 0.9
+    assert main([*args[:-2], "--num-workers", "2", "-o", str(tmp_path / "other")]) == 2
+    assert "--data-on-device serves batches from device memory; it takes no --num-workers" in capsys.readouterr().err
