@@ -17,7 +17,7 @@ import torch
 from ignite.engine import Engine, EventEnum, Events
 from ignite.engine import _prepare_batch as _ignite_prepare_batch
 
-__all__ = ["TrainEvents", "create_trainer", "batch_size_of", "samples_seen", "is_last_update_of_epoch"]
+__all__ = ["TrainEvents", "create_trainer", "batch_size_of", "samples_seen", "is_last_update_of_epoch", "iteration_in_epoch"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,12 @@ def is_last_update_of_epoch(engine: Engine) -> bool:
     """True while the current iteration is the last one of its epoch (False if the length is unknown)."""
     length = engine.state.epoch_length
     return length is not None and engine.state.iteration % length == 0
+
+
+def iteration_in_epoch(engine: Engine) -> int:
+    """Iterations done in the current epoch: non-zero at EPOCH_STARTED only when resuming mid-epoch."""
+    length = engine.state.epoch_length
+    return engine.state.iteration % length if length else 0
 
 
 def _resolve_device(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:

@@ -2,14 +2,17 @@
 
 from handlers.batch_logger import BatchLogger
 from handlers.checkpointing import CheckpointError, Checkpointing
+from handlers.data_order import DataOrder
 from handlers.epoch_metrics import EpochMetrics
 from handlers.epoch_timer import EpochTimer
 from handlers.eta import ETA
 from handlers.interrupt_at import InterruptAt
 from handlers.lr_schedule import LR_MODES, LRSchedule, lr_multiplier
+from handlers.loss_guard import LossGuard, NonFiniteLoss
 from handlers.lr_tracker import LRTracker, current_lrs
 from handlers.meters import BestScore, Throughput, average_excluding_first, remaining_time
 from handlers.net_summaries import NetSummaries
+from handlers.preemption import Preemption
 from handlers.records import JsonlSink, LoggingSink, Record, RecordStream, TensorBoardSink
 from handlers.safe_disk_saver import SafeDiskSaver
 from handlers.validation import Validation
@@ -20,15 +23,19 @@ __all__ = [
     "BestScore",
     "CheckpointError",
     "Checkpointing",
+    "DataOrder",
     "EpochMetrics",
     "EpochTimer",
     "InterruptAt",
     "JsonlSink",
     "LRSchedule",
     "LRTracker",
+    "LossGuard",
     "LR_MODES",
     "LoggingSink",
     "NetSummaries",
+    "NonFiniteLoss",
+    "Preemption",
     "Record",
     "RecordStream",
     "SafeDiskSaver",

@@ -11,7 +11,7 @@ from ignite.engine import Engine, Events
 from ignite.exceptions import NotComputableError
 from ignite.metrics import Metric
 
-from engine.trainer import samples_seen
+from engine.trainer import iteration_in_epoch, samples_seen
 from handlers.lr_tracker import current_lrs
 from handlers.meters import Throughput
 from handlers.records import RecordStream
@@ -70,15 +70,27 @@ class BatchLogger:
         self._throughput = Throughput()
         self._loss_sum: torch.Tensor | None = None
         self._batches = 0
+        self._pending: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> BatchLogger:
         engine.add_event_handler(Events.EPOCH_STARTED, self._start_interval)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
         return self
 
+    def state_dict(self) -> dict[str, Any]:
+        """The interval's loss so far: a run resumed mid-interval logs the same loss as an unbroken one."""
+        return {"loss_sum": self._loss_sum, "batches": self._batches}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the interval when the engine resumes mid-epoch (ignored at an epoch boundary)."""
+        self._pending = dict(state)
+
     def _start_interval(self, engine: Engine) -> None:
-        self._throughput.start(samples_seen(engine), self.clock())
+        self._throughput.start(samples_seen(engine), self.clock())  # after a resume: the resumed part only
         self._loss_sum, self._batches = None, 0
+        pending, self._pending = self._pending, None
+        if pending is not None and iteration_in_epoch(engine):
+            self._loss_sum, self._batches = pending["loss_sum"], int(pending["batches"])
 
     def _on_iteration(self, engine: Engine) -> None:
         loss = self.output_transform(engine.state.output).detach()

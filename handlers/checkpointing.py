@@ -125,10 +125,37 @@ class Checkpointing:
             self._saved_at = trainer.state.iteration
 
     @staticmethod
+    def find_all(dirname: str | os.PathLike[str]) -> list[Path]:
+        """The latest checkpoints in ``dirname``, newest (highest iteration) first."""
+        found = [(int(m.group(1)), p) for p in Path(dirname).glob("checkpoint_*.pt") if (m := _LATEST.match(p.name))]
+        return [p for _, p in sorted(found, reverse=True)]
+
+    @staticmethod
     def find_latest(dirname: str | os.PathLike[str]) -> Path | None:
         """The latest checkpoint in ``dirname`` by iteration, or None if there is none."""
-        found = [(int(m.group(1)), p) for p in Path(dirname).glob("checkpoint_*.pt") if (m := _LATEST.match(p.name))]
-        return max(found)[1] if found else None
+        found = Checkpointing.find_all(dirname)
+        return found[0] if found else None
+
+    def load_latest_valid(self, map_location: str | torch.device | None = None) -> Path | None:
+        """Load the newest latest checkpoint that reads, falling back to older ones; None if there is none.
+
+        An unreadable one is logged and renamed to ``<name>.corrupt`` (kept, never deleted), so it is
+        not tried again and the next save does not count it. Raises :class:`CheckpointError` if
+        checkpoints exist and none can be loaded.
+        """
+        errors = []
+        for path in self.find_all(self.dirname):
+            try:
+                self.load(path, map_location=map_location)
+            except CheckpointError as e:
+                errors.append(str(e))
+                logger.warning("%s; trying the previous checkpoint (this one is kept as %s.corrupt)", e, path.name)
+                path.replace(path.with_name(path.name + ".corrupt"))
+                continue
+            return path
+        if errors:
+            raise CheckpointError(f"no checkpoint in {self.dirname} can be loaded: {errors[-1]}")
+        return None
 
     def load(self, path: str | os.PathLike[str], map_location: str | torch.device | None = None) -> None:
         """Restore every object (and the handlers' own state) from the checkpoint at ``path``.

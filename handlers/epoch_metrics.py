@@ -10,7 +10,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 
-from engine.trainer import samples_seen
+from engine.trainer import iteration_in_epoch, samples_seen
 from handlers.records import RecordStream
 
 __all__ = ["EpochMetrics"]
@@ -64,12 +64,28 @@ class EpochMetrics:
     ) -> None:
         self.metrics = dict(metrics)
         self.stream, self.phase, self.trainer, self.extra = stream, phase, trainer, extra
+        self._pending: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> EpochMetrics:
         for name, metric in self.metrics.items():
-            metric.attach(engine, name)
+            metric.attach(engine, name)  # resets at EPOCH_STARTED, before _restore below
+        engine.add_event_handler(Events.EPOCH_STARTED, self._restore)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._emit)
         return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """The metrics' running sums, so that a checkpoint taken mid-epoch resumes the epoch's values."""
+        return {name: metric.state_dict() for name, metric in self.metrics.items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the running sums when the engine resumes mid-epoch (ignored at an epoch boundary)."""
+        self._pending = dict(state)
+
+    def _restore(self, engine: Engine) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and iteration_in_epoch(engine):
+            for name, metric in self.metrics.items():
+                metric.load_state_dict(pending[name])
 
     def _emit(self, engine: Engine) -> None:
         clock = self.trainer or engine

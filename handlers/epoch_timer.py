@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ignite.engine import Engine, Events
+
+from engine.trainer import iteration_in_epoch
 
 from handlers.meters import average_excluding_first
 
@@ -37,14 +40,24 @@ class EpochTimer:
         self.clock = clock
         self.times: list[float] = []
         self._started: float | None = None
+        self._pending: float | None = None
 
     def attach(self, engine: Engine) -> EpochTimer:
         engine.add_event_handler(Events.EPOCH_STARTED, self._start)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._stop)
         return self
 
+    def state_dict(self) -> dict[str, Any]:
+        """The current epoch's time so far: a resumed epoch's time adds both parts, not the downtime."""
+        return {"elapsed": None if self._started is None else self.clock() - self._started}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the epoch's time when the engine resumes mid-epoch (ignored at an epoch boundary)."""
+        self._pending = state["elapsed"]
+
     def _start(self, engine: Engine) -> None:
-        self._started = self.clock()
+        pending, self._pending = self._pending, None
+        self._started = self.clock() - (pending if pending is not None and iteration_in_epoch(engine) else 0.0)
 
     def _stop(self, engine: Engine) -> None:
         if self._started is not None:

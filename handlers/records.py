@@ -51,10 +51,17 @@ class RecordStream:
             sink(record)
 
     def close(self) -> None:
+        """Close every sink that has ``close``; if some fail, the others still close, then the first error is raised."""
+        errors = []
         for sink in self.sinks:
             close = getattr(sink, "close", None)
             if callable(close):
-                close()
+                try:
+                    close()
+                except Exception as e:  # e.g. a full disk: still close (flush) the other sinks
+                    errors.append(e)
+        if errors:
+            raise errors[0]
 
 
 def _fmt(value: Any) -> str:

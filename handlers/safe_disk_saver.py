@@ -13,6 +13,16 @@ from ignite.handlers import DiskSaver
 __all__ = ["SafeDiskSaver"]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -32,7 +42,9 @@ class SafeDiskSaver(DiskSaver):
     checkpoint at all. This saver defers each removal until the next checkpoint is written in full:
     to a hidden temp file in the same directory, flushed and fsync'd, renamed over the final name, and
     the directory fsync'd. If writing fails (disk full, kill), the temp file is removed and every
-    older checkpoint is still there. Files ending in ``.pt`` are therefore always complete.
+    older checkpoint is still there. Files ending in ``.pt`` are therefore always complete. A temp
+    file left by a writer that was killed (SIGKILL, power loss) is removed when the next saver for
+    the directory is made.
 
     Args:
         dirname: the checkpoint directory, created if missing. Unlike ``DiskSaver``'s default it may
@@ -56,6 +68,14 @@ class SafeDiskSaver(DiskSaver):
     def __init__(self, dirname: str | os.PathLike[str], save_on_rank: int = 0, **kwargs: Any) -> None:
         super().__init__(Path(dirname), atomic=True, create_dir=True, require_empty=False, save_on_rank=save_on_rank, **kwargs)
         self._pending_removals: list[str] = []
+        if idist.get_rank() == save_on_rank:
+            self._remove_stale_temp_files()
+
+    def _remove_stale_temp_files(self) -> None:
+        for tmp in self.dirname.glob(".*.tmp"):
+            pid = tmp.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+                tmp.unlink(missing_ok=True)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         self._pending_removals = [f for f in self._pending_removals if f != filename]
@@ -76,7 +96,11 @@ class SafeDiskSaver(DiskSaver):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except Exception as e:  # disk full, quota, I/O error: say which file, keep the older ones
+            tmp.unlink(missing_ok=True)
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+            raise OSError(f"cannot write checkpoint {path}: {reason}") from e
+        except BaseException:  # interrupted: no partial file either
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(self.dirname)

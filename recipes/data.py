@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from engine.sampler import EpochSampler
+
 __all__ = [
     "digits", "fake_images", "fake_regression", "torchvision_dataset", "DatasetMissing", "FirstBatches", "DOWNLOADABLE",
     "DeviceTensorLoader", "random_crop_flip", "DEVICE_AUGMENT",
@@ -162,12 +164,16 @@ class DeviceTensorLoader:
     """A whole (small) dataset held as two tensors on a device, served in batches without a DataLoader.
 
     The dataset's transforms run once, when it is loaded; ``augment`` (e.g. :func:`random_crop_flip`)
-    runs per batch on the device. Shuffling draws a permutation from torch's global generator, so a run
+    runs per batch on the device. The order comes from ``sampler``, an :class:`engine.EpochSampler`
+    (``handlers.DataOrder`` sets its epoch and, on a resume mid-epoch, the batches to skip), so a run
     repeats with its seed and resumes exactly like one with a DataLoader.
 
     Example:
         >>> data = TensorDataset(torch.arange(5.0).unsqueeze(1), torch.arange(5))
         >>> loader = DeviceTensorLoader(data, batch_size=2, shuffle=False)
+        >>> loader.sampler.skip(2)
+        >>> [y.tolist() for _, y in loader]
+        [[2, 3], [4]]
         >>> len(loader), [y.tolist() for _, y in loader]
         (3, [[0, 1], [2, 3], [4]])
     """
@@ -179,6 +185,7 @@ class DeviceTensorLoader:
         shuffle: bool,
         device: str | torch.device = "cpu",
         augment: Any = None,
+        seed: int = 0,
     ) -> None:
         if isinstance(dataset, TensorDataset):
             x, y = dataset.tensors
@@ -188,15 +195,15 @@ class DeviceTensorLoader:
             batches = list(DataLoader(dataset, batch_size=1024))
             x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
         self.x, self.y = x.to(device), y.to(device)
-        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.batch_size, self.augment = batch_size, augment
+        self.sampler = EpochSampler(len(self.y), seed=seed, shuffle=shuffle)
 
     def __len__(self) -> int:
         return -(-len(self.y) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.y)
-        order = torch.randperm(n).to(self.x.device) if self.shuffle else torch.arange(n, device=self.x.device)
-        for start in range(0, n, self.batch_size):
+        order = self.sampler.indices().to(self.x.device)
+        for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             x = self.x[idx]
             yield (self.augment(x) if self.augment is not None else x), self.y[idx]

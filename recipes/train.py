@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import sys
 from dataclasses import asdict
 from collections.abc import Callable
@@ -18,19 +19,23 @@ from ignite.metrics import Accuracy, Average, Loss, MeanAbsoluteError, Metric
 from torch import nn
 from torch.utils.data import DataLoader
 
-from engine import RNGState, batch_size_of, create_evaluator, create_trainer, seed_everything
+from engine import EpochSampler, RNGState, batch_size_of, create_evaluator, create_trainer, seed_everything
 from handlers import (
     ETA,
     BatchLogger,
     Checkpointing,
+    DataOrder,
     EpochMetrics,
     LRSchedule,
     EpochTimer,
     InterruptAt,
     JsonlSink,
     LoggingSink,
+    LossGuard,
     LRTracker,
     NetSummaries,
+    NonFiniteLoss,
+    Preemption,
     RecordStream,
     TensorBoardSink,
     Validation,
@@ -77,8 +82,10 @@ def config_changes(saved: dict, cfg: Config) -> list[str]:
     ]
 
 
-def _resume_from(cfg: Config, out: Path) -> Path | None:
-    """The checkpoint to resume from, or None for a new run; refuses to mix a new run into an old one."""
+def _resume_from(cfg: Config, out: Path) -> Path | str | None:
+    """The checkpoint to resume from, "latest" for the newest valid one, or None for a new run.
+
+    Refuses to mix a new run into an old one, and a resume that changes what is trained."""
     if cfg.resume is not None and (out / "config.json").is_file():
         changed = config_changes(json.loads((out / "config.json").read_text(encoding="utf-8")), cfg)
         if changed:
@@ -95,7 +102,8 @@ def _resume_from(cfg: Config, out: Path) -> Path | None:
         return path
     if found is None:
         logger.info("--resume: no checkpoint in %s yet, starting a new run", out / "checkpoints")
-    return found
+        return None
+    return "latest"
 
 
 def _clock_text(seconds: float | None) -> str:
@@ -125,13 +133,26 @@ def task_metrics(task: str, loss_fn: nn.Module, device: torch.device) -> tuple[d
     return (train, val, "accuracy", "max") if task == "classification" else (train, val, "loss", "min")
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    # DataLoader workers share the process group: a scheduler's SIGTERM or a terminal's Ctrl-C must
+    # reach only the main process, which stops cleanly and then shuts the workers down.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def train(cfg: Config, recipe: Recipe) -> str:
-    """Run one training job; returns ``"completed"`` or ``"interrupted"`` (a checkpoint was saved)."""
+    """Run one training job; returns ``"completed"`` or ``"interrupted"`` (a checkpoint was saved).
+
+    Raises ``NonFiniteLoss`` when the loss becomes NaN or infinite (status ``"failed"``) and
+    ``KeyboardInterrupt`` on a second stop signal (status ``"aborted"``)."""
     # --- where the run lives -------------------------------------------------------------------
     out = Path(cfg.output_dir)
     resume_path = _resume_from(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
-    log_file = logging.FileHandler(out / "train.log", encoding="utf-8")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        log_file = logging.FileHandler(out / "train.log", encoding="utf-8")
+    except OSError as e:
+        raise OSError(f"cannot write to output dir {out}: {e.strerror or e}") from None
     log_file.setLevel(logging.DEBUG)
     log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(log_file)
@@ -147,7 +168,7 @@ def train(cfg: Config, recipe: Recipe) -> str:
         log_file.close()
 
 
-def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> str:
+def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | None) -> str:
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
 
@@ -159,11 +180,17 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
     val_loader: Any
     if cfg.data_on_device:
         augment = DEVICE_AUGMENT.get(cfg.dataset)
-        train_loader = DeviceTensorLoader(train_set, cfg.batch_size, shuffle=True, device=device, augment=augment)
+        train_loader = DeviceTensorLoader(train_set, cfg.batch_size, shuffle=True, device=device, augment=augment, seed=cfg.seed)
         val_loader = DeviceTensorLoader(val_set, val_batch, shuffle=False, device=device)
+        sampler = train_loader.sampler
     else:
-        loading: dict[str, Any] = {"num_workers": cfg.num_workers, "pin_memory": pin, "persistent_workers": cfg.num_workers > 0}
-        train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, **loading)
+        loading: dict[str, Any] = {
+            "num_workers": cfg.num_workers, "pin_memory": pin, "persistent_workers": cfg.num_workers > 0,
+            "worker_init_fn": _ignore_stop_signals if cfg.num_workers else None,
+        }  # fmt: skip
+        # The order is a function of (seed, epoch), so a run resumed mid-epoch sees the same batches.
+        sampler = EpochSampler(len(train_set), seed=cfg.seed)  # type: ignore[arg-type]
+        train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, generator=sampler.generator, **loading)
         val_loader = DataLoader(val_set, batch_size=val_batch, shuffle=False, **loading)
     if cfg.test_run:
         train_loader, val_loader = FirstBatches(train_loader, 1), FirstBatches(val_loader, 1)
@@ -195,16 +222,18 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
     stream = RecordStream([LoggingSink(logger), JsonlSink(out / "metrics.jsonl"), TensorBoardSink(tb.writer)])
 
     # --- handlers, in the order they run at each event -----------------------------------------
+    DataOrder(sampler, cfg.batch_size).attach(trainer)  # the epoch's order; skips what a resumed epoch did
     timer = EpochTimer().attach(trainer)  # first: its epoch time excludes validation
     schedule.attach(trainer)  # ITERATION_STARTED, before the LR tracker reads it
     train_metrics, val_metrics, monitor, mode = task_metrics(recipe.task, loss_fn, device)
     running = {k: m for k, m in train_metrics.items() if k != "loss"}  # BatchLogger has the interval's loss
-    EpochMetrics(
+    training = EpochMetrics(
         train_metrics, stream, "training", extra=lambda _: {"epoch_time": timer.last, "lr": current_lrs(optimizer)}
     ).attach(trainer)
     LRTracker(optimizer, stream, every=cfg.log_interval).attach(trainer)
-    BatchLogger(stream, every=cfg.log_interval, optimizer=optimizer, metrics=running).attach(trainer)
+    batches = BatchLogger(stream, every=cfg.log_interval, optimizer=optimizer, metrics=running).attach(trainer)
     NetSummaries(model, tb.writer).attach(trainer)
+    guard = LossGuard(every=cfg.log_interval).attach(trainer)  # NaN/inf: stop before validating or saving
     Validation(evaluator, val_loader).attach(trainer)
     EpochMetrics(val_metrics, stream, "validation", trainer=trainer).attach(evaluator)
     stopper = None
@@ -215,12 +244,20 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
     scaler = trainer.scaler  # type: ignore[attr-defined]  # create_trainer's GradScaler (disabled unless fp16)
     to_save = {
         "model": model, "optimizer": optimizer, "trainer": trainer, "scaler": scaler, "scheduler": schedule, "rng": RNGState(),
+        # what a checkpoint taken mid-epoch needs to finish the epoch's records as an unbroken run would
+        "training_metrics": training, "batch_logger": batches, "epoch_timer": timer,
     }  # fmt: skip
     if stopper is not None:
         to_save["early_stopping"] = stopper
     checkpoints = Checkpointing(out / "checkpoints", to_save, n_latest=2, metric=monitor, mode=mode)
     checkpoints.attach(trainer, evaluator, every=cfg.save_frequency)
     interrupt = InterruptAt(cfg.interrupt_at, checkpoints.save_latest).attach(trainer) if cfg.interrupt_at else None
+
+    def save_now(engine: Any) -> None:  # a checkpoint between epochs: only if every loss so far was finite
+        guard.check(engine)
+        checkpoints.save_latest(engine)
+
+    preemption = Preemption(save_now).attach(trainer)  # SIGTERM/SIGINT: save at the next update and exit 3
     eta = ETA(cfg.progress_file).attach(trainer)
     if cfg.progress and sys.stderr.isatty():
         from ignite.handlers import ProgressBar
@@ -233,31 +270,57 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | None) -> 
 
     # --- resume and run ------------------------------------------------------------------------
     status = "failed"
+    failing = False  # an error is on its way out: a sink failing too (a full disk) must not replace it
     try:
-        if resume_path is not None:
+        if resume_path == "latest":
+            resume_path = checkpoints.load_latest_valid(map_location=device)
+        elif resume_path is not None:
             checkpoints.load(resume_path, map_location=device)
+        if resume_path is not None:
             if trainer.state.epoch >= cfg.epochs:  # Ignite would start over on a finished state
                 logger.info("The run in %s already completed %d epochs; nothing to do", out, trainer.state.epoch)
                 return "completed"
             if stopper is not None and stopper.counter >= stopper.patience:
                 logger.info("The run in %s already stopped early after epoch %d; nothing to do", out, trainer.state.epoch)
                 return "completed"
+            position = {"epoch": trainer.state.epoch, "iteration": trainer.state.iteration}
+            stream.emit({"phase": "resume", **position, "samples": trainer.state.samples, "checkpoint": str(resume_path)})  # type: ignore[attr-defined]
         try:
-            trainer.run(train_loader, max_epochs=cfg.epochs)
-            status = "interrupted" if interrupt is not None and interrupt.triggered else "completed"
+            with preemption.signal_handlers():
+                trainer.run(train_loader, max_epochs=cfg.epochs)
+            stopped = preemption.triggered or (interrupt is not None and interrupt.triggered)
+            status = "interrupted" if stopped else "completed"
+        except NonFiniteLoss as e:
+            last = Checkpointing.find_latest(out / "checkpoints")
+            raise NonFiniteLoss(f"{e}; stopped without saving; the last good checkpoint is {last or 'none'}") from None
+        except KeyboardInterrupt:
+            status = "aborted"
+            raise
         finally:
-            stream.emit(
-                {
-                    "phase": "summary",
-                    "status": status,
-                    "epochs": trainer.state.epoch,
-                    "samples": getattr(trainer.state, "samples", 0),
-                    "best_epoch": checkpoints.best.epoch,
-                    f"best_{monitor}": checkpoints.best.value,
-                    "avg_epoch_time": timer.average,
-                    "stopped_early": stopper is not None and stopper.counter >= stopper.patience,
-                }
-            )
+            summary = {
+                "phase": "summary",
+                "status": status,
+                "epochs": trainer.state.epoch,
+                "samples": getattr(trainer.state, "samples", 0),
+                "best_epoch": checkpoints.best.epoch,
+                f"best_{monitor}": checkpoints.best.value,
+                "avg_epoch_time": timer.average,
+                "stopped_early": stopper is not None and stopper.counter >= stopper.patience,
+            }
+            try:
+                stream.emit(summary)
+            except Exception:
+                if status != "failed" and status != "aborted":
+                    raise
+                logger.debug("Writing the summary failed too", exc_info=True)
+    except BaseException:
+        failing = True
+        raise
     finally:
-        stream.close()
+        try:
+            stream.close()
+        except Exception:
+            if not failing:
+                raise
+            logger.debug("Closing the record sinks failed too", exc_info=True)
     return status

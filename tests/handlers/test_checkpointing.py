@@ -4,8 +4,8 @@ from ignite.engine import Events
 from ignite.metrics import Accuracy
 from torch.utils.data import DataLoader, TensorDataset
 
-from engine import RNGState, create_evaluator, create_trainer, seed_everything
-from handlers import CheckpointError, Checkpointing, Validation
+from engine import EpochSampler, RNGState, create_evaluator, create_trainer, seed_everything
+from handlers import BatchLogger, CheckpointError, Checkpointing, DataOrder, EpochMetrics, EpochTimer, Preemption, Validation
 
 
 def make_run(tmp_path, metric="accuracy", mode="max"):
@@ -138,3 +138,64 @@ def test_save_frequency_keeps_the_last_epoch_and_a_stop(tmp_path, model, batches
     Checkpointing(tmp_path / "stop", {"model": model, "trainer": stopped}).attach(stopped, every=3)
     stopped.run(batches, max_epochs=7)
     assert [p.name for p in (tmp_path / "stop").iterdir()] == ["checkpoint_14.pt"]
+
+
+def make_mid_epoch_run(tmp_path, stream):
+    """A run whose every piece of state is checkpointed: data order, metrics, logger and timer too."""
+    seed_everything(0)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
+    sampler = EpochSampler(40, seed=0)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8, sampler=sampler, generator=sampler.generator)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.3), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy)
+    DataOrder(sampler, batch_size=8).attach(trainer)
+    ticks = iter(range(10**6))
+    timer = EpochTimer(clock=lambda: float(next(ticks))).attach(trainer)
+    metrics = EpochMetrics({"accuracy": Accuracy()}, stream).attach(trainer)
+    logger = BatchLogger(stream, every=3).attach(trainer)
+    to_save = {"model": model, "optimizer": opt, "trainer": trainer, "rng": RNGState(),
+               "metrics": metrics, "batch_logger": logger, "timer": timer}  # fmt: skip
+    ckpt = Checkpointing(tmp_path, to_save).attach(trainer)
+    return trainer, loader, model, ckpt
+
+
+def test_resume_from_mid_epoch_is_bit_exact_with_the_same_records(tmp_path, collector):
+    straight, loader, straight_model, _ = make_mid_epoch_run(tmp_path / "straight", collector)
+    straight.run(loader, max_epochs=3)
+
+    broken = type(collector)()
+    first, loader, _, ckpt = make_mid_epoch_run(tmp_path / "broken", broken)
+    stop = Preemption(ckpt.save_latest).attach(first)
+    first.add_event_handler(Events.ITERATION_STARTED(once=7), lambda _: stop.request())  # epoch 2, batch 2 of 5
+    first.run(loader, max_epochs=3)
+    assert first.state.iteration == 7 and Checkpointing.find_latest(tmp_path / "broken").name == "checkpoint_7.pt"
+    torch.rand(5)
+
+    resumed, loader, resumed_model, ckpt = make_mid_epoch_run(tmp_path / "broken", broken)
+    assert ckpt.load_latest_valid().name == "checkpoint_7.pt"
+    resumed.run(loader, max_epochs=3)
+    for a, b in zip(straight_model.parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b)
+    drop = ("samples_per_sec", "epoch_time")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in broken.records] == [
+        {k: v for k, v in r.items() if k not in drop} for r in collector.records
+    ]
+    assert len(collector.phase("batch")) == 5 and len(collector.phase("training")) == 3
+
+
+def test_the_newest_unreadable_checkpoint_is_kept_aside_and_the_previous_one_loaded(tmp_path, caplog):
+    trainer, loader, _, _, ckpt = make_run(tmp_path)
+    trainer.run(loader, max_epochs=2)
+    newest = Checkpointing.find_latest(tmp_path)
+    newest.write_bytes(newest.read_bytes()[:500])
+    _, _, _, _, ckpt = make_run(tmp_path)
+    assert ckpt.load_latest_valid().name == "checkpoint_5.pt"
+    assert "cannot load checkpoint" in caplog.text and "trying the previous checkpoint" in caplog.text
+    assert (tmp_path / "checkpoint_10.pt.corrupt").exists() and not newest.exists()
+    for path in Checkpointing.find_all(tmp_path):
+        path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=f"no checkpoint in {tmp_path} can be loaded"):
+        ckpt.load_latest_valid()
+    assert make_run(tmp_path / "empty")[-1].load_latest_valid() is None

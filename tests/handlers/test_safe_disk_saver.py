@@ -49,3 +49,57 @@ def test_accepts_a_directory_that_already_holds_checkpoints(tmp_path):
     SafeDiskSaver(tmp_path)  # Ignite's DiskSaver refuses this by default; resuming needs it
     SafeDiskSaver(tmp_path / "new" / "dir")
     assert (tmp_path / "new" / "dir").is_dir()
+
+
+WRITER = """
+import sys, torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+from handlers import SafeDiskSaver
+
+engine = Engine(lambda e, b: None)
+payload = torch.arange(2_000_000, dtype=torch.float32)
+
+class Holder:
+    def state_dict(self):
+        return {"iteration": engine.state.iteration, "payload": payload}
+
+    def load_state_dict(self, state):
+        pass
+
+checkpoint = Checkpoint({"holder": Holder()}, SafeDiskSaver(sys.argv[1]), n_saved=2, filename_prefix=sys.argv[2])
+engine.add_event_handler(Events.ITERATION_COMPLETED, checkpoint)
+engine.run([0] * 10**6)
+"""
+
+
+def test_a_writer_killed_at_random_moments_leaves_only_complete_checkpoints(tmp_path):
+    # A process saves 8 MB checkpoints in rotation as fast as it can; most kills land mid-write.
+    import os
+    import random
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    rng = random.Random(0)
+    payload = torch.arange(2_000_000, dtype=torch.float32)
+    killed_mid_write = 0
+    for attempt in range(5):
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), f"run{attempt}"], env=env)
+        while not list(tmp_path.glob(f"run{attempt}_*.pt")):  # past the imports: writing
+            assert proc.poll() is None
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.5))
+        proc.kill()
+        proc.wait()
+        killed_mid_write += any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+        for path in tmp_path.glob("*.pt"):  # every visible checkpoint is whole, and holds its own iteration
+            state = torch.load(path, weights_only=True)  # a lone object is saved unwrapped
+            assert state["iteration"] == int(path.stem.rsplit("_", 1)[1]) and torch.equal(state["payload"], payload)
+    assert killed_mid_write >= 2  # the test did exercise kills during writes
+    SafeDiskSaver(tmp_path)  # the next run's saver clears what the dead writers left
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    assert all(len(list(tmp_path.glob(f"run{i}_*.pt"))) <= 2 for i in range(5))

@@ -102,12 +102,13 @@ def test_device_loader_serves_every_sample_once_per_epoch_in_a_seeded_order():
     from recipes.data import DeviceTensorLoader
 
     data = TensorDataset(torch.arange(10.0).unsqueeze(1), torch.arange(10))
-    loader = DeviceTensorLoader(data, batch_size=4, shuffle=True)
-    torch.manual_seed(0)
+    loader = DeviceTensorLoader(data, batch_size=4, shuffle=True, seed=0)
     first = [y.tolist() for _, y in loader]
+    loader.sampler.set_epoch(1)
     second = [y.tolist() for _, y in loader]
-    torch.manual_seed(0)
-    assert [y.tolist() for _, y in loader] == first  # the same seed, the same order
+    loader.sampler.set_epoch(0)
+    torch.rand(3)  # the global generator plays no part
+    assert [y.tolist() for _, y in loader] == first  # the same seed and epoch, the same order
     assert [len(b) for b in first] == [4, 4, 2] and sorted(sum(first, [])) == list(range(10)) and first != second
     assert all(torch.equal(x[:, 0].long(), y) for x, y in loader)  # samples stay paired with their labels
 

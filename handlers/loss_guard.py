@@ -1,0 +1,69 @@
+"""Loss guard: stop the run, before anything is saved, when the loss becomes NaN or infinite."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = ["LossGuard", "NonFiniteLoss"]
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class LossGuard:
+    """Raises :class:`NonFiniteLoss` once a training loss has been NaN or infinite.
+
+    Ignite's ``TerminateOnNan`` reads every output back to the host (a device sync per iteration)
+    and only asks the engine to terminate, so handlers later on the same event still run and can
+    save the broken weights. This guard folds each loss into a flag on its device (``loss * 0`` is
+    NaN for a NaN or infinite loss, no sync), reads the flag every ``every`` iterations, at each
+    EPOCH_COMPLETED (attach it before validation and checkpointing) and whenever :meth:`check` is
+    called (call it before any other save), and raises: nothing after it runs, so the last
+    checkpoint on disk is the last good one.
+
+    Args:
+        every: iterations between reads of the flag. Default 50.
+        output_transform: engine output -> loss tensor. Default ``output["loss"]``.
+
+    Example:
+        >>> import torch
+        >>> from ignite.engine import Engine
+        >>> engine = Engine(lambda e, b: {"loss": torch.tensor(b)})
+        >>> _ = LossGuard(every=2).attach(engine)
+        >>> try:
+        ...     engine.run([1.0, float("nan"), 2.0, 3.0])
+        ... except NonFiniteLoss as e:
+        ...     print(e)
+        the training loss became nan or inf at or before iteration 2 (epoch 1)
+    """
+
+    def __init__(self, every: int = 50, output_transform: Callable[[Any], torch.Tensor] = lambda out: out["loss"]) -> None:
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"Argument every should be a positive integer, got {every!r}")
+        self.every, self.output_transform = every, output_transform
+        self._flag: torch.Tensor | None = None
+
+    def attach(self, engine: Engine) -> LossGuard:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._fold)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self.check)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.check)
+        return self
+
+    def _fold(self, engine: Engine) -> None:
+        zero = self.output_transform(engine.state.output).detach().float().sum() * 0
+        self._flag = zero if self._flag is None else self._flag + zero
+
+    def check(self, engine: Engine) -> None:
+        """Raise :class:`NonFiniteLoss` if any loss so far was NaN or infinite (reads one value back)."""
+        if self._flag is not None and not bool(torch.isfinite(self._flag)):
+            raise NonFiniteLoss(
+                f"the training loss became nan or inf at or before iteration {engine.state.iteration} (epoch {engine.state.epoch})"
+            )

@@ -1,0 +1,94 @@
+"""Preemption: on SIGTERM or SIGINT, finish the update cycle, save a checkpoint and stop the run."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
+
+from ignite.engine import Engine, Events
+
+from engine.trainer import TrainEvents
+
+__all__ = ["Preemption"]
+
+logger = logging.getLogger(__name__)
+
+
+class Preemption:
+    """Turns a first SIGTERM/SIGINT into a clean stop with a checkpoint; a second one aborts at once.
+
+    Ignite has no signal handling; cluster schedulers send SIGTERM some time before they kill a job.
+    While :meth:`signal_handlers` is active, the first signal only sets a flag; the trainer then
+    finishes the current iteration (on a Flint trainer, the current update cycle, so no accumulated
+    gradient is lost), calls ``save(trainer)`` and terminates, and ``triggered`` is True: the CLI
+    exits 3 for a relaunch with ``--resume``. A signal during validation takes effect when it ends.
+    A second signal raises ``KeyboardInterrupt`` where the program is. :meth:`request` does what a
+    signal does, for code and tests.
+
+    Args:
+        save: ``save(trainer)`` writing a checkpoint, e.g. ``Checkpointing.save_latest``.
+        signals: the signals to catch. Default ``(SIGTERM, SIGINT)``.
+
+    Example:
+        >>> from ignite.engine import Engine
+        >>> saved = []
+        >>> trainer = Engine(lambda e, b: None)
+        >>> stop = Preemption(save=lambda t: saved.append(t.state.iteration)).attach(trainer)
+        >>> _ = trainer.add_event_handler(Events.ITERATION_STARTED(once=3), lambda _: stop.request())
+        >>> state = trainer.run(range(10), max_epochs=2)
+        >>> state.iteration, saved, stop.triggered
+        (3, [3], True)
+    """
+
+    def __init__(self, save: Callable[[Engine], None], signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        self.save, self.signals = save, tuple(signals)
+        self.requested: int | None = None  # the signal number received, 0 for request()
+        self.triggered = False
+        self._steps: int | None = None  # iteration of the last optimizer step, on a Flint trainer
+
+    def attach(self, engine: Engine) -> Preemption:
+        if TrainEvents.OPTIMIZER_STEPPED in engine._allowed_events:
+            self._steps = 0
+            engine.add_event_handler(TrainEvents.OPTIMIZER_STEPPED, self._on_step)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._maybe_stop)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._maybe_stop)
+        return self
+
+    def request(self, signum: int = 0, frame: FrameType | None = None) -> None:
+        """Ask for a stop at the next update boundary; a second request raises KeyboardInterrupt."""
+        if self.requested is not None:
+            raise KeyboardInterrupt(f"signal {signum} received again: aborting without a checkpoint")
+        self.requested = signum
+        name = signal.Signals(signum).name if signum else "a stop request"
+        logger.warning("Received %s: stopping after this update with a checkpoint (again to abort)", name)
+
+    @contextmanager
+    def signal_handlers(self) -> Iterator[Preemption]:
+        """Route ``signals`` to :meth:`request` inside the block (main thread only), then restore them."""
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("Preemption: not the main thread, signals are not handled")
+            yield self
+            return
+        previous = {s: signal.signal(s, self.request) for s in self.signals}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _on_step(self, engine: Engine) -> None:
+        self._steps = engine.state.iteration
+
+    def _maybe_stop(self, engine: Engine) -> None:
+        if self.requested is None or self.triggered:
+            return
+        if self._steps is not None and self._steps != engine.state.iteration:
+            return  # mid update cycle: its gradients would be lost
+        logger.info("Saving a checkpoint at iteration %d and stopping", engine.state.iteration)
+        self.save(engine)
+        self.triggered = True
+        engine.terminate()

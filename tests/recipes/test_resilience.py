@@ -1,0 +1,216 @@
+"""Resilience of real `flint` processes: preemption, kills, NaN losses, full disks, unsafe checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from handlers import Checkpointing
+from recipes.cli import main
+from tests.conftest import REPO
+
+TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time")
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def trained(recs: list[dict]) -> list[dict]:
+    """What the training produced: every record but resume markers and summaries, without timings."""
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in recs if r["phase"] not in ("resume", "summary")]
+
+
+def start_flint(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "recipes", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, **kwargs,
+    )  # fmt: skip
+
+
+def wait_for_record(proc: subprocess.Popen, run_dir: Path, phase: str, iteration: int, timeout: float = 240) -> None:
+    """Poll metrics.jsonl until a record of ``phase`` at or past ``iteration`` is there."""
+    deadline = time.monotonic() + timeout
+    path = run_dir / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if path.exists() and any(
+            r.get("phase") == phase and r.get("iteration", 0) >= iteration
+            for r in (json.loads(line) for line in path.read_text().splitlines() if line.endswith("}"))
+        ):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"no {phase} record at iteration {iteration} in {timeout} s")
+
+
+def wait_for_growth(proc: subprocess.Popen, path: Path, lines: int, timeout: float = 240) -> None:
+    """Poll until ``path`` has more than ``lines`` complete lines."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if path.exists() and path.read_text().count("\n") > lines:
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"{path} did not grow past {lines} lines in {timeout} s")
+
+
+def final_model(run_dir: Path) -> dict:
+    return torch.load(Checkpointing.find_latest(run_dir / "checkpoints"), weights_only=True)["model"]
+
+
+SCHEDULE = ("--lr-mode", "cosine", "--warmup-epochs", "1", "--warmup-lr", "0.01")
+
+
+@pytest.mark.parametrize(
+    "options", [("--update-cycle", "3"), ("--data-on-device", *SCHEDULE)], ids=["update-cycle", "on-device-schedule"]
+)
+def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, flint, options):
+    common = ("run", "lenet", "--epochs", "2", "--log-interval", "1", "--no-progress", *options)  # 23 iterations an epoch
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert flint(*common, "-o", str(straight)).returncode == 0
+
+    proc = start_flint(*common, "-o", str(broken))
+    wait_for_record(proc, broken, "batch", 27)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert "Received SIGTERM" in err and records(broken)[-1]["status"] == "interrupted"
+    stopped = Checkpointing.find_latest(broken / "checkpoints")
+    iteration = int(stopped.stem.split("_")[1])
+    assert 27 <= iteration < 46 and iteration != 23  # mid-epoch 2
+    if "--update-cycle" in options:
+        assert (iteration - 23) % 3 == 0  # at the end of an update cycle: no accumulated gradient lost
+
+    resumed = flint(*common, "-o", str(broken), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resumed from {stopped}" in resumed.stderr
+    assert [r["iteration"] for r in records(broken) if r["phase"] == "resume"] == [iteration]
+    assert trained(records(broken)) == trained(records(straight))  # every batch, epoch and validation record
+    a, b = final_model(straight), final_model(broken)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    before = records(broken)
+    again = flint(*common, "-o", str(broken), "--resume")  # a scheduler relaunching a finished run changes nothing
+    assert again.returncode == 0 and "already completed 2 epochs" in again.stderr and records(broken) == before
+
+
+# resnet writes 90 MB checkpoints each epoch: slow on 2 cores, run with -m slow.
+@pytest.mark.parametrize("recipe", ["lenet", "mlp", pytest.param("resnet", marks=pytest.mark.slow), "ffnn"])
+def test_every_recipe_resumes_bit_exactly_at_an_epoch_boundary(tmp_path, recipe):
+    common = ["run", recipe, "--dataset", "fake", "--test-run", "--epochs", "3", "--batch-size", "4", "--no-progress"]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert main([*common, "-o", str(straight)]) == 0
+    assert main([*common, "-o", str(broken), "--interrupt-at", "1"]) == 3
+    assert records(broken)[-1]["status"] == "interrupted"
+    torch.rand(3)  # a relaunched process starts elsewhere; the checkpoint must put every RNG back
+    assert main([*common, "-o", str(broken), "--resume"]) == 0
+    assert trained(records(broken)) == trained(records(straight))
+    a, b = final_model(straight), final_model(broken)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def checkpoints_all_load(run_dir: Path) -> list[str]:
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if not p.name.startswith("."))
+    for name in names:
+        torch.load(run_dir / "checkpoints" / name, weights_only=True)  # raises on a half-written file
+    return names
+
+
+@pytest.mark.parametrize("kills", [pytest.param(3, id="3-kills"), pytest.param(15, id="15-kills", marks=pytest.mark.slow)])
+def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path, flint, kills):
+    # One-batch epochs with a checkpoint each: most of the run is spent writing checkpoints.
+    common = ("run", "lenet", "--test-run", "--epochs", "20", "--no-progress")
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert flint(*common, "-o", str(straight)).returncode == 0
+    rng = random.Random(kills)
+    killed_in_a_write = 0
+    for attempt in range(kills):
+        written = len(records(broken)) if attempt else 0
+        proc = start_flint(*common, "-o", str(broken), *(["--resume"] if attempt else []))
+        wait_for_growth(proc, broken / "metrics.jsonl", written)  # past startup: training
+        time.sleep(rng.uniform(0.0, 0.8))  # the kill moment: somewhere in the next epochs
+        if proc.poll() is not None:
+            break
+        proc.kill()
+        proc.communicate()
+        killed_in_a_write += any(p.name.endswith(".tmp") for p in (broken / "checkpoints").iterdir())
+        checkpoints_all_load(broken)  # may be none yet: killed before the first save
+    last = flint(*common, "-o", str(broken), "--resume")
+    assert last.returncode == 0, last.stderr
+    assert not any(p.name.endswith(".tmp") for p in (broken / "checkpoints").iterdir())  # stale temp files cleared
+    checkpoints_all_load(broken)
+    a, b = final_model(straight), final_model(broken)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    print(f"{kills} kills, {killed_in_a_write} during a checkpoint write")
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, flint):
+    common = ("run", "lenet", "--test-run", "--epochs", "3", "--no-progress", "-o", str(tmp_path))
+    assert flint(*common, "--interrupt-at", "2").returncode == 3
+    newest = Checkpointing.find_latest(tmp_path / "checkpoints")
+    newest.write_bytes(newest.read_bytes()[:2000])  # e.g. a disk that lied about a flush
+    result = flint(*common, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert f"cannot load checkpoint {newest}" in result.stderr and "trying the previous checkpoint" in result.stderr
+    assert [r["checkpoint"] for r in records(tmp_path) if r["phase"] == "resume"] == [str(newest.with_name("checkpoint_1.pt"))]
+    assert newest.with_name(newest.name + ".corrupt").exists() and records(tmp_path)[-1]["epochs"] == 3
+
+
+def test_a_checkpoint_that_runs_code_is_refused_by_the_cli(tmp_path, flint):
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": RunsCode()}, evil)
+    result = flint("run", "lenet", "--test-run", "-o", str(tmp_path / "run"), "--resume", str(evil))
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(f"flint: error: cannot load checkpoint {evil}")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_nan_loss_stops_without_saving_and_keeps_the_last_good_checkpoint(tmp_path, flint):
+    # The LR jumps 1e12-fold after epoch 1: the weights blow up in epoch 2.
+    args = ("run", "mlp", "--epochs", "3", "--lr-mode", "step", "--lr-steps", "1", "--lr-factor", "1e12", "--no-progress")
+    result = flint(*args, "-o", str(tmp_path))
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("flint: error: the training loss became nan or inf at or before iteration") and "(epoch 2)" in last
+    good = tmp_path / "checkpoints" / "checkpoint_45.pt"  # end of epoch 1 (45 batches of 32)
+    assert last.endswith(f"the last good checkpoint is {good}")
+    assert Checkpointing.find_all(tmp_path / "checkpoints") == [good]
+    assert all(torch.isfinite(t).all() for t in torch.load(good, weights_only=True)["model"].values())
+    assert records(tmp_path)[-1]["status"] == "failed"
+
+
+def _limit_file_size() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))  # a checkpoint (~0.5 MB) no longer fits
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "recipes", "run", "lenet", "--test-run", "--epochs", "2", "--no-progress", "-o", str(tmp_path)]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, preexec_fn=_limit_file_size, timeout=300)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "rror" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"flint: error: cannot write checkpoint {tmp_path / 'checkpoints'}")
+    assert os.listdir(tmp_path / "checkpoints") == []
+    recs = records(tmp_path)
+    assert recs[-1]["status"] == "failed" and [r["epoch"] for r in recs if r["phase"] == "validation"] == [1]
+
+
+def test_an_unusable_output_dir_is_one_clear_line(tmp_path, flint):
+    (tmp_path / "file").write_text("")
+    result = flint("run", "lenet", "--test-run", "-o", str(tmp_path / "file" / "run"))
+    assert result.returncode == 1
+    assert result.stderr == f"flint: error: cannot write to output dir {tmp_path / 'file' / 'run'}: Not a directory\n"
