@@ -58,8 +58,8 @@ class LossGuard:
         return self
 
     def _fold(self, engine: Engine) -> None:
-        zero = self.output_transform(engine.state.output).detach().float().sum() * 0
-        self._flag = zero if self._flag is None else self._flag + zero
+        loss = self.output_transform(engine.state.output).detach()  # one add per iteration, on the device
+        self._flag = loss if self._flag is None else self._flag + loss
 
     def check(self, engine: Engine) -> None:
         """Raise :class:`NonFiniteLoss` if any loss so far was NaN or infinite (reads one value back)."""

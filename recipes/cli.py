@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--progress-file", metavar="PATH", help="keep epoch and run ETA in this JSON file")
     run.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast)")
+    run.add_argument("--channels-last", action="store_true", help="channels-last memory format for convolutions")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model (a one-off compile at the start)")
+    run.add_argument("--profile", action="store_true", help="log each handler's time at the end of the run")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 

@@ -50,3 +50,6 @@ class Config:
     progress: bool = True  # tqdm progress bar (with epoch and run ETA) when stderr is a terminal
     progress_file: str | None = None  # a JSON file kept up to date with epoch and run ETA, for schedulers
     amp: bool = False  # autocast: bf16 (fp16 + GradScaler on CUDA without bf16)
+    channels_last: bool = False  # channels-last (NHWC) memory format for the model and image batches
+    compile: bool = False  # torch.compile the model; the first iterations pay a one-off compile (seconds to minutes)
+    profile: bool = False  # time every handler (Ignite's HandlersTimeProfiler) and log the cost table at the end

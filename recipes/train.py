@@ -45,6 +45,7 @@ from handlers import (
 from recipes.config import Config, UsageError
 from recipes.data import DEVICE_AUGMENT, DeviceTensorLoader, FirstBatches
 from recipes.optim import make_loss, make_optimizer, param_groups
+from recipes.perf import channels_last_batch, peak_flops, profile_table, train_flops_per_sample
 from recipes.registry import Recipe
 
 __all__ = ["train", "build_optimizer", "resolve_device", "task_metrics", "config_changes"]
@@ -68,7 +69,7 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 # Options a resumed run may change: they do not alter what is trained or how.
 RESUMABLE_CHANGES = (
     "epochs", "resume", "interrupt_at", "progress", "progress_file", "device", "output_dir", "log_interval", "data_dir",
-    "download",
+    "download", "profile",
 )  # fmt: skip
 
 
@@ -116,6 +117,20 @@ def _clock_text(seconds: float | None) -> str:
 def _weighted_loss(output: dict) -> torch.Tensor:
     # The batch's mean loss repeated per sample, so Ignite's Average weights batches by size.
     return output["loss"].reshape(1, 1).expand(batch_size_of(output["y"]), 1)
+
+
+def _throughput(trainer: Any, epoch_time: float | None, flops_per_sample: float | None, peak: float | None) -> dict:
+    """Training samples/sec over an average epoch (the launch's first excluded), TFLOP/s and, if the peak is known, MFU."""
+    state = trainer.state
+    if not epoch_time or not state.iteration or not state.epoch_length:
+        return {"samples_per_sec": None}
+    rate = state.samples / state.iteration * state.epoch_length / epoch_time
+    out: dict[str, Any] = {"samples_per_sec": rate}
+    if flops_per_sample is not None:
+        out["model_tflops"] = flops_per_sample * rate / 1e12
+        if peak is not None:
+            out["mfu"] = flops_per_sample * rate / peak
+    return out
 
 
 def task_metrics(task: str, loss_fn: nn.Module, device: torch.device) -> tuple[dict, dict, str, str]:
@@ -197,12 +212,22 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
 
     # --- model, optimizer, engines -------------------------------------------------------------
     model = recipe.build_model().to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    sample = train_loader.x[:1] if cfg.data_on_device else train_set[0][0].unsqueeze(0).to(device)  # type: ignore[index]
+    flops_per_sample = train_flops_per_sample(model, sample)
     optimizer = build_optimizer(cfg, model)
     loss_fn = make_loss(recipe.task, cfg.loss, cfg.label_smoothing)
+    net: Any = model
+    if cfg.compile:  # the engines run the compiled module; checkpoints keep the plain one's names
+        logger.info("Compiling the model: the first training and validation iterations include the compile")
+        net = torch.compile(model)
+    prepare = channels_last_batch if cfg.channels_last else None
     trainer = create_trainer(
-        model, optimizer, loss_fn, device=device, accumulation_steps=cfg.update_cycle, amp=cfg.amp, non_blocking=pin
-    )
-    evaluator = create_evaluator(model, device=device, amp=cfg.amp, non_blocking=pin)
+        net, optimizer, loss_fn, device=device, accumulation_steps=cfg.update_cycle, amp=cfg.amp, non_blocking=pin,
+        prepare_batch=prepare,
+    )  # fmt: skip
+    evaluator = create_evaluator(net, device=device, amp=cfg.amp, non_blocking=pin, prepare_batch=prepare)
     schedule = LRSchedule(
         optimizer,
         functools.partial(
@@ -268,6 +293,13 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
         every = max(1, len(train_loader) // 50)  # redrawing per iteration costs ~85 us each
         ProgressBar(persist=False).attach(trainer, output_transform=bar_fields, event_name=Events.ITERATION_COMPLETED(every=every))
 
+    profiler = None
+    if cfg.profile:
+        from ignite.handlers import HandlersTimeProfiler
+
+        profiler = HandlersTimeProfiler()
+        profiler.attach(trainer)
+
     # --- resume and run ------------------------------------------------------------------------
     status = "failed"
     failing = False  # an error is on its way out: a sink failing too (a full disk) must not replace it
@@ -290,6 +322,8 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
                 trainer.run(train_loader, max_epochs=cfg.epochs)
             stopped = preemption.triggered or (interrupt is not None and interrupt.triggered)
             status = "interrupted" if stopped else "completed"
+            if profiler is not None:
+                logger.info("Handler costs (--profile):\n%s", profile_table(profiler, trainer))
         except NonFiniteLoss as e:
             last = Checkpointing.find_latest(out / "checkpoints")
             raise NonFiniteLoss(f"{e}; stopped without saving; the last good checkpoint is {last or 'none'}") from None
@@ -306,6 +340,7 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
                 f"best_{monitor}": checkpoints.best.value,
                 "avg_epoch_time": timer.average,
                 "stopped_early": stopper is not None and stopper.counter >= stopper.patience,
+                **_throughput(trainer, timer.average, flops_per_sample, peak_flops(device, cfg.amp)),
             }
             try:
                 stream.emit(summary)

@@ -1,0 +1,79 @@
+"""Performance helpers for the training job: channels-last batches, model FLOPs and utilisation, handler costs."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.engine import _prepare_batch as _ignite_prepare_batch
+from ignite.handlers import HandlersTimeProfiler
+
+__all__ = ["channels_last_batch", "train_flops_per_sample", "peak_flops", "profile_table"]
+
+# Dense tensor-core peaks (FLOP/s) per device-name fragment, for model FLOPs utilisation. Low precision
+# is bf16/fp16; "fp32" is the plain (non-TF32) rate. Unknown devices report no utilisation.
+_PEAKS = {
+    "H200": {"low": 989e12, "fp32": 67e12},
+    "H100": {"low": 989e12, "fp32": 67e12},
+    "A100": {"low": 312e12, "fp32": 19.5e12},
+    "L4": {"low": 121e12, "fp32": 30e12},
+}
+
+
+def channels_last_batch(batch: Any, device: torch.device | str | None = None, non_blocking: bool = False) -> tuple[Any, Any]:
+    """Ignite's ``prepare_batch``, then image batches (4-D) in channels-last (NHWC) memory format."""
+    x, y = _ignite_prepare_batch(batch, device, non_blocking)
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def train_flops_per_sample(model: torch.nn.Module, sample: torch.Tensor) -> float | None:
+    """Training FLOPs per sample: the forward's, counted by ``torch.utils.flop_counter``, times 3 (backward ~2x)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(sample[:1])
+    except Exception:  # an operator the counter cannot trace: report no FLOPs rather than fail the run
+        return None
+    finally:
+        model.train(was_training)
+    return 3.0 * counter.get_total_flops()
+
+
+def peak_flops(device: torch.device, low_precision: bool) -> float | None:
+    """The device's dense peak FLOP/s if known (CUDA devices in ``_PEAKS``), else None."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for fragment, peaks in _PEAKS.items():
+        if fragment in name:
+            return peaks["low" if low_precision else "fp32"]
+    return None
+
+
+def profile_table(profiler: HandlersTimeProfiler, engine: Engine) -> str:
+    """Ignite's per-handler cost table, plus the handlers' total cost per iteration in microseconds."""
+    results = profiler.get_results()
+    with contextlib.redirect_stdout(io.StringIO()) as text:  # Ignite prints the table
+        HandlersTimeProfiler.print_results(results)  # type: ignore[arg-type]
+    per_iteration_events = {Events.ITERATION_STARTED, Events.ITERATION_COMPLETED, Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED}
+    spent = sum(
+        sum(times)
+        for event, handlers in profiler.event_handlers_times.items()
+        if event in per_iteration_events or getattr(event, "name", "") in {e.name for e in per_iteration_events}
+        for times in handlers.values()
+    )
+    iterations = max(1, len(profiler.processing_times))
+    processing = sum(profiler.processing_times) / iterations
+    return (
+        text.getvalue().rstrip()
+        + f"\nPer iteration: handlers {1e6 * spent / iterations:.1f} us, step {1e3 * processing:.3f} ms"
+        + f" ({iterations} iterations)"
+    )
