@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, EventEnum, Events
 from ignite.engine import _prepare_batch as _ignite_prepare_batch
@@ -102,8 +103,8 @@ def create_trainer(
 
     ``engine.state.output`` is ``{"loss": detached loss tensor, "y_pred": detached prediction,
     "y": target}``; nothing in the step reads a value back to the host. ``engine.state.samples``
-    counts samples seen and ``engine.state.optimizer_step`` optimizer steps; both are saved by
-    ``engine.state_dict()``.
+    counts samples seen (by all ranks under ``ignite.distributed``, whose shards have equal batches)
+    and ``engine.state.optimizer_step`` optimizer steps; both are saved by ``engine.state_dict()``.
 
     Args:
         model: the network; move it to ``device`` yourself.
@@ -136,6 +137,7 @@ def create_trainer(
     amp_dtype = _autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
     window = {"batches": 0, "samples": 0}  # the update cycle in progress
+    world = idist.get_world_size()  # data-parallel ranks see equal batches: samples seen are global
 
     def optimizer_step(engine: Engine) -> None:
         if scaler.is_enabled():
@@ -165,7 +167,7 @@ def create_trainer(
             loss = loss_fn(y_pred, y)
         n = batch_size_of(x)
         state: Any = engine.state
-        state.samples += n
+        state.samples += n * world
         if accumulation_steps == 1:
             scaler.scale(loss).backward()
             optimizer_step(engine)

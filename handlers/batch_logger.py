@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.exceptions import NotComputableError
@@ -27,7 +28,8 @@ class BatchLogger:
     counts the interval's samples over its wall time (both intervals restart at each epoch start, so
     validation time is not counted), ``lr`` lists each param group's LR, and each metric given is
     its running value over the epoch so far (BMXNet's ``metric.get()`` at log time). The loss is
-    summed on its device and read back only when a record is written.
+    summed on its device and read back only when a record is written; under ``ignite.distributed``
+    it is averaged over the ranks there (call it on every rank; give the others a stream with no sinks).
 
     Ignite's ``Frequency`` measures since epoch start and its loggers read ``loss.item()`` per step;
     this adds the interval window and keeps the hot path free of host syncs.
@@ -106,7 +108,7 @@ class BatchLogger:
             "epoch": engine.state.epoch,
             "iteration": engine.state.iteration,
             "samples": samples,
-            "loss": float(self._loss_sum.float().item()) / self._batches,  # type: ignore[union-attr]
+            "loss": float(idist.all_reduce(self._loss_sum.float()).item()) / self._batches / idist.get_world_size(),  # type: ignore[union-attr]
             "samples_per_sec": self._throughput.rate(samples, self.clock()),
         }
         if self.optimizer is not None:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
@@ -150,7 +151,8 @@ class Checkpointing:
             except CheckpointError as e:
                 errors.append(str(e))
                 logger.warning("%s; trying the previous checkpoint (this one is kept as %s.corrupt)", e, path.name)
-                path.replace(path.with_name(path.name + ".corrupt"))
+                if idist.get_rank() == 0:
+                    path.replace(path.with_name(path.name + ".corrupt"))
                 continue
             return path
         if errors:

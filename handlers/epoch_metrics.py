@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -14,6 +15,8 @@ from engine.trainer import iteration_in_epoch, samples_seen
 from handlers.records import RecordStream
 
 __all__ = ["EpochMetrics"]
+
+logger = logging.getLogger(__name__)
 
 
 def _scalar(value: Any) -> float | None:
@@ -85,7 +88,11 @@ class EpochMetrics:
         pending, self._pending = self._pending, None
         if pending is not None and iteration_in_epoch(engine):
             for name, metric in self.metrics.items():
-                metric.load_state_dict(pending[name])
+                try:
+                    metric.load_state_dict(pending[name])
+                except ValueError as e:  # saved by another number of ranks: each rank's sums are gone
+                    logger.warning("Metric %s restarts this epoch: %s", name, str(e).splitlines()[0])
+                    metric.reset()
 
     def _emit(self, engine: Engine) -> None:
         clock = self.trainer or engine

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
@@ -63,7 +64,9 @@ class LossGuard:
 
     def check(self, engine: Engine) -> None:
         """Raise :class:`NonFiniteLoss` if any loss so far was NaN or infinite (reads one value back)."""
-        if self._flag is not None and not bool(torch.isfinite(self._flag)):
+        # Summed over the ranks (a no-op in one process): every rank stops at the same check.
+        total = idist.all_reduce(self._flag.float().clone()) if self._flag is not None else None
+        if isinstance(total, torch.Tensor) and not bool(torch.isfinite(total)):
             raise NonFiniteLoss(
                 f"the training loss became nan or inf at or before iteration {engine.state.iteration} (epoch {engine.state.epoch})"
             )

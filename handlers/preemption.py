@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
@@ -26,12 +27,19 @@ class Preemption:
     finishes the current iteration (on a Flint trainer, the current update cycle, so no accumulated
     gradient is lost), calls ``save(trainer)`` and terminates, and ``triggered`` is True: the CLI
     exits 3 for a relaunch with ``--resume``. A signal during validation takes effect when it ends.
-    A second signal raises ``KeyboardInterrupt`` where the program is. :meth:`request` does what a
-    signal does, for code and tests.
+    A second signal raises ``KeyboardInterrupt`` where the program is; one within ``grace`` seconds
+    of the first is the same event delivered twice (to the process group and forwarded by a parent)
+    and is ignored. :meth:`request` does what a signal does, for code and tests.
+
+    In data-parallel training every rank must stop at the same iteration, or the others wait forever
+    in their next collective: pass ``agree``, called by every rank at every possible stop with its
+    own "stop requested", returning whether any rank asked (an all-reduce with MAX).
 
     Args:
         save: ``save(trainer)`` writing a checkpoint, e.g. ``Checkpointing.save_latest``.
         signals: the signals to catch. Default ``(SIGTERM, SIGINT)``.
+        agree: ``agree(requested) -> bool`` across ranks. Default None (one process).
+        grace: seconds in which a repeated signal counts as the same one. Default 1.0.
 
     Example:
         >>> from ignite.engine import Engine
@@ -44,8 +52,15 @@ class Preemption:
         (3, [3], True)
     """
 
-    def __init__(self, save: Callable[[Engine], None], signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
-        self.save, self.signals = save, tuple(signals)
+    def __init__(
+        self,
+        save: Callable[[Engine], None],
+        signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+        agree: Callable[[bool], bool] | None = None,
+        grace: float = 1.0,
+    ) -> None:
+        self.save, self.signals, self.agree, self.grace = save, tuple(signals), agree, grace
+        self._requested_at = 0.0
         self.requested: int | None = None  # the signal number received, 0 for request()
         self.triggered = False
         self._steps: int | None = None  # iteration of the last optimizer step, on a Flint trainer
@@ -61,8 +76,10 @@ class Preemption:
     def request(self, signum: int = 0, frame: FrameType | None = None) -> None:
         """Ask for a stop at the next update boundary; a second request raises KeyboardInterrupt."""
         if self.requested is not None:
+            if signum and time.monotonic() - self._requested_at < self.grace:
+                return  # the same signal, delivered twice
             raise KeyboardInterrupt(f"signal {signum} received again: aborting without a checkpoint")
-        self.requested = signum
+        self.requested, self._requested_at = signum, time.monotonic()
         name = signal.Signals(signum).name if signum else "a stop request"
         logger.warning("Received %s: stopping after this update with a checkpoint (again to abort)", name)
 
@@ -84,10 +101,13 @@ class Preemption:
         self._steps = engine.state.iteration
 
     def _maybe_stop(self, engine: Engine) -> None:
-        if self.requested is None or self.triggered:
-            return
-        if self._steps is not None and self._steps != engine.state.iteration:
+        if self.triggered or (self._steps is not None and self._steps != engine.state.iteration):
             return  # mid update cycle: its gradients would be lost
+        requested = self.requested is not None
+        if self.agree is not None:
+            requested = self.agree(requested)
+        if not requested:
+            return
         logger.info("Saving a checkpoint at iteration %d and stopping", engine.state.iteration)
         self.save(engine)
         self.triggered = True

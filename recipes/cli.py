@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
+import socket
 import sys
 import traceback
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import fields
 
@@ -23,7 +27,7 @@ from recipes.config import DEVICES, Config, UsageError
 from recipes.export import FORMATS, export_model
 from recipes.report import write_report
 from recipes.optim import DEFAULT_LOSS, LOSSES, OPTIMIZERS, REFUSED_OPTIMIZERS, make_loss
-from recipes.train import build_optimizer, resolve_device, train
+from recipes.train import _resume_from, build_optimizer, resolve_device, train
 
 __all__ = ["main", "build_parser"]
 
@@ -154,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--channels-last", action="store_true", help="channels-last memory format for convolutions")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (a one-off compile at the start)")
     run.add_argument("--profile", action="store_true", help="log each handler's time at the end of the run")
+    run.add_argument(
+        "--nproc-per-node", type=_positive_int, metavar="N",
+        help="data-parallel workers spawned on this machine (gloo on CPU, nccl on CUDA); --batch-size is global",
+    )  # fmt: skip
     run.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -184,6 +192,11 @@ def resolve_config(args: argparse.Namespace) -> Config:
         raise UsageError(f"--lr-steps applies to --lr-mode step, not {cfg.lr_mode}")
     if cfg.data_on_device and cfg.num_workers:
         raise UsageError("--data-on-device serves batches from device memory; it takes no --num-workers")
+    workers = int(os.environ.get("WORLD_SIZE", "0")) or cfg.nproc_per_node
+    if cfg.batch_size % workers:
+        raise UsageError(f"--batch-size {cfg.batch_size} is global: it must divide among {workers} workers")
+    if cfg.device.startswith("cuda") and cfg.nproc_per_node > torch.cuda.device_count():
+        raise UsageError(f"--nproc-per-node {cfg.nproc_per_node}: only {torch.cuda.device_count()} CUDA devices here")
     if cfg.warmup_epochs >= cfg.epochs:
         raise UsageError(f"--warmup-epochs {cfg.warmup_epochs}: must be below --epochs {cfg.epochs}")
     return cfg
@@ -199,13 +212,75 @@ class _ConsoleHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def _setup_console_logging(debug: bool) -> None:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _backend(cfg: Config) -> str:
+    return "nccl" if cfg.device.startswith("cuda") else "gloo"
+
+
+def _worker(local_rank: int, cfg: Config, debug: bool, results: object) -> None:
+    """One spawned data-parallel worker: the run's training job on its rank; rank 0 reports the status."""
+    import ignite.distributed as idist
+
+    _setup_console_logging(debug, rank=idist.get_rank())
+    if not cfg.device.startswith("cuda"):  # share the cores: oversubscribed OpenMP threads spin and crawl
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.nproc_per_node))
+    status = train(cfg, RECIPES[cfg.recipe])
+    if idist.get_rank() == 0:
+        results.put(status)  # type: ignore[attr-defined]
+
+
+def _spawn(cfg: Config, debug: bool) -> str:
+    """Run ``cfg`` on ``cfg.nproc_per_node`` local workers through ``idist.Parallel``; the run's status."""
+    import ignite.distributed as idist
+    import multiprocessing
+    import torch.multiprocessing as mp
+
+    _resume_from(cfg, Path(cfg.output_dir))  # bad usage is found here, once, not by every worker
+    results = mp.get_context("spawn").SimpleQueue()
+
+    def forward(signum: int, frame: object) -> None:  # schedulers may signal only this process
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signum)  # type: ignore[arg-type]
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with idist.Parallel(_backend(cfg), nproc_per_node=cfg.nproc_per_node, master_port=_free_port()) as parallel:
+            parallel.run(_worker, cfg, debug, results)
+    except Exception as e:  # a worker failed: its last traceback line is "module.Error: message"
+        last = [line for line in str(e).splitlines() if line.strip()][-1]
+        kind, _, message = last.partition(": ")
+        if kind.endswith("KeyboardInterrupt"):
+            raise KeyboardInterrupt(message) from None
+        raise (UsageError if kind.endswith("UsageError") else RuntimeError)(message or kind) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return str(results.get()) if not results.empty() else "failed"
+
+
+def _under_torchrun(cfg: Config) -> str:
+    """One worker of a torchrun launch: the process group comes from torchrun's environment."""
+    import ignite.distributed as idist
+
+    status: list[str] = []
+    with idist.Parallel(_backend(cfg)) as parallel:
+        _setup_console_logging("--debug" in sys.argv, rank=idist.get_rank())
+        parallel.run(lambda local_rank: status.append(train(cfg, RECIPES[cfg.recipe])))
+    return status[0]
+
+
+def _setup_console_logging(debug: bool, rank: int = 0) -> None:
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
     for old in [h for h in root.handlers if isinstance(h, _ConsoleHandler)]:  # main() called again in-process
         root.removeHandler(old)
     console = _ConsoleHandler(sys.stderr)
-    console.setLevel(logging.DEBUG if debug else logging.INFO)
+    console.setLevel(logging.DEBUG if debug else logging.INFO if rank == 0 else logging.WARNING)
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     # Ignite logs an ERROR per engine as an exception passes; the CLI's own one line says it once.
     console.addFilter(lambda record: not record.name.startswith("ignite"))
@@ -233,8 +308,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(export_model(args.path, args.format, args.output))
             return EXIT_OK
         cfg = resolve_config(args)
-        _setup_console_logging(debug)
-        status = train(cfg, RECIPES[cfg.recipe])
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun, one process per worker
+            status = _under_torchrun(cfg)
+        elif cfg.nproc_per_node > 1:
+            _setup_console_logging(debug)
+            status = _spawn(cfg, debug)
+        else:
+            _setup_console_logging(debug)
+            status = train(cfg, RECIPES[cfg.recipe])
     except UsageError as e:
         print(f"flint: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -52,4 +52,5 @@ class Config:
     amp: bool = False  # autocast: bf16 (fp16 + GradScaler on CUDA without bf16)
     channels_last: bool = False  # channels-last (NHWC) memory format for the model and image batches
     compile: bool = False  # torch.compile the model; the first iterations pay a one-off compile (seconds to minutes)
+    nproc_per_node: int = 1  # data-parallel worker processes spawned on this machine (idist.Parallel); 1 = none
     profile: bool = False  # time every handler (Ignite's HandlersTimeProfiler) and log the cost table at the end

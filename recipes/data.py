@@ -186,6 +186,8 @@ class DeviceTensorLoader:
         device: str | torch.device = "cpu",
         augment: Any = None,
         seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         if isinstance(dataset, TensorDataset):
             x, y = dataset.tensors
@@ -196,10 +198,11 @@ class DeviceTensorLoader:
             x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
         self.x, self.y = x.to(device), y.to(device)
         self.batch_size, self.augment = batch_size, augment
-        self.sampler = EpochSampler(len(self.y), seed=seed, shuffle=shuffle)
+        # Training shards are padded to equal sizes; validation ones (shuffle=False) count each sample once.
+        self.sampler = EpochSampler(len(self.y), seed=seed, shuffle=shuffle, num_replicas=num_replicas, rank=rank, pad=shuffle)
 
     def __len__(self) -> int:
-        return -(-len(self.y) // self.batch_size)
+        return -(-len(self.sampler) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.sampler.indices().to(self.x.device)

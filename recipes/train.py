@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Events
 from ignite.handlers import EarlyStopping, TensorboardLogger
@@ -69,7 +70,7 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 # Options a resumed run may change: they do not alter what is trained or how.
 RESUMABLE_CHANGES = (
     "epochs", "resume", "interrupt_at", "progress", "progress_file", "device", "output_dir", "log_interval", "data_dir",
-    "download", "profile",
+    "download", "profile", "nproc_per_node",
 )  # fmt: skip
 
 
@@ -160,9 +161,15 @@ def train(cfg: Config, recipe: Recipe) -> str:
 
     Raises ``NonFiniteLoss`` when the loss becomes NaN or infinite (status ``"failed"``) and
     ``KeyboardInterrupt`` on a second stop signal (status ``"aborted"``)."""
-    # --- where the run lives -------------------------------------------------------------------
+    # --- where the run lives (rank 0 writes the files; every rank checks first) -----------------
     out = Path(cfg.output_dir)
     resume_path = _resume_from(cfg, out)
+    world = idist.get_world_size()
+    if cfg.batch_size % world:
+        raise UsageError(f"--batch-size {cfg.batch_size} is global: it must divide among {world} workers")
+    idist.barrier()  # no rank may see rank 0's new files as "a run already there"
+    if idist.get_rank() > 0:
+        return _train(cfg, recipe, out, resume_path)
     try:
         out.mkdir(parents=True, exist_ok=True)
         log_file = logging.FileHandler(out / "train.log", encoding="utf-8")
@@ -174,6 +181,8 @@ def train(cfg: Config, recipe: Recipe) -> str:
     try:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
         logger.info("Run config: %s", json.dumps(asdict(cfg)))
+        if world > 1:
+            logger.info("Data-parallel on %d workers (%s): %d samples per worker batch", world, idist.backend(), cfg.batch_size // world)
         return _train(cfg, recipe, out, resume_path)
     except Exception:
         logger.debug("Run failed", exc_info=True)
@@ -183,30 +192,54 @@ def train(cfg: Config, recipe: Recipe) -> str:
         log_file.close()
 
 
+def _any_rank() -> Callable[[bool], bool] | None:
+    """For Preemption: whether any rank asked to stop, over a CPU (gloo) group: no device sync."""
+    if idist.get_world_size() == 1:
+        return None
+    import torch.distributed as dist
+
+    group: Any = dist.new_group(backend="gloo") if idist.backend() != "gloo" else None
+
+    def agree(mine: bool) -> bool:
+        flag = torch.tensor([int(mine)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        return bool(flag.item())
+
+    return agree
+
+
 def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | None) -> str:
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same on every rank: same initial weights, dropout masks
     device = torch.device(cfg.device)
+    rank, world = idist.get_rank(), idist.get_world_size()
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", idist.get_local_rank())
+        torch.cuda.set_device(device)
+    batch_size = cfg.batch_size // world  # --batch-size is global
 
     # --- data ----------------------------------------------------------------------------------
     train_set, val_set = recipe.datasets[cfg.dataset](cfg)
     pin = device.type == "cuda"
-    val_batch = max(cfg.batch_size, 256)
+    val_batch = max(batch_size, 256)
     train_loader: Any
     val_loader: Any
+    shard = {"num_replicas": world, "rank": rank}
     if cfg.data_on_device:
         augment = DEVICE_AUGMENT.get(cfg.dataset)
-        train_loader = DeviceTensorLoader(train_set, cfg.batch_size, shuffle=True, device=device, augment=augment, seed=cfg.seed)
-        val_loader = DeviceTensorLoader(val_set, val_batch, shuffle=False, device=device)
+        train_loader = DeviceTensorLoader(train_set, batch_size, shuffle=True, device=device, augment=augment, seed=cfg.seed, **shard)
+        val_loader = DeviceTensorLoader(val_set, val_batch, shuffle=False, device=device, **shard)
         sampler = train_loader.sampler
     else:
         loading: dict[str, Any] = {
             "num_workers": cfg.num_workers, "pin_memory": pin, "persistent_workers": cfg.num_workers > 0,
             "worker_init_fn": _ignore_stop_signals if cfg.num_workers else None,
         }  # fmt: skip
-        # The order is a function of (seed, epoch), so a run resumed mid-epoch sees the same batches.
-        sampler = EpochSampler(len(train_set), seed=cfg.seed)  # type: ignore[arg-type]
-        train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, generator=sampler.generator, **loading)
-        val_loader = DataLoader(val_set, batch_size=val_batch, shuffle=False, **loading)
+        # The order is a function of (seed, epoch), so a run resumed mid-epoch sees the same batches;
+        # with several workers each takes its shard (DistributedSampler's, plus skip for resumes).
+        sampler = EpochSampler(len(train_set), seed=cfg.seed, **shard)  # type: ignore[arg-type]
+        train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, generator=sampler.generator, **loading)
+        val_sampler = EpochSampler(len(val_set), shuffle=False, pad=False, **shard)  # type: ignore[arg-type]
+        val_loader = DataLoader(val_set, batch_size=val_batch, sampler=val_sampler, **loading)
     if cfg.test_run:
         train_loader, val_loader = FirstBatches(train_loader, 1), FirstBatches(val_loader, 1)
 
@@ -218,16 +251,21 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
     flops_per_sample = train_flops_per_sample(model, sample)
     optimizer = build_optimizer(cfg, model)
     loss_fn = make_loss(recipe.task, cfg.loss, cfg.label_smoothing)
-    net: Any = model
+    # Training runs through DDP (gradients averaged over ranks) when there are several workers;
+    # evaluation runs the plain model on each rank's shard, and the metrics are all-reduced.
+    net: Any = idist.auto_model(model) if world > 1 else model
+    optimizer = idist.auto_optim(optimizer) if world > 1 else optimizer
+    eval_net: Any = model
     if cfg.compile:  # the engines run the compiled module; checkpoints keep the plain one's names
         logger.info("Compiling the model: the first training and validation iterations include the compile")
-        net = torch.compile(model)
+        net = torch.compile(net)
+        eval_net = net if world == 1 else torch.compile(model)
     prepare = channels_last_batch if cfg.channels_last else None
     trainer = create_trainer(
         net, optimizer, loss_fn, device=device, accumulation_steps=cfg.update_cycle, amp=cfg.amp, non_blocking=pin,
         prepare_batch=prepare,
     )  # fmt: skip
-    evaluator = create_evaluator(net, device=device, amp=cfg.amp, non_blocking=pin, prepare_batch=prepare)
+    evaluator = create_evaluator(eval_net, device=device, amp=cfg.amp, non_blocking=pin, prepare_batch=prepare)
     schedule = LRSchedule(
         optimizer,
         functools.partial(
@@ -242,12 +280,12 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
         ),
     )
 
-    # --- one record stream: log lines, metrics.jsonl, TensorBoard ------------------------------
-    tb = TensorboardLogger(log_dir=str(out))
-    stream = RecordStream([LoggingSink(logger), JsonlSink(out / "metrics.jsonl"), TensorBoardSink(tb.writer)])
+    # --- one record stream: log lines, metrics.jsonl, TensorBoard (rank 0; the others, no sinks) --
+    tb = TensorboardLogger(log_dir=str(out)) if rank == 0 else None
+    stream = RecordStream([LoggingSink(logger), JsonlSink(out / "metrics.jsonl"), TensorBoardSink(tb.writer)] if tb else [])
 
     # --- handlers, in the order they run at each event -----------------------------------------
-    DataOrder(sampler, cfg.batch_size).attach(trainer)  # the epoch's order; skips what a resumed epoch did
+    DataOrder(sampler, batch_size).attach(trainer)  # the epoch's order; skips what a resumed epoch did
     timer = EpochTimer().attach(trainer)  # first: its epoch time excludes validation
     schedule.attach(trainer)  # ITERATION_STARTED, before the LR tracker reads it
     train_metrics, val_metrics, monitor, mode = task_metrics(recipe.task, loss_fn, device)
@@ -257,7 +295,8 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
     ).attach(trainer)
     LRTracker(optimizer, stream, every=cfg.log_interval).attach(trainer)
     batches = BatchLogger(stream, every=cfg.log_interval, optimizer=optimizer, metrics=running).attach(trainer)
-    NetSummaries(model, tb.writer).attach(trainer)
+    if tb is not None:
+        NetSummaries(model, tb.writer).attach(trainer)
     guard = LossGuard(every=cfg.log_interval).attach(trainer)  # NaN/inf: stop before validating or saving
     Validation(evaluator, val_loader).attach(trainer)
     EpochMetrics(val_metrics, stream, "validation", trainer=trainer).attach(evaluator)
@@ -282,9 +321,9 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
         guard.check(engine)
         checkpoints.save_latest(engine)
 
-    preemption = Preemption(save_now).attach(trainer)  # SIGTERM/SIGINT: save at the next update and exit 3
-    eta = ETA(cfg.progress_file).attach(trainer)
-    if cfg.progress and sys.stderr.isatty():
+    preemption = Preemption(save_now, agree=_any_rank()).attach(trainer)  # SIGTERM/SIGINT: save at the next update and exit 3
+    eta = ETA(cfg.progress_file if rank == 0 else None).attach(trainer)
+    if cfg.progress and sys.stderr.isatty() and rank == 0:
         from ignite.handlers import ProgressBar
 
         def bar_fields(output: dict) -> dict:  # tqdm shows the epoch's ETA itself
@@ -322,7 +361,7 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
                 trainer.run(train_loader, max_epochs=cfg.epochs)
             stopped = preemption.triggered or (interrupt is not None and interrupt.triggered)
             status = "interrupted" if stopped else "completed"
-            if profiler is not None:
+            if profiler is not None and rank == 0:
                 logger.info("Handler costs (--profile):\n%s", profile_table(profiler, trainer))
         except NonFiniteLoss as e:
             last = Checkpointing.find_latest(out / "checkpoints")

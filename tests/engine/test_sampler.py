@@ -44,3 +44,24 @@ def test_rejects_bad_arguments(bad):
         EpochSampler(bad)
     with pytest.raises(ValueError, match=f"Argument n should be a non-negative integer, got {bad}"):
         EpochSampler(3).skip(bad)
+
+
+def test_shards_together_are_one_process_order_in_larger_batches():
+    whole = EpochSampler(10, seed=5)
+    shards = [EpochSampler(10, seed=5, num_replicas=2, rank=r) for r in (0, 1)]
+    for s in (whole, *shards):
+        s.set_epoch(2)
+    order = list(whole)
+    assert [len(s) for s in shards] == [5, 5]
+    a, b = list(shards[0]), list(shards[1])
+    assert [x for pair in zip(a, b) for x in pair] == order  # batch k of both ranks = batch k of one process
+
+
+def test_padding_gives_every_rank_as_many_samples_and_validation_counts_each_once():
+    padded = [list(EpochSampler(5, shuffle=False, num_replicas=3, rank=r)) for r in range(3)]
+    assert padded == [[0, 3], [1, 4], [2, 0]]
+    plain = [list(EpochSampler(5, shuffle=False, num_replicas=3, rank=r, pad=False)) for r in range(3)]
+    assert plain == [[0, 3], [1, 4], [2]] and sorted(sum(plain, [])) == list(range(5))
+    assert [len(EpochSampler(5, shuffle=False, num_replicas=3, rank=r, pad=False)) for r in range(3)] == [2, 2, 1]
+    with pytest.raises(ValueError, match="Argument rank should be in \\[0, 1\\], got 2"):
+        EpochSampler(5, num_replicas=2, rank=2)

@@ -53,10 +53,35 @@ def test_a_real_sigterm_stops_the_run_and_handlers_are_restored():
 
 def test_a_second_signal_aborts_at_once():
     engine = Engine(lambda e, b: None)
-    stop = Preemption(lambda e: pytest.fail("no checkpoint on abort")).attach(engine)
+    stop = Preemption(lambda e: pytest.fail("no checkpoint on abort"), grace=0.0).attach(engine)
     kill = lambda _: os.kill(os.getpid(), signal.SIGINT)  # noqa: E731
     engine.add_event_handler(Events.ITERATION_STARTED(once=2), kill)
     engine.add_event_handler(Events.ITERATION_STARTED(once=2), kill)
     with stop.signal_handlers(), pytest.raises(KeyboardInterrupt, match="received again"):
         engine.run(range(10), max_epochs=1)
     assert engine.state.iteration == 2 and not stop.triggered
+
+
+def test_every_rank_follows_the_agreed_decision():
+    # agree() stands for the all-reduce: here another rank asked before the third check.
+    calls, saved = [], []
+
+    def agree(mine):
+        calls.append(mine)
+        return len(calls) == 3
+
+    engine = Engine(lambda e, b: None)
+    stop = Preemption(lambda e: saved.append(e.state.iteration), agree=agree).attach(engine)
+    engine.run(range(10))
+    assert (saved, calls, stop.triggered, stop.requested) == ([3], [False, False, False], True, None)
+
+
+def test_a_repeated_signal_within_the_grace_period_is_the_same_one():
+    stop = Preemption(lambda e: None, grace=60.0)
+    stop.request(signal.SIGTERM)
+    stop.request(signal.SIGTERM)  # e.g. sent to the process group and forwarded by the parent
+    assert stop.requested == signal.SIGTERM
+    impatient = Preemption(lambda e: None, grace=0.0)
+    impatient.request(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="received again"):
+        impatient.request(signal.SIGTERM)
