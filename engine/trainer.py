@@ -9,6 +9,7 @@ the state counts samples seen.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -162,7 +163,7 @@ def create_trainer(
         if not model.training:
             model.train()
         x, y = prepare(batch, device, non_blocking)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+        with torch.autocast(device.type, dtype=amp_dtype) if amp else contextlib.nullcontext():
             y_pred = model(x)
             loss = loss_fn(y_pred, y)
         n = batch_size_of(x)

@@ -96,7 +96,10 @@ class BatchLogger:
 
     def _on_iteration(self, engine: Engine) -> None:
         loss = self.output_transform(engine.state.output).detach()
-        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        if self._loss_sum is None:
+            self._loss_sum = loss.float().clone()
+        else:
+            self._loss_sum.add_(loss)  # in place: no new tensor per iteration
         self._batches += 1
         if engine.state.iteration % self.every == 0:
             self._emit(engine)

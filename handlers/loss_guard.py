@@ -59,8 +59,11 @@ class LossGuard:
         return self
 
     def _fold(self, engine: Engine) -> None:
-        loss = self.output_transform(engine.state.output).detach()  # one add per iteration, on the device
-        self._flag = loss if self._flag is None else self._flag + loss
+        loss = self.output_transform(engine.state.output).detach()  # one in-place add per iteration, on the device
+        if self._flag is None:
+            self._flag = loss.float().clone()
+        else:
+            self._flag.add_(loss)
 
     def check(self, engine: Engine) -> None:
         """Raise :class:`NonFiniteLoss` if any loss so far was NaN or infinite (reads one value back)."""

@@ -63,12 +63,12 @@ class Preemption:
         self._requested_at = 0.0
         self.requested: int | None = None  # the signal number received, 0 for request()
         self.triggered = False
-        self._steps: int | None = None  # iteration of the last optimizer step, on a Flint trainer
+        self._steps_seen: int | None = None  # optimizer steps at the last check, on a Flint trainer
 
     def attach(self, engine: Engine) -> Preemption:
-        if TrainEvents.OPTIMIZER_STEPPED in engine._allowed_events:
-            self._steps = 0
-            engine.add_event_handler(TrainEvents.OPTIMIZER_STEPPED, self._on_step)
+        if TrainEvents.OPTIMIZER_STEPPED in engine._allowed_events:  # a Flint trainer: stop between cycles
+            self._steps_seen = 0
+            engine.add_event_handler(Events.STARTED, self._count_steps)  # a resumed run starts at its count
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._maybe_stop)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._maybe_stop)
         return self
@@ -97,12 +97,17 @@ class Preemption:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
-    def _on_step(self, engine: Engine) -> None:
-        self._steps = engine.state.iteration
+    def _count_steps(self, engine: Engine) -> None:
+        self._steps_seen = engine.state.optimizer_step  # type: ignore[attr-defined]
 
     def _maybe_stop(self, engine: Engine) -> None:
-        if self.triggered or (self._steps is not None and self._steps != engine.state.iteration):
-            return  # mid update cycle: its gradients would be lost
+        if self._steps_seen is not None:
+            steps = engine.state.optimizer_step  # type: ignore[attr-defined]
+            stepped, self._steps_seen = steps != self._steps_seen, steps
+            if not stepped and engine.last_event_name != Events.EPOCH_COMPLETED:
+                return  # mid update cycle: its gradients would be lost
+        if self.triggered:
+            return
         requested = self.requested is not None
         if self.agree is not None:
             requested = self.agree(requested)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 from dataclasses import asdict
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +18,12 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Events
 from ignite.handlers import EarlyStopping, TensorboardLogger
-from ignite.metrics import Accuracy, Average, Loss, MeanAbsoluteError, Metric
+from ignite.metrics import Accuracy, Loss, MeanAbsoluteError, Metric
 from torch import nn
 from torch.utils.data import DataLoader
 
-from engine import EpochSampler, RNGState, batch_size_of, create_evaluator, create_trainer, seed_everything
+from engine import EpochSampler, RNGState, create_evaluator, create_trainer, seed_everything
+from engine.metrics import MeanLoss, TopOneAccuracy
 from handlers import (
     ETA,
     BatchLogger,
@@ -115,11 +118,6 @@ def _clock_text(seconds: float | None) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
-def _weighted_loss(output: dict) -> torch.Tensor:
-    # The batch's mean loss repeated per sample, so Ignite's Average weights batches by size.
-    return output["loss"].reshape(1, 1).expand(batch_size_of(output["y"]), 1)
-
-
 def _throughput(trainer: Any, epoch_time: float | None, flops_per_sample: float | None, peak: float | None) -> dict:
     """Training samples/sec over an average epoch (the launch's first excluded), TFLOP/s and, if the peak is known, MFU."""
     state = trainer.state
@@ -140,20 +138,34 @@ def task_metrics(task: str, loss_fn: nn.Module, device: torch.device) -> tuple[d
     Classification reports loss and accuracy and keeps the best accuracy; regression reports loss and
     mean absolute error and keeps the lowest loss. All accumulate on ``device``.
     """
-    other: Callable[[], Metric] = (
-        (lambda: Accuracy(device=device)) if task == "classification" else (lambda: MeanAbsoluteError(device=device))
-    )
-    name = "accuracy" if task == "classification" else "mae"
-    train = {"loss": Average(output_transform=_weighted_loss, device=device), name: other()}
-    val = {"loss": Loss(loss_fn, device=device), name: other()}
+    classification = task == "classification"
+    name = "accuracy" if classification else "mae"
+    # Training metrics update every iteration: Flint's lean ones (engine.metrics) for loss and accuracy.
+    train: dict[str, Metric] = {
+        "loss": MeanLoss(device=device),
+        name: TopOneAccuracy(device=device) if classification else MeanAbsoluteError(device=device),
+    }
+    val = {"loss": Loss(loss_fn, device=device), name: Accuracy(device=device) if classification else MeanAbsoluteError(device=device)}
     return (train, val, "accuracy", "max") if task == "classification" else (train, val, "loss", "min")
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    # DataLoader workers share the process group: a scheduler's SIGTERM or a terminal's Ctrl-C must
-    # reach only the main process, which stops cleanly and then shuts the workers down.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _worker_signals(worker_id: int) -> None:
+    """DataLoader workers share the process group: a terminal's Ctrl-C or a scheduler's SIGTERM to the
+    group must stop only the main process, which saves and then shuts the workers down itself."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # not POSIX: the default, a group SIGTERM kills the workers
+        return
+    # SIGTERM cannot simply be ignored: multiprocessing stops workers with it at exit (and would then
+    # wait forever). Take it in a thread that knows the sender: from the parent, exit; else ignore.
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here inherit it
+
+    def take_sigterm() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=take_sigterm, name="flint-sigterm", daemon=True).start()
 
 
 def train(cfg: Config, recipe: Recipe) -> str:
@@ -232,7 +244,7 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
     else:
         loading: dict[str, Any] = {
             "num_workers": cfg.num_workers, "pin_memory": pin, "persistent_workers": cfg.num_workers > 0,
-            "worker_init_fn": _ignore_stop_signals if cfg.num_workers else None,
+            "worker_init_fn": _worker_signals if cfg.num_workers else None,
         }  # fmt: skip
         # The order is a function of (seed, epoch), so a run resumed mid-epoch sees the same batches;
         # with several workers each takes its shard (DistributedSampler's, plus skip for resumes).
@@ -287,7 +299,8 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
     # --- handlers, in the order they run at each event -----------------------------------------
     DataOrder(sampler, batch_size).attach(trainer)  # the epoch's order; skips what a resumed epoch did
     timer = EpochTimer().attach(trainer)  # first: its epoch time excludes validation
-    schedule.attach(trainer)  # ITERATION_STARTED, before the LR tracker reads it
+    if cfg.lr_mode != "constant" or cfg.warmup_epochs:  # a constant LR needs no per-iteration work
+        schedule.attach(trainer)  # ITERATION_STARTED, before the LR tracker reads it
     train_metrics, val_metrics, monitor, mode = task_metrics(recipe.task, loss_fn, device)
     running = {k: m for k, m in train_metrics.items() if k != "loss"}  # BatchLogger has the interval's loss
     training = EpochMetrics(

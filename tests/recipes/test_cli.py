@@ -82,10 +82,10 @@ def test_every_recipe_runs_end_to_end_on_fake_data(tmp_path, flint, recipe):
     assert recs[-1]["status"] == "completed" and ("best_loss" if recipe == "ffnn" else "best_accuracy") in recs[-1]
 
 
-def test_ffnn_update_cycle_equals_the_large_batch(tmp_path, flint):
+def test_ffnn_update_cycle_equals_the_large_batch(tmp_path):
     small, large = tmp_path / "small", tmp_path / "large"
-    assert flint("run", "ffnn", "--epochs", "30", "--batch-size", "8", "--update-cycle", "4", "-o", str(small)).returncode == 0
-    assert flint("run", "ffnn", "--epochs", "30", "--batch-size", "32", "-o", str(large)).returncode == 0
+    assert main(["run", "ffnn", "--epochs", "30", "--batch-size", "8", "--update-cycle", "4", "--no-progress", "-o", str(small)]) == 0
+    assert main(["run", "ffnn", "--epochs", "30", "--batch-size", "32", "--no-progress", "-o", str(large)]) == 0
     losses = [[r["loss"] for r in records(d) if r["phase"] == "validation"] for d in (small, large)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     assert losses[1][-1] < losses[1][0] / 10  # it did learn
@@ -137,17 +137,18 @@ def test_bad_usage_exits_2_from_a_real_process(tmp_path, flint):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_without_a_device_is_bad_usage(tmp_path, flint):
-    result = flint("run", "lenet", "--device", "cuda", "-o", str(tmp_path))
-    assert result.returncode == 2 and "--device cuda: no CUDA device is available here" in result.stderr
+def test_cuda_without_a_device_is_bad_usage(tmp_path, capsys):
+    assert main(["run", "lenet", "--device", "cuda", "-o", str(tmp_path)]) == 2
+    assert "--device cuda: no CUDA device is available here" in capsys.readouterr().err
 
 
-def test_a_new_run_refuses_a_directory_holding_another(tmp_path, flint):
+def test_a_new_run_refuses_a_directory_holding_another(tmp_path, capsys):
     out = tmp_path / "run"
-    assert flint("run", "lenet", "--test-run", "--epochs", "1", "-o", str(out)).returncode == 0
+    assert main(["run", "lenet", "--test-run", "--epochs", "1", "--no-progress", "-o", str(out)]) == 0
     before = (out / "metrics.jsonl").read_text()
-    result = flint("run", "lenet", "--test-run", "--epochs", "1", "-o", str(out))
-    assert result.returncode == 2 and f"output dir {out} already holds a run; pass --resume" in result.stderr
+    capsys.readouterr()
+    assert main(["run", "lenet", "--test-run", "--epochs", "1", "--no-progress", "-o", str(out)]) == 2
+    assert f"output dir {out} already holds a run; pass --resume" in capsys.readouterr().err
     assert (out / "metrics.jsonl").read_text() == before
 
 
@@ -179,16 +180,17 @@ def test_update_cycle_lr_mult_and_amp_reach_the_run(tmp_path, flint):
     assert [g["weight_decay"] for g in groups] == [1e-4, 0.0, 1e-4, 0.0]
 
 
-def test_resume_refuses_changed_options_but_takes_more_epochs(tmp_path, flint):
+def test_resume_refuses_changed_options_but_takes_more_epochs(tmp_path, capsys):
     out = tmp_path / "run"
-    assert flint("run", "lenet", "--test-run", "--epochs", "3", "--interrupt-at", "1", "-o", str(out)).returncode == 3
+    assert main(["run", "lenet", "--test-run", "--epochs", "3", "--interrupt-at", "1", "--no-progress", "-o", str(out)]) == 3
     config_before = (out / "config.json").read_text()
-    changed = flint("run", "lenet", "--epochs", "3", "--batch-size", "32", "-o", str(out), "--resume")
-    assert changed.returncode == 2 and changed.stderr.count("\n") == 1
-    assert "batch_size=64, now 32; test_run=True, now False; resume it unchanged" in changed.stderr
+    capsys.readouterr()
+    assert main(["run", "lenet", "--epochs", "3", "--batch-size", "32", "--no-progress", "-o", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "batch_size=64, now 32; test_run=True, now False; resume it unchanged" in err
     assert (out / "config.json").read_text() == config_before
-    more = flint("run", "lenet", "--test-run", "--epochs", "4", "-o", str(out), "--resume")
-    assert more.returncode == 0 and records(out)[-1]["epochs"] == 4
+    assert main(["run", "lenet", "--test-run", "--epochs", "4", "--no-progress", "-o", str(out), "--resume"]) == 0
+    assert records(out)[-1]["epochs"] == 4
 
 
 def test_a_failure_during_the_run_prints_one_error_line(tmp_path, flint):

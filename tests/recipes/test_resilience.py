@@ -73,7 +73,9 @@ SCHEDULE = ("--lr-mode", "cosine", "--warmup-epochs", "1", "--warmup-lr", "0.01"
 
 
 @pytest.mark.parametrize(
-    "options", [("--update-cycle", "3"), ("--data-on-device", *SCHEDULE)], ids=["update-cycle", "on-device-schedule"]
+    "options",
+    [pytest.param(("--update-cycle", "3"), marks=pytest.mark.slow), ("--data-on-device", *SCHEDULE)],
+    ids=["update-cycle", "on-device-schedule"],
 )
 def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, flint, options):
     common = ("run", "lenet", "--epochs", "2", "--log-interval", "1", "--no-progress", *options)  # 23 iterations an epoch
@@ -155,36 +157,36 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path, fl
     print(f"{kills} kills, {killed_in_a_write} during a checkpoint write")
 
 
-def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, flint):
-    common = ("run", "lenet", "--test-run", "--epochs", "3", "--no-progress", "-o", str(tmp_path))
-    assert flint(*common, "--interrupt-at", "2").returncode == 3
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    common = ["run", "lenet", "--test-run", "--epochs", "3", "--no-progress", "-o", str(tmp_path)]
+    assert main([*common, "--interrupt-at", "2"]) == 3
     newest = Checkpointing.find_latest(tmp_path / "checkpoints")
     newest.write_bytes(newest.read_bytes()[:2000])  # e.g. a disk that lied about a flush
-    result = flint(*common, "--resume")
-    assert result.returncode == 0, result.stderr
-    assert f"cannot load checkpoint {newest}" in result.stderr and "trying the previous checkpoint" in result.stderr
+    capsys.readouterr()
+    assert main([*common, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"cannot load checkpoint {newest}" in err and "trying the previous checkpoint" in err
     assert [r["checkpoint"] for r in records(tmp_path) if r["phase"] == "resume"] == [str(newest.with_name("checkpoint_1.pt"))]
     assert newest.with_name(newest.name + ".corrupt").exists() and records(tmp_path)[-1]["epochs"] == 3
 
 
-def test_a_checkpoint_that_runs_code_is_refused_by_the_cli(tmp_path, flint):
+def test_a_checkpoint_that_runs_code_is_refused_by_the_cli(tmp_path, capsys):
     class RunsCode:
         def __reduce__(self):
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
 
     evil = tmp_path / "evil.pt"
     torch.save({"model": RunsCode()}, evil)
-    result = flint("run", "lenet", "--test-run", "-o", str(tmp_path / "run"), "--resume", str(evil))
-    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(f"flint: error: cannot load checkpoint {evil}")
+    assert main(["run", "lenet", "--test-run", "--no-progress", "-o", str(tmp_path / "run"), "--resume", str(evil)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"flint: error: cannot load checkpoint {evil}")
     assert not (tmp_path / "pwned").exists()
 
 
-def test_a_nan_loss_stops_without_saving_and_keeps_the_last_good_checkpoint(tmp_path, flint):
+def test_a_nan_loss_stops_without_saving_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     # The LR jumps 1e12-fold after epoch 1: the weights blow up in epoch 2.
-    args = ("run", "mlp", "--epochs", "3", "--lr-mode", "step", "--lr-steps", "1", "--lr-factor", "1e12", "--no-progress")
-    result = flint(*args, "-o", str(tmp_path))
-    assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
+    args = ["run", "mlp", "--epochs", "3", "--lr-mode", "step", "--lr-steps", "1", "--lr-factor", "1e12", "--no-progress"]
+    assert main([*args, "-o", str(tmp_path)]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("flint: error: the training loss became nan or inf at or before iteration") and "(epoch 2)" in last
     good = tmp_path / "checkpoints" / "checkpoint_45.pt"  # end of epoch 1 (45 batches of 32)
     assert last.endswith(f"the last good checkpoint is {good}")
@@ -209,8 +211,19 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(tmp_path):
     assert recs[-1]["status"] == "failed" and [r["epoch"] for r in recs if r["phase"] == "validation"] == [1]
 
 
-def test_an_unusable_output_dir_is_one_clear_line(tmp_path, flint):
+def test_an_unusable_output_dir_is_one_clear_line(tmp_path, capsys):
     (tmp_path / "file").write_text("")
-    result = flint("run", "lenet", "--test-run", "-o", str(tmp_path / "file" / "run"))
-    assert result.returncode == 1
-    assert result.stderr == f"flint: error: cannot write to output dir {tmp_path / 'file' / 'run'}: Not a directory\n"
+    assert main(["run", "lenet", "--test-run", "-o", str(tmp_path / "file" / "run")]) == 1
+    assert capsys.readouterr().err == f"flint: error: cannot write to output dir {tmp_path / 'file' / 'run'}: Not a directory\n"
+
+
+def test_sigterm_to_the_whole_process_group_with_dataloader_workers(tmp_path):
+    # As Slurm or a terminal does: the workers get the signal too, and must leave the stop to the main process.
+    args = ("run", "lenet", "--dataset", "fake", "--batch-size", "8", "--epochs", "3", "--num-workers", "2",
+            "--log-interval", "1", "--no-progress", "-o", str(tmp_path))  # fmt: skip
+    proc = start_flint(*args, start_new_session=True)
+    wait_for_record(proc, tmp_path, "batch", 3)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert records(tmp_path)[-1]["status"] == "interrupted" and Checkpointing.find_latest(tmp_path / "checkpoints")

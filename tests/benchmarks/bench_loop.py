@@ -1,0 +1,593 @@
+"""On-demand benchmark: a hand-written PyTorch training loop (A) against Flint's engine and handlers (B).
+
+Run it from the repository root (not collected by pytest; importing this module does nothing)::
+
+    .venv/bin/python tests/benchmarks/bench_loop.py            # about 3.5 minutes on 2 CPU cores
+    .venv/bin/python tests/benchmarks/bench_loop.py --help
+
+Both loops train the same model from the same seed on the same in-memory fake data for the same
+iterations, with the same features: interval loss and samples/sec every ``--log-interval`` iterations,
+running training accuracy and epoch loss accumulated on the device, per-epoch validation, latest and
+best checkpoints, log lines to a file, a JSON-lines file and TensorBoard scalars and histograms.
+A is written by hand as a careful person would (seed 004 style); B is ``engine.create_trainer`` and
+``engine.create_evaluator`` with the handlers attached exactly as ``recipes/train.py`` attaches them.
+Everything runs in one process: within each repetition A and B take turns every ``--interleave``
+iterations (so a busy neighbour slows both alike), the first loop alternating between repetitions;
+the table gives each loop's median iterations/sec over the repetitions and their ratio. On CPU it
+also checks that A and B end with bit-identical weights, i.e. that they did the same work.
+See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+# name -> (recipe module, batch size, training iterations per epoch by default)
+CASES = {
+    "mlp": ("recipes.mlp", 64, 500),
+    "lenet": ("recipes.lenet", 128, 170),
+}
+Data = tuple[Any, Any, Any]  # (train loader, validation loader, train sampler)
+VAL_SIZE = 2560  # 10 validation batches of 256, the recipe's max(batch_size, 256)
+LR = 0.05  # the mlp and lenet recipes' default
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _fake_data(n_train: int, n_val: int, seed: int = 0) -> tuple[Any, Any]:
+    """Random 1x28x28 images in [0, 1] and labels 0-9, fixed by ``seed``, as two TensorDatasets."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    g = torch.Generator().manual_seed(seed)
+    n = n_train + n_val
+    x = torch.rand(n, 1, 28, 28, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return TensorDataset(x[:n_train], y[:n_train]), TensorDataset(x[n_train:], y[n_train:])
+
+
+def _loaders(train_set: Any, val_set: Any, batch_size: int, device: Any, kind: str, seed: int) -> Callable[[], Data]:
+    """A factory of fresh (train loader, validation loader, train sampler), fed as ``recipes.train`` feeds them.
+
+    ``device``: the tensors on the device, batched by ``DeviceTensorLoader`` (``--data-on-device``);
+    ``dataloader``: ``DataLoader``s over the datasets with ``EpochSampler``s. Each loop gets its own
+    loaders (the sampler holds the epoch), over the same tensors.
+    """
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from engine import EpochSampler
+    from recipes.data import DeviceTensorLoader
+
+    val_batch = max(batch_size, 256)
+    if kind == "device":
+        train_set, val_set = (TensorDataset(*(t.to(device) for t in d.tensors)) for d in (train_set, val_set))  # once
+
+        def on_device() -> Data:
+            train = DeviceTensorLoader(train_set, batch_size, shuffle=True, device=device, seed=seed)
+            return train, DeviceTensorLoader(val_set, val_batch, shuffle=False, device=device), train.sampler
+
+        return on_device
+    pin = device.type == "cuda"
+
+    def loaders() -> Data:
+        sampler = EpochSampler(len(train_set), seed=seed)
+        train = DataLoader(train_set, batch_size=batch_size, sampler=sampler, generator=sampler.generator, pin_memory=pin)
+        val_sampler = EpochSampler(len(val_set), shuffle=False, pad=False)
+        return train, DataLoader(val_set, batch_size=val_batch, sampler=val_sampler, pin_memory=pin), sampler
+
+    return loaders
+
+
+def _config(case: str, out: Path, epochs: int, batch_size: int, device: Any, args: argparse.Namespace) -> Any:
+    from recipes.config import Config
+
+    return Config(
+        recipe=case, dataset="fake", epochs=epochs, batch_size=batch_size, lr=LR, optimizer="sgd", momentum=0.9,
+        wd=1e-4, loss="cross-entropy", lr_mode="constant", log_interval=args.log_interval, seed=args.seed,
+        device=str(device), output_dir=str(out), progress=False, data_on_device=args.data == "device",
+    )  # fmt: skip
+
+
+def _fresh_model(case: str, device: Any, seed: int) -> Any:
+    import importlib
+
+    from engine import seed_everything
+
+    seed_everything(seed)  # the model's init and the first shuffle draw from here, in both loops
+    return importlib.import_module(CASES[case][0]).RECIPE.build_model().to(device)
+
+
+# --------------------------------------------------------------------------------------------------
+# A: the hand-written loop
+# --------------------------------------------------------------------------------------------------
+
+
+def _finite(loss: float, iteration: int) -> float:
+    """The hand loop's NaN guard: the loss it reads anyway at each log point and epoch end must be finite."""
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"the training loss became nan or inf at or before iteration {iteration}")
+    return loss
+
+
+def hand_loop(case: str, cfg: Any, data: Data, device: Any, out: Path, chunk: int = 0) -> Generator[str, None, tuple[int, Any]]:
+    """Seed 004's loop by hand with the same features as Flint's recipe, as a :func:`drive` generator."""
+    import torch
+    from tensorboardX import SummaryWriter  # type: ignore[import-untyped]
+
+    from recipes.optim import make_loss
+    from recipes.train import build_optimizer
+
+    log = logging.getLogger("bench.hand")
+    model = _fresh_model(case, device, cfg.seed)
+    optimizer = build_optimizer(cfg, model)
+    loss_fn = make_loss("classification", cfg.loss, cfg.label_smoothing)
+    train_loader, val_loader, sampler = data
+    non_blocking = device.type == "cuda"
+    stop = {"requested": False}  # what a SIGTERM handler would set; `flint run` saves and exits 3 on it
+    writer = SummaryWriter(logdir=str(out))
+    jsonl = open(out / "metrics.jsonl", "a", encoding="utf-8")
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir()
+    latest: list[Path] = []
+    best_acc, best_path = -math.inf, None
+    every = cfg.log_interval
+    steps = len(train_loader)
+
+    def emit(record: dict[str, Any], level: int = logging.INFO) -> None:
+        log.log(level, "[Epoch %d] %s: %s", record["epoch"], record["phase"],
+                " ".join(f"{k}={v}" for k, v in record.items() if k not in ("phase", "epoch")))  # fmt: skip
+        jsonl.write(json.dumps(record) + "\n")
+        jsonl.flush()
+
+    def lrs() -> list[float]:
+        return [float(g["lr"]) for g in optimizer.param_groups]
+
+    def histograms(kind: str, step: int) -> None:
+        for name, p in model.named_parameters():
+            t = p if kind == "weights" else p.grad
+            if t is not None:
+                writer.add_histogram(f"{kind}/{name}", t.detach().float().cpu(), step)
+
+    yield "ready"
+    iteration = samples = 0
+    for epoch in range(1, cfg.epochs + 1):
+        sampler.set_epoch(epoch)  # this epoch's shuffle, as with a DistributedSampler
+        model.train()
+        epoch_start = interval_start = time.perf_counter()
+        interval_samples, interval_batches = samples, 0
+        interval_loss = torch.zeros((), device=device)
+        epoch_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
+        emit({"phase": "lr", "epoch": epoch, "iteration": iteration + 1, "samples": samples, "lr": lrs()}, logging.DEBUG)
+        for i, (x, y) in enumerate(train_loader, 1):
+            x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
+            optimizer.zero_grad(set_to_none=True)
+            y_pred = model(x)
+            loss = loss_fn(y_pred, y)
+            loss.backward()
+            n = x.shape[0]
+            iteration, samples, seen = iteration + 1, samples + n, seen + n
+            if i == steps:
+                histograms("grads", samples)
+            optimizer.step()
+            with torch.no_grad():  # running metrics stay on the device: no host sync here
+                loss = loss.detach()
+                interval_loss += loss
+                epoch_loss += loss * n
+                correct += (y_pred.argmax(1) == y).sum()
+            interval_batches += 1
+            if iteration % every == 0:
+                now = time.perf_counter()
+                record = {
+                    "phase": "batch", "epoch": epoch, "iteration": iteration, "samples": samples,
+                    "loss": _finite(interval_loss.item() / interval_batches, iteration),
+                    "samples_per_sec": (samples - interval_samples) / (now - interval_start),
+                    "lr": lrs(), "accuracy": correct.item() / seen,
+                }  # fmt: skip
+                emit(record)
+                for key in ("loss", "samples_per_sec", "accuracy"):
+                    writer.add_scalar(f"batch/{key.replace('_', '-')}", record[key], samples)
+                emit({"phase": "lr", "epoch": epoch, "iteration": iteration, "samples": samples, "lr": record["lr"]}, logging.DEBUG)
+                for g, lr in enumerate(record["lr"]):
+                    writer.add_scalar(f"training/lr/group_{g}", lr, samples)
+                interval_start, interval_samples, interval_batches = now, samples, 0
+                interval_loss = torch.zeros((), device=device)
+            if stop["requested"]:
+                break  # (a checkpoint would be saved here)
+            if chunk and iteration % chunk == 0 and iteration < cfg.epochs * steps:
+                yield "chunk"
+        epoch_time = time.perf_counter() - epoch_start
+        train = {"loss": _finite(epoch_loss.item() / seen, iteration), "accuracy": correct.item() / seen, "epoch_time": epoch_time}
+        emit({"phase": "training", "epoch": epoch, "iteration": iteration, "samples": samples, **train, "lr": lrs()})
+        for key, value in train.items():
+            writer.add_scalar(f"training/{key.replace('_', '-')}", value, samples)
+        writer.flush()
+        histograms("weights", samples)
+
+        model.eval()
+        val_loss = torch.zeros((), device=device)
+        val_correct = torch.zeros((), dtype=torch.int64, device=device)
+        val_seen = 0
+        with torch.no_grad():
+            for x, y in val_loader:
+                x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
+                y_pred = model(x)
+                val_loss += loss_fn(y_pred, y) * y.shape[0]
+                val_correct += (y_pred.argmax(1) == y).sum()
+                val_seen += y.shape[0]
+        val = {"loss": val_loss.item() / val_seen, "accuracy": val_correct.item() / val_seen}
+        emit({"phase": "validation", "epoch": epoch, "iteration": iteration, "samples": samples, **val})
+        for key, value in val.items():
+            writer.add_scalar(f"validation/{key}", value, samples)
+        writer.flush()
+
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "iteration": iteration,
+                 "samples": samples, "best_accuracy": max(best_acc, val["accuracy"])}  # fmt: skip
+        if val["accuracy"] > best_acc:
+            best_acc = val["accuracy"]
+            path = ckpt_dir / f"best_checkpoint_{epoch}_accuracy={best_acc:.4f}.pt"
+            torch.save(state, path)
+            if best_path is not None:
+                best_path.unlink()
+            best_path = path
+        path = ckpt_dir / f"checkpoint_{iteration}.pt"
+        torch.save(state, path)
+        latest.append(path)
+        if len(latest) > 2:
+            latest.pop(0).unlink()
+    yield "done"
+    writer.close()
+    jsonl.close()
+    return iteration, model
+
+
+# --------------------------------------------------------------------------------------------------
+# B: Flint, wired as recipes/train.py wires it
+# --------------------------------------------------------------------------------------------------
+
+
+def build_flint(case: str, cfg: Any, data: Data, device: Any, out: Path) -> dict[str, Any]:
+    """The trainer, evaluator and handlers of ``recipes.train._train`` in one process (no resume, early
+    stopping, progress bar, --profile, channels-last or compile: their defaults)."""
+    from ignite.handlers import TensorboardLogger
+
+    from engine import RNGState, create_evaluator, create_trainer
+    from handlers import (ETA, BatchLogger, Checkpointing, DataOrder, EpochMetrics, EpochTimer, JsonlSink, LoggingSink,
+                          LossGuard, LRSchedule, LRTracker, NetSummaries, Preemption, RecordStream, TensorBoardSink,
+                          Validation, current_lrs, lr_multiplier)  # fmt: skip
+    from recipes.optim import make_loss
+    from recipes.train import build_optimizer, task_metrics
+
+    train_loader, val_loader, sampler = data
+    pin = device.type == "cuda"
+    model = _fresh_model(case, device, cfg.seed)
+    optimizer = build_optimizer(cfg, model)
+    loss_fn = make_loss("classification", cfg.loss, cfg.label_smoothing)
+    trainer = create_trainer(
+        model, optimizer, loss_fn, device=device, accumulation_steps=cfg.update_cycle, amp=cfg.amp, non_blocking=pin
+    )
+    evaluator = create_evaluator(model, device=device, amp=cfg.amp, non_blocking=pin)
+    schedule = LRSchedule(
+        optimizer,
+        functools.partial(
+            lr_multiplier, mode=cfg.lr_mode, steps_per_epoch=len(train_loader), epochs=cfg.epochs, milestones=cfg.lr_steps,
+            factor=cfg.lr_factor, warmup_epochs=cfg.warmup_epochs, warmup_start=cfg.warmup_lr / cfg.lr,
+        ),
+    )  # fmt: skip
+    tb = TensorboardLogger(log_dir=str(out))
+    stream = RecordStream([LoggingSink(logging.getLogger("bench.flint")), JsonlSink(out / "metrics.jsonl"), TensorBoardSink(tb.writer)])
+    DataOrder(sampler, cfg.batch_size).attach(trainer)
+    timer = EpochTimer().attach(trainer)
+    if cfg.lr_mode != "constant" or cfg.warmup_epochs:  # as recipes/train.py: a constant LR is not scheduled
+        schedule.attach(trainer)
+    train_metrics, val_metrics, monitor, mode = task_metrics("classification", loss_fn, device)
+    running = {k: m for k, m in train_metrics.items() if k != "loss"}
+    training = EpochMetrics(
+        train_metrics, stream, "training", extra=lambda _: {"epoch_time": timer.last, "lr": current_lrs(optimizer)}
+    ).attach(trainer)
+    LRTracker(optimizer, stream, every=cfg.log_interval).attach(trainer)
+    batches = BatchLogger(stream, every=cfg.log_interval, optimizer=optimizer, metrics=running).attach(trainer)
+    NetSummaries(model, tb.writer).attach(trainer)
+    guard = LossGuard(every=cfg.log_interval).attach(trainer)
+    Validation(evaluator, val_loader).attach(trainer)
+    EpochMetrics(val_metrics, stream, "validation", trainer=trainer).attach(evaluator)
+    scaler = trainer.scaler  # type: ignore[attr-defined]  # create_trainer's GradScaler
+    to_save = {
+        "model": model, "optimizer": optimizer, "trainer": trainer, "scaler": scaler, "scheduler": schedule, "rng": RNGState(),
+        "training_metrics": training, "batch_logger": batches, "epoch_timer": timer,
+    }  # fmt: skip
+    checkpoints = Checkpointing(out / "checkpoints", to_save, n_latest=2, metric=monitor, mode=mode)
+    checkpoints.attach(trainer, evaluator, every=cfg.save_frequency)
+
+    def save_now(engine: Any) -> None:
+        guard.check(engine)
+        checkpoints.save_latest(engine)
+
+    preemption = Preemption(save_now).attach(trainer)
+    ETA(cfg.progress_file).attach(trainer)
+    return {"trainer": trainer, "model": model, "stream": stream, "loader": train_loader, "preemption": preemption}
+
+
+def flint_loop(case: str, cfg: Any, data: Data, device: Any, out: Path, chunk: int = 0,
+               profiler: Any = None) -> Generator[str, None, tuple[int, Any]]:  # fmt: skip
+    """Flint's job from :func:`build_flint`, as a :func:`drive` generator (paused with ``Engine.interrupt``)."""
+    from ignite.engine import Events
+
+    job = build_flint(case, cfg, data, device, out)
+    trainer = job["trainer"]
+    total = cfg.epochs * len(job["loader"])
+    paused = [False]
+
+    def pause(engine: Any) -> None:
+        if engine.state.iteration < total:
+            paused[0] = True
+            engine.interrupt()
+
+    if chunk:
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(every=chunk), pause)
+    if profiler is not None:
+        profiler.attach(trainer)
+    yield "ready"
+    with job["preemption"].signal_handlers():  # as `flint run`: SIGTERM/SIGINT save and stop
+        while True:
+            paused[0] = False
+            trainer.run(job["loader"], max_epochs=cfg.epochs)
+            if not paused[0]:
+                break
+            yield "chunk"
+    yield "done"
+    job["stream"].close()
+    return trainer.state.iteration, job["model"]
+
+
+LOOPS = {"hand": hand_loop, "flint": flint_loop}
+
+
+def drive(loops: dict[str, Generator[str, None, tuple[int, Any]]], device: Any) -> dict[str, tuple[float, int, Any]]:
+    """Runs the loops' generators round-robin, timing each step; returns name -> (seconds, iterations, model).
+
+    A loop generator sets up and yields ``"ready"`` (not timed), trains and yields ``"chunk"`` whenever
+    it pauses, yields ``"done"`` when training, validation and checkpoints are over, then tears down
+    and returns ``(iterations, model)``. Only the steps from ``"ready"`` to ``"done"`` are timed.
+    """
+    for gen in loops.values():
+        if next(gen) != "ready":
+            raise RuntimeError("a loop generator must yield 'ready' after its setup")
+    seconds = dict.fromkeys(loops, 0.0)
+    results: dict[str, tuple[float, int, Any]] = {}
+    active = list(loops)
+    while active:
+        for name in list(active):
+            _sync(device)
+            start = time.perf_counter()
+            state = next(loops[name])
+            _sync(device)
+            seconds[name] += time.perf_counter() - start
+            if state == "done":
+                active.remove(name)
+                try:
+                    next(loops[name])
+                except StopIteration as stop:
+                    iterations, model = stop.value
+                    results[name] = (seconds[name], iterations, model)
+                else:
+                    raise RuntimeError("a loop generator must return after 'done'")
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# the driver
+# --------------------------------------------------------------------------------------------------
+
+
+class _RunLog:
+    """The run's train.log as `flint run` writes it: every record at DEBUG and above of the loop's logger.
+
+    `flint run` puts this handler on the root logger; here each loop has its own logger (``bench.hand``,
+    ``bench.flint``) so that two interleaved runs do not write each other's lines.
+    """
+
+    def __init__(self, out: Path, logger: str) -> None:
+        self.logger = logging.getLogger(logger)
+        self.handler = logging.FileHandler(out / "train.log", encoding="utf-8")
+        self.handler.setLevel(logging.DEBUG)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def __enter__(self) -> _RunLog:
+        self.logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.logger.removeHandler(self.handler)
+        self.handler.close()
+
+
+def run_loops(names: tuple[str, ...], case: str, epochs: int, batch_size: int, data: Callable[[], Data], device: Any,
+              args: argparse.Namespace, chunk: int = 0, profiler: Any = None) -> dict[str, tuple[float, int, Any]]:  # fmt: skip
+    """One repetition of the named loops, each in its own temp dir; interleaved every ``chunk`` iterations if several."""
+    with contextlib.ExitStack() as stack:
+        gens = {}
+        for name in names:
+            out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench_{name}_")))
+            stack.enter_context(_RunLog(out, f"bench.{name}"))
+            cfg = _config(case, out, epochs, batch_size, device, args)
+            extra = {"profiler": profiler} if name == "flint" else {}
+            gens[name] = LOOPS[name](case, cfg, data(), device, out, chunk, **extra)
+        return drive(gens, device)
+
+
+def _weights_digest(model: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for t in model.state_dict().values():
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def bare_engine_us(n: int = 20000, repeats: int = 3) -> float:
+    """Microseconds per iteration of a bare Ignite Engine (no-op step, no handlers) over a list; best of ``repeats``."""
+    from ignite.engine import Engine
+
+    engine = Engine(lambda e, b: None)
+    data = list(range(n))
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        engine.run(data, max_epochs=1)
+        best = min(best, time.perf_counter() - start)
+    return best / n * 1e6
+
+
+def _bench_case(case: str, device: Any, args: argparse.Namespace) -> dict[str, Any]:
+    _, batch_size, default_iters = CASES[case]
+    iters = args.iters or default_iters
+    train_set, val_set = _fake_data(iters * batch_size, VAL_SIZE)
+    data = _loaders(train_set, val_set, batch_size, device, args.data, args.seed)
+    label = f"{case} b{batch_size} {device.type}"
+    warm = _loaders(*_fake_data(min(iters, 40) * batch_size, 512, seed=1), batch_size, device, args.data, args.seed)
+    run_loops(("hand", "flint"), case, 1, batch_size, warm, device, args)  # warm-up: kernels, allocator, imports
+    rates: dict[str, list[float]] = {"hand": [], "flint": []}
+    digests: set[str] = set()
+    order: tuple[str, ...] = ("hand", "flint")
+    for rep in range(args.repeats):
+        if args.interleave:
+            results = run_loops(order, case, args.epochs, batch_size, data, device, args, chunk=args.interleave)
+        else:
+            results = {}
+            for loop in order:
+                results.update(run_loops((loop,), case, args.epochs, batch_size, data, device, args))
+        for loop in order:
+            seconds, n_iter, model = results[loop]
+            rates[loop].append(n_iter / seconds)
+            if device.type == "cpu":
+                digests.add(_weights_digest(model))
+            print(f"# {label} rep {rep + 1}/{args.repeats} {loop:5s}: {n_iter} it in {seconds:6.2f} s = {n_iter / seconds:7.1f} it/s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        order = order[::-1]  # A B, B A, A B, ...: neither loop always goes first
+    hand, flint = statistics.median(rates["hand"]), statistics.median(rates["flint"])
+    pairs = [f / h for h, f in zip(rates["hand"], rates["flint"])]
+    return {
+        "label": label, "hand": hand, "flint": flint, "ratio": flint / hand, "rates": rates,
+        "pair_ratio": statistics.median(pairs), "best_ratio": max(rates["flint"]) / max(rates["hand"]),
+        "overhead_us": (1 / flint - 1 / hand) * 1e6, "iters": args.epochs * iters,
+        "same_weights": None if device.type != "cpu" else len(digests) == 1,
+    }  # fmt: skip
+
+
+def _profile_case(case: str, device: Any, args: argparse.Namespace) -> None:
+    """One Flint repetition under Ignite's HandlersTimeProfiler: mean microseconds per call of each handler."""
+    from ignite.handlers import HandlersTimeProfiler
+
+    _, batch_size, default_iters = CASES[case]
+    iters = args.iters or default_iters
+    data = _loaders(*_fake_data(iters * batch_size, VAL_SIZE), batch_size, device, args.data, args.seed)
+    profiler = HandlersTimeProfiler()
+    run_loops(("flint",), case, args.epochs, batch_size, data, device, args, profiler=profiler)
+    print(f"\nHandlersTimeProfiler, {case} b{batch_size} {device.type} (seconds):")
+    HandlersTimeProfiler.print_results(profiler.get_results())  # type: ignore[arg-type]  # Ignite's own annotations disagree
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="A/B benchmark: a hand-written training loop against Flint's trainer and handlers.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per case, each of A and B; the first loop alternates")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per repetition (each validated and checkpointed)")
+    parser.add_argument("--iters", type=int, default=0,
+                        help="training iterations per epoch (0: mlp 500, lenet 170); the dataset is iters*batch samples")  # fmt: skip
+    parser.add_argument("--cases", default="mlp,lenet", help="comma-separated: " + ", ".join(CASES))
+    parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all", help="all: cpu, and cuda when available")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads for both loops (0: torch's default, one per core)")  # fmt: skip
+    parser.add_argument("--data", choices=("device", "dataloader"), default="device",
+                        help="device: tensors batched by recipes.data.DeviceTensorLoader; dataloader: DataLoader over a TensorDataset")  # fmt: skip
+    parser.add_argument("--log-interval", type=int, default=50, help="iterations between batch records")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--interleave", type=int, default=50, metavar="N",
+                        help="within a repetition, switch between A and B every N iterations, so both see the same "
+                        "machine load; 0: run A's whole repetition, then B's")  # fmt: skip
+    parser.add_argument("--profile", action="store_true", help="after the table, one Flint run per case under HandlersTimeProfiler")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.epochs < 1 or args.iters < 0 or args.interleave < 0:
+        parser.error("--repeats and --epochs must be positive, --iters and --interleave non-negative")
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        parser.error(f"--cases: unknown {', '.join(unknown)}; choose from {', '.join(CASES)}")
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    os.chdir(REPO)
+    import ignite
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.getLogger().setLevel(logging.DEBUG)  # as `flint run`: everything reaches train.log ...
+    logging.getLogger("ignite").setLevel(logging.WARNING)  # ... but Ignite's own chatter
+    devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
+    if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is available here")
+        devices.append(torch.device("cuda"))
+
+    print(f"# Flint loop benchmark, {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"# machine: {_cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+          + (f", GPU {torch.cuda.get_device_name()}" if any(d.type == "cuda" for d in devices) else ", no GPU"))  # fmt: skip
+    print(f"# torch {torch.__version__}, ignite {ignite.__version__}, python {platform.python_version()}")
+    alternation = f"A and B interleaved every {args.interleave} iterations" if args.interleave else "A then B"
+    print(f"# each repetition: {args.epochs} epochs, each validated ({VAL_SIZE} samples) and checkpointed, log every "
+          f"{args.log_interval} iterations, data {args.data}, {alternation}; {args.repeats} repetitions, medians")  # fmt: skip
+    print(f"# bare Ignite Engine (no-op step, no handlers): {bare_engine_us():.1f} us/iteration", flush=True)
+    results = [_bench_case(case, device, args) for device in devices for case in cases]
+    print("case, hand it/s, flint it/s, ratio flint/hand")
+    for r in results:
+        print(f"{r['label']}, {r['hand']:.1f}, {r['flint']:.1f}, {r['ratio']:.3f}")
+    for r in results:
+        same = {None: "", True: "; same final weights in A and B", False: "; FINAL WEIGHTS DIFFER between A and B"}[r["same_weights"]]
+        print(f"# {r['label']}: {r['iters']} it/rep; hand {', '.join(f'{v:.1f}' for v in r['rates']['hand'])}; "
+              f"flint {', '.join(f'{v:.1f}' for v in r['rates']['flint'])}; median of pair ratios {r['pair_ratio']:.3f}; "
+              f"best/best {r['best_ratio']:.3f}; flint overhead {r['overhead_us']:+.0f} us/it{same}")  # fmt: skip
+    if args.profile:
+        for device in devices:
+            for case in cases:
+                _profile_case(case, device, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
