@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 from ignite.metrics import Accuracy
 
 from engine import create_evaluator
-from recipes.cli import main
+from recipes.cli import _free_port, main
 from recipes.data import digits
 from recipes.lenet import LeNet
+from tests.conftest import REPO
 from tests.recipes.test_resilience import records, start_flint, wait_for_record
 
 
@@ -60,3 +65,17 @@ def test_batch_size_must_divide_among_the_workers(tmp_path, capsys):
     assert main(["run", "ffnn", "--batch-size", "15", "--nproc-per-node", "2", "-o", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err == "flint: error: --batch-size 15 is global: it must divide among 2 workers\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_under_torchrun_each_worker_joins_its_process_group(tmp_path):
+    # What a multi-node launch does on each node, here with one node of two workers.
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port())]
+    common = ("run", "ffnn", "--dataset", "fake", "--epochs", "2", "--batch-size", "16", "--no-progress")
+    result = subprocess.run([*torchrun, "-m", "recipes", *common, "-o", str(tmp_path / "two")], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert main([*common, "-o", str(tmp_path / "one")]) == 0
+    losses = [[r["loss"] for r in records(tmp_path / d) if r["phase"] == "validation"] for d in ("two", "one")]
+    assert len(losses[0]) == 2 and losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["nproc_per_node"] == 1  # torchrun's workers, not spawned
