@@ -24,7 +24,15 @@ _LATEST = re.compile(r"^checkpoint_(\d+)\.pt$")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be read: missing, truncated, corrupt or unsafe."""
+    """A checkpoint file that cannot be read: missing, truncated, corrupt or unsafe.
+
+    ``corrupt`` is True when the file itself is bad (truncated, not a checkpoint, unsafe to unpickle),
+    False when reading it failed for another reason (I/O error, out of memory, a missing object).
+    """
+
+    def __init__(self, message: str, corrupt: bool = False) -> None:
+        super().__init__(message)
+        self.corrupt = corrupt
 
 
 class Checkpointing:
@@ -140,15 +148,18 @@ class Checkpointing:
     def load_latest_valid(self, map_location: str | torch.device | None = None) -> Path | None:
         """Load the newest latest checkpoint that reads, falling back to older ones; None if there is none.
 
-        An unreadable one is logged and renamed to ``<name>.corrupt`` (kept, never deleted), so it is
-        not tried again and the next save does not count it. Raises :class:`CheckpointError` if
-        checkpoints exist and none can be loaded.
+        A corrupt one (truncated, not a checkpoint, unsafe) is logged and renamed to ``<name>.corrupt``
+        (kept, never deleted), so it is not tried again and the next save does not count it. Any other
+        failure (an I/O error, a checkpoint lacking an object of this run) is raised as is. Raises
+        :class:`CheckpointError` if checkpoints exist and none can be loaded.
         """
         errors = []
         for path in self.find_all(self.dirname):
             try:
                 self.load(path, map_location=map_location)
             except CheckpointError as e:
+                if not e.corrupt:
+                    raise
                 errors.append(str(e))
                 logger.warning("%s; trying the previous checkpoint (this one is kept as %s.corrupt)", e, path.name)
                 if idist.get_rank() == 0:
@@ -169,9 +180,10 @@ class Checkpointing:
         try:
             state = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as e:  # truncated, corrupt, or holding objects that are not plain data
-            raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0]) from e
+            corrupt = not isinstance(e, (OSError, MemoryError)) and "out of memory" not in str(e)
+            raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0], corrupt) from e
         if not isinstance(state, Mapping):
-            raise CheckpointError(f"cannot load checkpoint {path}: not a checkpoint dictionary")
+            raise CheckpointError(f"cannot load checkpoint {path}: not a checkpoint dictionary", corrupt=True)
         missing = [k for k in self.objects if k not in state and k not in ("best_score", "best_checkpointer")]
         if missing:
             raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")

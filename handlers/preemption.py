@@ -12,7 +12,7 @@ from types import FrameType
 
 from ignite.engine import Engine, Events
 
-from engine.trainer import TrainEvents
+from engine.trainer import TrainEvents, is_last_update_of_epoch
 
 __all__ = ["Preemption"]
 
@@ -69,7 +69,7 @@ class Preemption:
         if TrainEvents.OPTIMIZER_STEPPED in engine._allowed_events:  # a Flint trainer: stop between cycles
             self._steps_seen = 0
             engine.add_event_handler(Events.STARTED, self._count_steps)  # a resumed run starts at its count
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._maybe_stop)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._maybe_stop)
         return self
 
@@ -79,9 +79,8 @@ class Preemption:
             if signum and time.monotonic() - self._requested_at < self.grace:
                 return  # the same signal, delivered twice
             raise KeyboardInterrupt(f"signal {signum} received again: aborting without a checkpoint")
-        self.requested, self._requested_at = signum, time.monotonic()
-        name = signal.Signals(signum).name if signum else "a stop request"
-        logger.warning("Received %s: stopping after this update with a checkpoint (again to abort)", name)
+        self.requested, self._requested_at = signum, time.monotonic()  # logged by the engine, not here:
+        # a signal handler that writes to a stream the program is writing to can fail (reentrant call)
 
     @contextmanager
     def signal_handlers(self) -> Iterator[Preemption]:
@@ -100,20 +99,32 @@ class Preemption:
     def _count_steps(self, engine: Engine) -> None:
         self._steps_seen = engine.state.optimizer_step  # type: ignore[attr-defined]
 
+    def _stepped(self, engine: Engine) -> bool:
+        """Whether an update cycle ended since the last check (always True on a plain Engine)."""
+        if self._steps_seen is None:
+            return True
+        steps = engine.state.optimizer_step  # type: ignore[attr-defined]
+        stepped, self._steps_seen = steps != self._steps_seen, steps
+        return stepped
+
+    def _on_iteration(self, engine: Engine) -> None:
+        stepped = self._stepped(engine)
+        if is_last_update_of_epoch(engine):
+            return  # the epoch's end (validation, records, checkpoint) comes first: EPOCH_COMPLETED decides
+        if stepped:  # not mid update cycle, whose gradients would be lost
+            self._maybe_stop(engine)
+
     def _maybe_stop(self, engine: Engine) -> None:
-        if self._steps_seen is not None:
-            steps = engine.state.optimizer_step  # type: ignore[attr-defined]
-            stepped, self._steps_seen = steps != self._steps_seen, steps
-            if not stepped and engine.last_event_name != Events.EPOCH_COMPLETED:
-                return  # mid update cycle: its gradients would be lost
+        self._stepped(engine)
         if self.triggered:
             return
         requested = self.requested is not None
-        if self.agree is not None:
+        if self.agree is not None:  # every rank calls this at the same iterations
             requested = self.agree(requested)
         if not requested:
             return
-        logger.info("Saving a checkpoint at iteration %d and stopping", engine.state.iteration)
+        name = signal.Signals(self.requested).name if self.requested else "a stop request"
+        logger.warning("Received %s: saving a checkpoint at iteration %d and stopping", name, engine.state.iteration)
         self.save(engine)
         self.triggered = True
         engine.terminate()

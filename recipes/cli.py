@@ -229,7 +229,10 @@ def _worker(local_rank: int, cfg: Config, debug: bool, results: object) -> None:
     _setup_console_logging(debug, rank=idist.get_rank())
     if not cfg.device.startswith("cuda"):  # share the cores: oversubscribed OpenMP threads spin and crawl
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.nproc_per_node))
-    status = train(cfg, RECIPES[cfg.recipe])
+    try:
+        status = train(cfg, RECIPES[cfg.recipe])
+    except KeyboardInterrupt:  # torch's spawn wrapper would turn it into a silent exit 0
+        sys.exit(130)
     if idist.get_rank() == 0:
         results.put(status)  # type: ignore[attr-defined]
 
@@ -245,7 +248,10 @@ def _spawn(cfg: Config, debug: bool) -> str:
 
     def forward(signum: int, frame: object) -> None:  # schedulers may signal only this process
         for child in multiprocessing.active_children():
-            os.kill(child.pid, signum)  # type: ignore[arg-type]
+            try:
+                os.kill(child.pid, signum)  # type: ignore[arg-type]
+            except ProcessLookupError:  # it has just exited
+                pass
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -254,13 +260,15 @@ def _spawn(cfg: Config, debug: bool) -> str:
     except Exception as e:  # a worker failed: its last traceback line is "module.Error: message"
         last = [line for line in str(e).splitlines() if line.strip()][-1]
         kind, _, message = last.partition(": ")
-        if kind.endswith("KeyboardInterrupt"):
+        if kind.endswith("KeyboardInterrupt") or "exit code 130" in last:
             raise KeyboardInterrupt(message) from None
         raise (UsageError if kind.endswith("UsageError") else RuntimeError)(message or kind) from None
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return str(results.get()) if not results.empty() else "failed"
+    if results.empty():
+        raise RuntimeError("the workers ended without reporting a result; see train.log")
+    return str(results.get())
 
 
 def _under_torchrun(cfg: Config) -> str:

@@ -27,6 +27,7 @@ from engine.metrics import MeanLoss, TopOneAccuracy
 from handlers import (
     ETA,
     BatchLogger,
+    CheckpointError,
     Checkpointing,
     DataOrder,
     EpochMetrics,
@@ -106,6 +107,10 @@ def _resume_from(cfg: Config, out: Path) -> Path | str | None:
             raise UsageError(f"--resume {cfg.resume}: no such checkpoint file")
         return path
     if found is None:
+        if list((out / "checkpoints").glob("*.corrupt")):
+            raise CheckpointError(
+                f"--resume: every checkpoint in {out / 'checkpoints'} was set aside as .corrupt; refusing to start the run over there"
+            )
         logger.info("--resume: no checkpoint in %s yet, starting a new run", out / "checkpoints")
         return None
     return "latest"
@@ -128,7 +133,7 @@ def _throughput(trainer: Any, epoch_time: float | None, flops_per_sample: float 
     if flops_per_sample is not None:
         out["model_tflops"] = flops_per_sample * rate / 1e12
         if peak is not None:
-            out["mfu"] = flops_per_sample * rate / peak
+            out["mfu"] = flops_per_sample * rate / (peak * idist.get_world_size())  # rate is global
     return out
 
 
@@ -352,6 +357,11 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
         profiler = HandlersTimeProfiler()
         profiler.attach(trainer)
 
+        def reraise(engine: Any, error: BaseException) -> None:  # the profiler leaves an EXCEPTION_RAISED
+            raise error  # entry, and Ignite would then swallow every error (a NaN stop would exit 0)
+
+        trainer.add_event_handler(Events.EXCEPTION_RAISED, reraise)
+
     # --- resume and run ------------------------------------------------------------------------
     status = "failed"
     failing = False  # an error is on its way out: a sink failing too (a full disk) must not replace it
@@ -360,6 +370,11 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
             resume_path = checkpoints.load_latest_valid(map_location=device)
         elif resume_path is not None:
             checkpoints.load(resume_path, map_location=device)
+        if world > 1:  # every rank must continue from the same iteration, or DDP mixes steps and hangs
+            here = torch.tensor(trainer.state.iteration)
+            low, high = idist.all_reduce(here.clone(), op="MIN"), idist.all_reduce(here.clone(), op="MAX")
+            if int(low) != int(high):
+                raise CheckpointError(f"the workers loaded different checkpoints (iterations {int(low)} to {int(high)})")
         if resume_path is not None:
             if trainer.state.epoch >= cfg.epochs:  # Ignite would start over on a finished state
                 logger.info("The run in %s already completed %d epochs; nothing to do", out, trainer.state.epoch)

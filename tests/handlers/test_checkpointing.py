@@ -199,3 +199,12 @@ def test_the_newest_unreadable_checkpoint_is_kept_aside_and_the_previous_one_loa
     with pytest.raises(CheckpointError, match=f"no checkpoint in {tmp_path} can be loaded"):
         ckpt.load_latest_valid()
     assert make_run(tmp_path / "empty")[-1].load_latest_valid() is None
+
+
+def test_a_readable_checkpoint_of_another_run_is_an_error_not_set_aside(tmp_path):
+    trainer, loader, _, _, ckpt = make_run(tmp_path)
+    trainer.run(loader, max_epochs=1)
+    other = Checkpointing(tmp_path, {"model": torch.nn.Linear(4, 16), "extra": RNGState()})
+    with pytest.raises(CheckpointError, match="lacks extra"):
+        other.load_latest_valid()
+    assert [p.name for p in tmp_path.glob("checkpoint_*")] == ["checkpoint_5.pt"]  # kept as it was

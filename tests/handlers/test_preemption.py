@@ -85,3 +85,15 @@ def test_a_repeated_signal_within_the_grace_period_is_the_same_one():
     impatient.request(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt, match="received again"):
         impatient.request(signal.SIGTERM)
+
+
+def test_a_request_in_an_epochs_last_iteration_lets_the_epoch_end_first(model, batches):
+    # The epoch's validation, records and checkpoint run (EPOCH_COMPLETED), then the stop.
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy, accumulation_steps=2)
+    ended, saved = [], []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: ended.append(e.state.epoch))  # "validation"
+    stop = Preemption(lambda e: saved.append(e.state.iteration)).attach(trainer)
+    trainer.add_event_handler(Events.ITERATION_STARTED(once=7), lambda _: stop.request())  # 7 batches an epoch
+    state = trainer.run(batches, max_epochs=3)
+    assert (ended, saved, state.iteration) == ([1], [7], 7)

@@ -168,6 +168,13 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     assert f"cannot load checkpoint {newest}" in err and "trying the previous checkpoint" in err
     assert [r["checkpoint"] for r in records(tmp_path) if r["phase"] == "resume"] == [str(newest.with_name("checkpoint_1.pt"))]
     assert newest.with_name(newest.name + ".corrupt").exists() and records(tmp_path)[-1]["epochs"] == 3
+    for path in Checkpointing.find_all(tmp_path / "checkpoints"):
+        path.write_bytes(b"")
+    capsys.readouterr()
+    assert main([*common, "--epochs", "4", "--resume"]) == 1
+    assert "can be loaded" in capsys.readouterr().err.splitlines()[-1]
+    assert main([*common, "--epochs", "4", "--resume"]) == 1  # all set aside: never a silent restart
+    assert "set aside as .corrupt; refusing to start the run over" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_a_checkpoint_that_runs_code_is_refused_by_the_cli(tmp_path, capsys):
@@ -183,8 +190,9 @@ def test_a_checkpoint_that_runs_code_is_refused_by_the_cli(tmp_path, capsys):
 
 
 def test_a_nan_loss_stops_without_saving_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
-    # The LR jumps 1e12-fold after epoch 1: the weights blow up in epoch 2.
-    args = ["run", "mlp", "--epochs", "3", "--lr-mode", "step", "--lr-steps", "1", "--lr-factor", "1e12", "--no-progress"]
+    # The LR jumps 1e12-fold after epoch 1: the weights blow up in epoch 2. (--profile: its Ignite
+    # profiler must not swallow the error.)
+    args = ["run", "mlp", "--epochs", "3", "--lr-mode", "step", "--lr-steps", "1", "--lr-factor", "1e12", "--no-progress", "--profile"]
     assert main([*args, "-o", str(tmp_path)]) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("flint: error: the training loss became nan or inf at or before iteration") and "(epoch 2)" in last
