@@ -106,6 +106,8 @@ def create_trainer(
     "y": target}``; nothing in the step reads a value back to the host. ``engine.state.samples``
     counts samples seen (by all ranks under ``ignite.distributed``, whose shards have equal batches)
     and ``engine.state.optimizer_step`` optimizer steps; both are saved by ``engine.state_dict()``.
+    ``engine.state.cycle_batches`` is the number of batches whose gradients wait for the next step
+    (0 between update cycles: where a run can stop without losing gradients).
 
     Args:
         model: the network; move it to ``device`` yourself.
@@ -137,7 +139,6 @@ def create_trainer(
     prepare = prepare_batch or _ignite_prepare_batch
     amp_dtype = _autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
-    window = {"batches": 0, "samples": 0}  # the update cycle in progress
     world = idist.get_world_size()  # data-parallel ranks see equal batches: samples seen are global
 
     def optimizer_step(engine: Engine) -> None:
@@ -146,10 +147,10 @@ def create_trainer(
         if accumulation_steps > 1 or clip_grad_norm is not None:
             # Read at each step: param groups may be added after the trainer was made (unfreezing).
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if accumulation_steps > 1:
-            torch._foreach_div_([p.grad for p in params], float(window["samples"]))
-        window["batches"] = window["samples"] = 0
         state: Any = engine.state  # Ignite's State takes new attributes; mypy does not know them
+        if accumulation_steps > 1:
+            torch._foreach_div_([p.grad for p in params], float(state.cycle_samples))
+        state.cycle_batches = state.cycle_samples = 0
         state.optimizer_step += 1
         engine.fire_event(TrainEvents.BEFORE_OPTIMIZER_STEP)
         if clip_grad_norm is not None:
@@ -175,9 +176,9 @@ def create_trainer(
         else:
             # Sum-weight each batch; optimizer_step divides by the cycle's samples.
             scaler.scale(loss * n).backward()
-            window["batches"] += 1
-            window["samples"] += n
-            if window["batches"] == accumulation_steps or is_last_update_of_epoch(engine):
+            state.cycle_batches += 1
+            state.cycle_samples += n
+            if state.cycle_batches == accumulation_steps or is_last_update_of_epoch(engine):
                 optimizer_step(engine)
         return {"loss": loss.detach(), "y_pred": y_pred.detach(), "y": y}
 
@@ -197,13 +198,13 @@ def create_trainer(
         if state.iteration == 0:  # a fresh run; a resumed one keeps its loaded counters
             state.samples = 0
             state.optimizer_step = 0
-        window["batches"] = window["samples"] = 0
+        state.cycle_batches = state.cycle_samples = 0  # the update cycle in progress
         optimizer.zero_grad(set_to_none=True)
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _flush_partial_cycle(engine: Engine) -> None:
         # Only reached with data of unknown length, where the last iteration could not be detected.
-        if window["batches"] > 0:
+        if engine.state.cycle_batches > 0:  # type: ignore[attr-defined]
             optimizer_step(engine)
 
     trainer.scaler = scaler  # type: ignore[attr-defined]  # for checkpoints: to_save["scaler"]

@@ -9,7 +9,6 @@ from typing import Any
 from ignite.engine import Engine, Events
 
 from engine.trainer import iteration_in_epoch
-
 from handlers.meters import average_excluding_first
 
 __all__ = ["EpochTimer"]

@@ -24,8 +24,8 @@ class LossGuard:
 
     Ignite's ``TerminateOnNan`` reads every output back to the host (a device sync per iteration)
     and only asks the engine to terminate, so handlers later on the same event still run and can
-    save the broken weights. This guard folds each loss into a flag on its device (``loss * 0`` is
-    NaN for a NaN or infinite loss, no sync), reads the flag every ``every`` iterations, at each
+    save the broken weights. This guard sums the losses on their device (the sum is NaN or infinite
+    once any loss was; no sync), reads the sum every ``every`` iterations, at each
     EPOCH_COMPLETED (attach it before validation and checkpointing) and whenever :meth:`check` is
     called (call it before any other save), and raises: nothing after it runs, so the last
     checkpoint on disk is the last good one.

@@ -12,7 +12,7 @@ from types import FrameType
 
 from ignite.engine import Engine, Events
 
-from engine.trainer import TrainEvents, is_last_update_of_epoch
+from engine.trainer import is_last_update_of_epoch
 
 __all__ = ["Preemption"]
 
@@ -63,12 +63,8 @@ class Preemption:
         self._requested_at = 0.0
         self.requested: int | None = None  # the signal number received, 0 for request()
         self.triggered = False
-        self._steps_seen: int | None = None  # optimizer steps at the last check, on a Flint trainer
 
     def attach(self, engine: Engine) -> Preemption:
-        if TrainEvents.OPTIMIZER_STEPPED in engine._allowed_events:  # a Flint trainer: stop between cycles
-            self._steps_seen = 0
-            engine.add_event_handler(Events.STARTED, self._count_steps)  # a resumed run starts at its count
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._maybe_stop)
         return self
@@ -96,26 +92,13 @@ class Preemption:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
-    def _count_steps(self, engine: Engine) -> None:
-        self._steps_seen = engine.state.optimizer_step  # type: ignore[attr-defined]
-
-    def _stepped(self, engine: Engine) -> bool:
-        """Whether an update cycle ended since the last check (always True on a plain Engine)."""
-        if self._steps_seen is None:
-            return True
-        steps = engine.state.optimizer_step  # type: ignore[attr-defined]
-        stepped, self._steps_seen = steps != self._steps_seen, steps
-        return stepped
-
     def _on_iteration(self, engine: Engine) -> None:
-        stepped = self._stepped(engine)
         if is_last_update_of_epoch(engine):
             return  # the epoch's end (validation, records, checkpoint) comes first: EPOCH_COMPLETED decides
-        if stepped:  # not mid update cycle, whose gradients would be lost
+        if not getattr(engine.state, "cycle_batches", 0):  # mid update cycle, its gradients would be lost
             self._maybe_stop(engine)
 
     def _maybe_stop(self, engine: Engine) -> None:
-        self._stepped(engine)
         if self.triggered:
             return
         requested = self.requested is not None

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from handlers import LR_MODES
 from recipes import RECIPES
-from recipes.config import DEVICES, Config, UsageError
+from recipes.config import DEVICES, Config, UsageError, check_global_batch
 from recipes.export import FORMATS, export_model
 from recipes.report import write_report
 from recipes.optim import DEFAULT_LOSS, LOSSES, OPTIMIZERS, REFUSED_OPTIMIZERS, make_loss
@@ -192,9 +192,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
         raise UsageError(f"--lr-steps applies to --lr-mode step, not {cfg.lr_mode}")
     if cfg.data_on_device and cfg.num_workers:
         raise UsageError("--data-on-device serves batches from device memory; it takes no --num-workers")
-    workers = int(os.environ.get("WORLD_SIZE", "0")) or cfg.nproc_per_node
-    if cfg.batch_size % workers:
-        raise UsageError(f"--batch-size {cfg.batch_size} is global: it must divide among {workers} workers")
+    check_global_batch(cfg.batch_size, int(os.environ.get("WORLD_SIZE", "0")) or cfg.nproc_per_node)
     if cfg.device.startswith("cuda") and cfg.nproc_per_node > torch.cuda.device_count():
         raise UsageError(f"--nproc-per-node {cfg.nproc_per_node}: only {torch.cuda.device_count()} CUDA devices here")
     if cfg.warmup_epochs >= cfg.epochs:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Config", "DEVICES", "UsageError"]
+__all__ = ["Config", "DEVICES", "UsageError", "check_global_batch"]
 
 DEVICES = ("auto", "cpu", "cuda")
 
 
 class UsageError(ValueError):
     """A bad option or option combination; the CLI prints it in one line and exits 2."""
+
+
+def check_global_batch(batch_size: int, workers: int) -> None:
+    """``--batch-size`` is global: each of ``workers`` data-parallel workers takes an equal share."""
+    if batch_size % workers:
+        raise UsageError(f"--batch-size {batch_size} is global: it must divide among {workers} workers")
 
 
 @dataclass

@@ -67,7 +67,7 @@ def profile_table(profiler: HandlersTimeProfiler, engine: Engine) -> str:
     spent = sum(
         sum(times)
         for event, handlers in profiler.event_handlers_times.items()
-        if event in per_iteration_events or getattr(event, "name", "") in {e.name for e in per_iteration_events}
+        if event in per_iteration_events
         for times in handlers.values()
     )
     iterations = max(1, len(profiler.processing_times))

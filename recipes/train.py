@@ -47,7 +47,7 @@ from handlers import (
     current_lrs,
     lr_multiplier,
 )
-from recipes.config import Config, UsageError
+from recipes.config import Config, UsageError, check_global_batch
 from recipes.data import DEVICE_AUGMENT, DeviceTensorLoader, FirstBatches
 from recipes.optim import make_loss, make_optimizer, param_groups
 from recipes.perf import channels_last_batch, peak_flops, profile_table, train_flops_per_sample
@@ -182,8 +182,7 @@ def train(cfg: Config, recipe: Recipe) -> str:
     out = Path(cfg.output_dir)
     resume_path = _resume_from(cfg, out)
     world = idist.get_world_size()
-    if cfg.batch_size % world:
-        raise UsageError(f"--batch-size {cfg.batch_size} is global: it must divide among {world} workers")
+    check_global_batch(cfg.batch_size, world)  # also for callers that did not come through the CLI
     idist.barrier()  # no rank may see rank 0's new files as "a run already there"
     if idist.get_rank() > 0:
         return _train(cfg, recipe, out, resume_path)
@@ -412,7 +411,7 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
             try:
                 stream.emit(summary)
             except Exception:
-                if status != "failed" and status != "aborted":
+                if status in ("completed", "interrupted"):  # nothing else failed: this error is the one
                     raise
                 logger.debug("Writing the summary failed too", exc_info=True)
     except BaseException:
