@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from ignite.engine import Engine
 from ignite.exceptions import NotComputableError
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
@@ -22,7 +23,19 @@ from engine.trainer import batch_size_of
 __all__ = ["MeanLoss", "TopOneAccuracy"]
 
 
-class MeanLoss(Metric):
+class _LeanMetric(Metric):
+    """A ``Metric`` whose per-iteration update goes straight to ``update``.
+
+    Ignite's ``iteration_completed`` enters ``no_grad`` and checks the output for mappings and lists
+    of tensors on every batch (about 8 us on a CPU); these metrics only read detached tensors with
+    non-differentiable ops, so they skip both.
+    """
+
+    def iteration_completed(self, engine: Engine) -> None:
+        self.update(self._output_transform(engine.state.output))
+
+
+class MeanLoss(_LeanMetric):
     """The sample-weighted mean of a trainer's batch losses: ``sum(loss_b * n_b) / sum(n_b)``.
 
     Args:
@@ -67,7 +80,7 @@ class MeanLoss(Metric):
         return float(self._sum.item()) / self._count
 
 
-class TopOneAccuracy(Metric):
+class TopOneAccuracy(_LeanMetric):
     """The share of samples whose highest score is the target class (multiclass ``y_pred`` [N, C], ``y`` [N]).
 
     Args:
@@ -100,7 +113,7 @@ class TopOneAccuracy(Metric):
     @reinit__is_reduced
     def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
         y_pred, y = output
-        self._correct.add_((y_pred.argmax(dim=1) == y).sum())
+        self._correct.add_(torch.count_nonzero(y_pred.argmax(dim=1) == y))  # half the cost of bool .sum()
         self._count += int(y.shape[0])
 
     @sync_all_reduce("_correct", "_count")

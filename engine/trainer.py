@@ -67,6 +67,15 @@ def iteration_in_epoch(engine: Engine) -> int:
     return engine.state.iteration % length if length else 0
 
 
+def _prepare_batch(batch: Any, device: torch.device | None, non_blocking: bool) -> tuple[Any, Any]:
+    """``(x, y)`` moved to ``device``: ``Tensor.to`` for two tensors (half the cost of Ignite's
+    general ``_prepare_batch``, which handles nested inputs and is used for anything else)."""
+    x, y = batch
+    if type(x) is torch.Tensor and type(y) is torch.Tensor:
+        return x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
+    return _ignite_prepare_batch(batch, device, non_blocking)
+
+
 def _resolve_device(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:
     if device is None:
         first = next(iter(model.parameters()), None)
@@ -136,13 +145,15 @@ def create_trainer(
     if clip_grad_norm is not None and not clip_grad_norm > 0:
         raise ValueError(f"Argument clip_grad_norm should be a positive number, got {clip_grad_norm!r}")
     device = _resolve_device(model, device)
-    prepare = prepare_batch or _ignite_prepare_batch
+    prepare = prepare_batch or _prepare_batch
     amp_dtype = _autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
     world = idist.get_world_size()  # data-parallel ranks see equal batches: samples seen are global
 
+    scaling = scaler.is_enabled()
+
     def optimizer_step(engine: Engine) -> None:
-        if scaler.is_enabled():
+        if scaling:
             scaler.unscale_(optimizer)
         if accumulation_steps > 1 or clip_grad_norm is not None:
             # Read at each step: param groups may be added after the trainer was made (unfreezing).
@@ -152,13 +163,18 @@ def create_trainer(
             torch._foreach_div_([p.grad for p in params], float(state.cycle_samples))
         state.cycle_batches = state.cycle_samples = 0
         state.optimizer_step += 1
-        engine.fire_event(TrainEvents.BEFORE_OPTIMIZER_STEP)
+        # Ignite's public fire_event first scans its list of allowed events (about 20 comparisons,
+        # 6 us); these two were registered when the engine was made, so they are fired directly.
+        engine._fire_event(TrainEvents.BEFORE_OPTIMIZER_STEP)
         if clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
+        if scaling:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        engine.fire_event(TrainEvents.OPTIMIZER_STEPPED)
+        engine._fire_event(TrainEvents.OPTIMIZER_STEPPED)
 
     def update(engine: Engine, batch: Any) -> dict[str, Any]:
         if not model.training:

@@ -45,6 +45,10 @@ class Checkpointing:
     lists, so a resumed run keeps rotating and comparing as if never stopped. Everything is tensors
     and plain values: files load with ``torch.load(weights_only=True)``.
 
+    Saves return once the state is serialised; fsync and rename finish in a background thread
+    (``SafeDiskSaver(sync_in_background=True)``), which the next save and the trainer's COMPLETED
+    wait for. Call :meth:`wait` before reading the directory if the run ended otherwise (an error).
+
     Args:
         dirname: the checkpoint directory.
         to_save: name -> object with ``state_dict``/``load_state_dict`` (model, optimizer, trainer,
@@ -88,7 +92,7 @@ class Checkpointing:
             sign = 1.0 if mode == "max" else -1.0
             self.best_checkpoint = Checkpoint(
                 dict(self.objects),
-                SafeDiskSaver(self.dirname),
+                SafeDiskSaver(self.dirname, sync_in_background=True),
                 filename_prefix="best",
                 score_function=lambda engine: sign * float(engine.state.metrics[metric]),
                 score_name=metric,
@@ -100,7 +104,7 @@ class Checkpointing:
             self.objects["best_checkpointer"] = self.best_checkpoint
         self.latest = Checkpoint(
             self.objects,
-            SafeDiskSaver(self.dirname),
+            SafeDiskSaver(self.dirname, sync_in_background=True),
             n_saved=n_latest,
             global_step_transform=lambda engine, _: engine.state.iteration,
             filename_pattern="{name}_{global_step}.{ext}",
@@ -120,7 +124,20 @@ class Checkpointing:
             return epoch % every == 0 or epoch == engine.state.max_epochs or bool(engine.should_terminate)
 
         trainer.add_event_handler(Events.EPOCH_COMPLETED(event_filter=due), self.save_latest)
+        trainer.add_event_handler(Events.COMPLETED, lambda _: self.wait())  # also after a stop (terminate)
         return self
+
+    def wait(self) -> None:
+        """Block until every save so far is on disk; raise the first write error (``OSError``)."""
+        errors = []
+        for checkpoint in (self.latest, self.best_checkpoint):
+            if checkpoint is not None:
+                try:
+                    checkpoint.save_handler.wait()  # type: ignore[union-attr]  # a SafeDiskSaver
+                except OSError as e:
+                    errors.append(e)
+        if errors:
+            raise errors[0]
 
     def _on_validation(self, evaluator: Engine, trainer: Engine) -> None:
         assert self.metric is not None and self.best_checkpoint is not None

@@ -53,17 +53,18 @@ class LossGuard:
         self._flag: torch.Tensor | None = None
 
     def attach(self, engine: Engine) -> LossGuard:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._fold)
-        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self.check)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.check)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)  # one handler: each costs
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.check)  # several us per iteration in a real loop
         return self
 
-    def _fold(self, engine: Engine) -> None:
+    def _on_iteration(self, engine: Engine) -> None:
         loss = self.output_transform(engine.state.output).detach()  # one in-place add per iteration, on the device
         if self._flag is None:
             self._flag = loss.float().clone()
         else:
             self._flag.add_(loss)
+        if engine.state.iteration % self.every == 0:
+            self.check(engine)
 
     def check(self, engine: Engine) -> None:
         """Raise :class:`NonFiniteLoss` if any loss so far was NaN or infinite (reads one value back)."""

@@ -18,10 +18,6 @@ def current_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
     return [float(group["lr"]) for group in optimizer.param_groups]
 
 
-def _first_of_epoch(engine: Engine, iteration: int) -> bool:
-    length = engine.state.epoch_length
-    return length is None or (iteration - 1) % length == 0
-
 
 class LRTracker:
     """Emits the LR of every param group as each epoch starts and every ``every`` iterations.
@@ -57,12 +53,22 @@ class LRTracker:
 
     def attach(self, engine: Engine, *events: Any) -> LRTracker:
         """Register on ``events`` (default: each epoch's first iteration and every ``every`` iterations)."""
-        if not events:
-            events = (Events.ITERATION_STARTED(event_filter=_first_of_epoch),)
-            events += (Events.ITERATION_COMPLETED(every=self.every),) if self.every else ()
         for event in events:
             engine.add_event_handler(event, self)
+        if not events:  # plain handlers that check the iteration: Ignite's event filters cost far more
+            engine.add_event_handler(Events.ITERATION_STARTED, self._on_iteration_started)  # per step
+            if self.every:
+                engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration_completed)
         return self
+
+    def _on_iteration_started(self, engine: Engine) -> None:
+        length = engine.state.epoch_length
+        if length is None or (engine.state.iteration - 1) % length == 0:
+            self(engine)
+
+    def _on_iteration_completed(self, engine: Engine) -> None:
+        if engine.state.iteration % self.every == 0:  # type: ignore[operator]  # attached only with every
+            self(engine)
 
     def __call__(self, engine: Engine) -> None:
         self.stream.emit(

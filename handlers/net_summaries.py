@@ -15,9 +15,6 @@ __all__ = ["NetSummaries"]
 logger = logging.getLogger(__name__)
 
 
-def _last_of_epoch(engine: Engine, _: int) -> bool:
-    return is_last_update_of_epoch(engine)
-
 
 class NetSummaries:
     """Writes ``weights/<name>`` histograms at epoch end and ``grads/<name>`` of the epoch's last update.
@@ -51,13 +48,16 @@ class NetSummaries:
         self.model, self.writer = model, writer
 
     def attach(self, trainer: Engine) -> NetSummaries:
-        if trainer.has_registered_events(TrainEvents.BEFORE_OPTIMIZER_STEP):
-            grads_event = TrainEvents.BEFORE_OPTIMIZER_STEP(event_filter=_last_of_epoch)
-        else:
-            grads_event = Events.ITERATION_COMPLETED(event_filter=_last_of_epoch)
-        trainer.add_event_handler(grads_event, self.write_grads)
+        # A plain handler that checks the iteration itself: an Ignite event filter costs far more per
+        # step in a real training loop (docs/performance.md).
+        flint = trainer.has_registered_events(TrainEvents.BEFORE_OPTIMIZER_STEP)
+        trainer.add_event_handler(TrainEvents.BEFORE_OPTIMIZER_STEP if flint else Events.ITERATION_COMPLETED, self._on_update)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self.write_weights)
         return self
+
+    def _on_update(self, engine: Engine) -> None:
+        if is_last_update_of_epoch(engine):
+            self.write_grads(engine)
 
     def write_weights(self, engine: Engine) -> None:
         self._write("weights", {name: p for name, p in self.model.named_parameters()}, samples_seen(engine))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import ignite.distributed as idist
 from ignite.handlers import DiskSaver
@@ -34,8 +35,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_error(path: Path, e: BaseException) -> OSError:
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+    return OSError(f"cannot write checkpoint {path}: {reason}")
+
+
 class SafeDiskSaver(DiskSaver):
-    """Ignite's ``DiskSaver`` with two fixes for crashes and full disks.
+    """Ignite's ``DiskSaver`` with two fixes for crashes and full disks, and optional background fsync.
 
     Ignite's ``Checkpoint`` asks its saver to remove the oldest file *before* writing the new one, and
     ``DiskSaver(atomic=True)`` renames its temp file without ``fsync``: a crash in between can leave no
@@ -46,10 +52,19 @@ class SafeDiskSaver(DiskSaver):
     file left by a writer that was killed (SIGKILL, power loss) is removed when the next saver for
     the directory is made.
 
+    With ``sync_in_background``, the call returns once the temp file is written (the state is
+    serialised, so training may change it again) and a thread does the rest: fsync, rename, directory
+    fsync, removals, in that order, so the guarantees above hold. fsync is most of a save's time
+    (about 10-15 ms for a 5 MB file on a cloud disk, seconds for large models). :meth:`wait` joins the
+    thread and raises its error (``OSError("cannot write checkpoint PATH: ...")``); the next save
+    waits first, so a failed write stops the run one save later at the latest. Call :meth:`wait`
+    before reading the directory or exiting (a pending thread also finishes at interpreter exit).
+
     Args:
         dirname: the checkpoint directory, created if missing. Unlike ``DiskSaver``'s default it may
             already hold checkpoints (a resumed run writes beside its own).
         save_on_rank: the rank that writes. Default 0.
+        sync_in_background: finish each save (fsync, rename, removals) in a thread. Default False.
         **kwargs: passed to ``torch.save``.
 
     Example:
@@ -65,9 +80,16 @@ class SafeDiskSaver(DiskSaver):
         ['model_4.pt', 'model_5.pt']
     """
 
-    def __init__(self, dirname: str | os.PathLike[str], save_on_rank: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self, dirname: str | os.PathLike[str], save_on_rank: int = 0, sync_in_background: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(Path(dirname), atomic=True, create_dir=True, require_empty=False, save_on_rank=save_on_rank, **kwargs)
+        self.sync_in_background = sync_in_background
         self._pending_removals: list[str] = []
+        self._written: tuple[IO[bytes], Path, Path] | None = None  # the temp file just written, its final path
+        self._finishing: threading.Thread | None = None
+        self._error: OSError | None = None  # from the thread, raised by wait()
+        self._unremoved: list[str] = []  # removals a failed background save did not make
         if idist.get_rank() == save_on_rank:
             self._remove_stale_temp_files()
 
@@ -78,29 +100,62 @@ class SafeDiskSaver(DiskSaver):
                 tmp.unlink(missing_ok=True)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        self.wait()  # the previous save is complete (or its error is raised here)
         self._pending_removals = [f for f in self._pending_removals if f != filename]
-        super().__call__(checkpoint, filename, metadata)
-        for name in self._pending_removals:
-            if idist.get_rank() == self.save_on_rank:
-                (self.dirname / name).unlink(missing_ok=True)
-        self._pending_removals = []
+        self._written = None
+        super().__call__(checkpoint, filename, metadata)  # the saving rank writes the temp file
+        removals, self._pending_removals = self._pending_removals, []
+        if self._written is None:  # another rank: nothing written, nothing to remove
+            return
+        args = (*self._written, removals)
+        self._written = None
+        if not self.sync_in_background:
+            self._finish(*args)
+            self.wait()
+            return
+        self._finishing = threading.Thread(target=self._finish, args=args, name="checkpoint-sync")
+        self._finishing.start()  # not a daemon: a pending save completes even if the program exits
+
+    def wait(self) -> None:
+        """Block until the last save is durable; raise its ``OSError`` if it failed."""
+        if self._finishing is not None:
+            self._finishing.join()
+            self._finishing = None
+        self._pending_removals = self._unremoved + self._pending_removals
+        self._unremoved = []
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
     def remove(self, filename: str) -> None:
         self._pending_removals.append(filename)
 
     def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        f = open(tmp, "wb")
         try:
-            with open(tmp, "wb") as f:
-                func(checkpoint, f, **self.kwargs)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except Exception as e:  # disk full, quota, I/O error: say which file, keep the older ones
+            func(checkpoint, f, **self.kwargs)
+            f.flush()
+        except BaseException as e:  # disk full, quota, I/O error, interrupted: no partial file, older ones kept
+            f.close()
             tmp.unlink(missing_ok=True)
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-            raise OSError(f"cannot write checkpoint {path}: {reason}") from e
-        except BaseException:  # interrupted: no partial file either
-            tmp.unlink(missing_ok=True)
+            if isinstance(e, Exception):
+                raise _write_error(path, e) from e
             raise
+        self._written = (f, tmp, path)
+
+    def _finish(self, f: IO[bytes], tmp: Path, path: Path, removals: list[str]) -> None:
+        """Make the temp file durable under its final name, then remove what it replaces; errors go to wait()."""
+        try:
+            try:
+                os.fsync(f.fileno())
+            finally:
+                f.close()
+            os.replace(tmp, path)
+        except Exception as e:
+            tmp.unlink(missing_ok=True)
+            self._error, self._unremoved = _write_error(path, e), removals
+            return
         _fsync_dir(self.dirname)
+        for name in removals:
+            (self.dirname / name).unlink(missing_ok=True)

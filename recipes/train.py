@@ -391,6 +391,7 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
             if profiler is not None and rank == 0:
                 logger.info("Handler costs (--profile):\n%s", profile_table(profiler, trainer))
         except NonFiniteLoss as e:
+            checkpoints.wait()  # an earlier save may still be finishing in the background
             last = Checkpointing.find_latest(out / "checkpoints")
             raise NonFiniteLoss(f"{e}; stopped without saving; the last good checkpoint is {last or 'none'}") from None
         except KeyboardInterrupt:
@@ -418,6 +419,12 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
         failing = True
         raise
     finally:
+        try:
+            checkpoints.wait()  # on an error, a save may still be finishing (COMPLETED waits otherwise)
+        except Exception:
+            if not failing:
+                raise
+            logger.debug("A checkpoint write failed too", exc_info=True)
         try:
             stream.close()
         except Exception:

@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -140,7 +140,8 @@ def _finite(loss: float, iteration: int) -> float:
     return loss
 
 
-def hand_loop(case: str, cfg: Any, data: Data, device: Any, out: Path, chunk: int = 0) -> Generator[str, None, tuple[int, Any]]:
+def hand_loop(case: str, cfg: Any, data: Data, device: Any, out: Path, chunk: int = 0,
+              logger: str = "bench.hand") -> Generator[str, None, tuple[int, Any]]:  # fmt: skip
     """Seed 004's loop by hand with the same features as Flint's recipe, as a :func:`drive` generator."""
     import torch
     from tensorboardX import SummaryWriter  # type: ignore[import-untyped]
@@ -148,7 +149,7 @@ def hand_loop(case: str, cfg: Any, data: Data, device: Any, out: Path, chunk: in
     from recipes.optim import make_loss
     from recipes.train import build_optimizer
 
-    log = logging.getLogger("bench.hand")
+    log = logging.getLogger(logger)
     model = _fresh_model(case, device, cfg.seed)
     optimizer = build_optimizer(cfg, model)
     loss_fn = make_loss("classification", cfg.loss, cfg.label_smoothing)
@@ -350,13 +351,13 @@ def flint_loop(case: str, cfg: Any, data: Data, device: Any, out: Path, chunk: i
     total = cfg.epochs * len(job["loader"])
     paused = [False]
 
-    def pause(engine: Any) -> None:
-        if engine.state.iteration < total:
+    def pause(engine: Any) -> None:  # a plain handler: an Ignite event filter (every=) costs much more
+        if engine.state.iteration % chunk == 0 and engine.state.iteration < total:
             paused[0] = True
             engine.interrupt()
 
     if chunk:
-        trainer.add_event_handler(Events.ITERATION_COMPLETED(every=chunk), pause)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, pause)
     if profiler is not None:
         profiler.attach(trainer)
     yield "ready"
@@ -372,11 +373,20 @@ def flint_loop(case: str, cfg: Any, data: Data, device: Any, out: Path, chunk: i
     return trainer.state.iteration, job["model"]
 
 
-LOOPS = {"hand": hand_loop, "flint": flint_loop}
+LOOPS = {"hand": hand_loop, "flint": flint_loop, "hand-again": functools.partial(hand_loop, logger="bench.hand-again")}  # hand-again: --against-itself
 
 
-def drive(loops: dict[str, Generator[str, None, tuple[int, Any]]], device: Any) -> dict[str, tuple[float, int, Any]]:
-    """Runs the loops' generators round-robin, timing each step; returns name -> (seconds, iterations, model).
+class Timed(NamedTuple):
+    """One loop's repetition: total timed seconds, iterations, the trained model, seconds of each timed step."""
+
+    seconds: float
+    iterations: int
+    model: Any
+    steps: list[float]
+
+
+def drive(loops: dict[str, Generator[str, None, tuple[int, Any]]], device: Any) -> dict[str, Timed]:
+    """Runs the loops' generators round-robin, timing each step; returns name -> :class:`Timed`.
 
     A loop generator sets up and yields ``"ready"`` (not timed), trains and yields ``"chunk"`` whenever
     it pauses, yields ``"done"`` when training, validation and checkpoints are over, then tears down
@@ -385,8 +395,8 @@ def drive(loops: dict[str, Generator[str, None, tuple[int, Any]]], device: Any) 
     for gen in loops.values():
         if next(gen) != "ready":
             raise RuntimeError("a loop generator must yield 'ready' after its setup")
-    seconds = dict.fromkeys(loops, 0.0)
-    results: dict[str, tuple[float, int, Any]] = {}
+    steps: dict[str, list[float]] = {name: [] for name in loops}
+    results: dict[str, Timed] = {}
     active = list(loops)
     while active:
         for name in list(active):
@@ -394,17 +404,31 @@ def drive(loops: dict[str, Generator[str, None, tuple[int, Any]]], device: Any) 
             start = time.perf_counter()
             state = next(loops[name])
             _sync(device)
-            seconds[name] += time.perf_counter() - start
+            steps[name].append(time.perf_counter() - start)
             if state == "done":
                 active.remove(name)
                 try:
                     next(loops[name])
                 except StopIteration as stop:
                     iterations, model = stop.value
-                    results[name] = (seconds[name], iterations, model)
+                    results[name] = Timed(sum(steps[name]), iterations, model, steps[name])
                 else:
                     raise RuntimeError("a loop generator must return after 'done'")
     return results
+
+
+def paired_ratio(a_reps: list[Timed], b_reps: list[Timed]) -> float:
+    """B's time over A's, robust to a machine whose speed changes from one second to the next.
+
+    Each repetition's chunks alternate A, B, A, B...: a chunk of A and the same chunk of B ran within a
+    second of each other, under the same load. For each chunk position: the median over repetitions
+    of B/A, and the median of A's time. The result is those ratios averaged with A's times as weights,
+    i.e. B's total over A's total with every chunk counted (epoch ends included), bursts filtered out.
+    """
+    weights = [statistics.median(t) for t in zip(*(r.steps for r in a_reps))]
+    ratios = [statistics.median(b / a for a, b in zip(ta, tb))
+              for ta, tb in zip(zip(*(r.steps for r in a_reps)), zip(*(r.steps for r in b_reps)))]  # fmt: skip
+    return sum(w * q for w, q in zip(weights, ratios)) / sum(weights)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -435,7 +459,7 @@ class _RunLog:
 
 
 def run_loops(names: tuple[str, ...], case: str, epochs: int, batch_size: int, data: Callable[[], Data], device: Any,
-              args: argparse.Namespace, chunk: int = 0, profiler: Any = None) -> dict[str, tuple[float, int, Any]]:  # fmt: skip
+              args: argparse.Namespace, chunk: int = 0, profiler: Any = None) -> dict[str, Timed]:  # fmt: skip
     """One repetition of the named loops, each in its own temp dir; interleaved every ``chunk`` iterations if several."""
     with contextlib.ExitStack() as stack:
         gens = {}
@@ -477,11 +501,12 @@ def _bench_case(case: str, device: Any, args: argparse.Namespace) -> dict[str, A
     train_set, val_set = _fake_data(iters * batch_size, VAL_SIZE)
     data = _loaders(train_set, val_set, batch_size, device, args.data, args.seed)
     label = f"{case} b{batch_size} {device.type}"
+    a, b = "hand", "hand-again" if args.against_itself else "flint"
     warm = _loaders(*_fake_data(min(iters, 40) * batch_size, 512, seed=1), batch_size, device, args.data, args.seed)
-    run_loops(("hand", "flint"), case, 1, batch_size, warm, device, args)  # warm-up: kernels, allocator, imports
-    rates: dict[str, list[float]] = {"hand": [], "flint": []}
+    run_loops((a, b), case, 1, batch_size, warm, device, args)  # warm-up: kernels, allocator, imports
+    reps: dict[str, list[Timed]] = {a: [], b: []}
     digests: set[str] = set()
-    order: tuple[str, ...] = ("hand", "flint")
+    order: tuple[str, ...] = (a, b)
     for rep in range(args.repeats):
         if args.interleave:
             results = run_loops(order, case, args.epochs, batch_size, data, device, args, chunk=args.interleave)
@@ -490,19 +515,22 @@ def _bench_case(case: str, device: Any, args: argparse.Namespace) -> dict[str, A
             for loop in order:
                 results.update(run_loops((loop,), case, args.epochs, batch_size, data, device, args))
         for loop in order:
-            seconds, n_iter, model = results[loop]
-            rates[loop].append(n_iter / seconds)
+            r = results[loop]
+            reps[loop].append(r)
             if device.type == "cpu":
-                digests.add(_weights_digest(model))
-            print(f"# {label} rep {rep + 1}/{args.repeats} {loop:5s}: {n_iter} it in {seconds:6.2f} s = {n_iter / seconds:7.1f} it/s",
-                  file=sys.stderr, flush=True)  # fmt: skip
+                digests.add(_weights_digest(r.model))
+            print(f"# {label} rep {rep + 1}/{args.repeats} {loop:5s}: {r.iterations} it in {r.seconds:6.2f} s = "
+                  f"{r.iterations / r.seconds:7.1f} it/s", file=sys.stderr, flush=True)  # fmt: skip
         order = order[::-1]  # A B, B A, A B, ...: neither loop always goes first
-    hand, flint = statistics.median(rates["hand"]), statistics.median(rates["flint"])
-    pairs = [f / h for h, f in zip(rates["hand"], rates["flint"])]
+    n_iter = reps[a][0].iterations
+    rates = {loop: [r.iterations / r.seconds for r in reps[loop]] for loop in (a, b)}
+    hand = n_iter / sum(statistics.median(t) for t in zip(*(r.steps for r in reps[a])))  # per chunk: the median
+    flint = hand / paired_ratio(reps[a], reps[b])
     return {
-        "label": label, "hand": hand, "flint": flint, "ratio": flint / hand, "rates": rates,
-        "pair_ratio": statistics.median(pairs), "best_ratio": max(rates["flint"]) / max(rates["hand"]),
-        "overhead_us": (1 / flint - 1 / hand) * 1e6, "iters": args.epochs * iters,
+        "label": label, "b": b, "hand": hand, "flint": flint, "ratio": flint / hand, "rates": rates,
+        "median_ratio": statistics.median(rates[b]) / statistics.median(rates[a]),
+        "pair_ratio": statistics.median(f / h for h, f in zip(rates[a], rates[b])),
+        "overhead_us": (1 / flint - 1 / hand) * 1e6, "iters": n_iter,
         "same_weights": None if device.type != "cpu" else len(digests) == 1,
     }  # fmt: skip
 
@@ -541,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="within a repetition, switch between A and B every N iterations, so both see the same "
                         "machine load; 0: run A's whole repetition, then B's")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="after the table, one Flint run per case under HandlersTimeProfiler")
+    parser.add_argument("--against-itself", action="store_true",
+                        help="B is a second copy of the hand loop: the ratio shows what the method resolves on this machine")  # fmt: skip
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.epochs < 1 or args.iters < 0 or args.interleave < 0:
         parser.error("--repeats and --epochs must be positive, --iters and --interleave non-negative")
@@ -574,14 +604,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.log_interval} iterations, data {args.data}, {alternation}; {args.repeats} repetitions, medians")  # fmt: skip
     print(f"# bare Ignite Engine (no-op step, no handlers): {bare_engine_us():.1f} us/iteration", flush=True)
     results = [_bench_case(case, device, args) for device in devices for case in cases]
-    print("case, hand it/s, flint it/s, ratio flint/hand")
+    b = "hand-again" if args.against_itself else "flint"
+    print(f"case, hand it/s, {b} it/s, ratio {b}/hand")
     for r in results:
         print(f"{r['label']}, {r['hand']:.1f}, {r['flint']:.1f}, {r['ratio']:.3f}")
     for r in results:
         same = {None: "", True: "; same final weights in A and B", False: "; FINAL WEIGHTS DIFFER between A and B"}[r["same_weights"]]
-        print(f"# {r['label']}: {r['iters']} it/rep; hand {', '.join(f'{v:.1f}' for v in r['rates']['hand'])}; "
-              f"flint {', '.join(f'{v:.1f}' for v in r['rates']['flint'])}; median of pair ratios {r['pair_ratio']:.3f}; "
-              f"best/best {r['best_ratio']:.3f}; flint overhead {r['overhead_us']:+.0f} us/it{same}")  # fmt: skip
+        print(f"# {r['label']}: {r['iters']} it/rep; whole-repetition it/s: hand {', '.join(f'{v:.1f}' for v in r['rates']['hand'])}; "
+              f"{b} {', '.join(f'{v:.1f}' for v in r['rates'][b])}; ratio of their medians {r['median_ratio']:.3f}, "
+              f"median of pair ratios {r['pair_ratio']:.3f}; {b} overhead {r['overhead_us']:+.0f} us/it{same}")  # fmt: skip
     if args.profile:
         for device in devices:
             for case in cases:

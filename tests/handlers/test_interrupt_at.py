@@ -15,6 +15,7 @@ def test_saves_after_validation_then_stops_without_exiting(tmp_path, model, batc
     state = trainer.run(batches, max_epochs=5)  # returns: no SystemExit from a library handler
     assert interrupt.triggered and state.epoch == 2
     assert order == [("validation", 1), ("validation", 2), ("save", 2)]
+    ckpt.wait()  # not attached here, so nothing waited for the background fsync and rename
     assert torch.load(tmp_path / "checkpoint_14.pt", weights_only=True)["trainer"]["iteration"] == 14
 
 

@@ -102,4 +102,32 @@ def test_a_writer_killed_at_random_moments_leaves_only_complete_checkpoints(tmp_
     assert killed_mid_write >= 2  # the test did exercise kills during writes
     SafeDiskSaver(tmp_path)  # the next run's saver clears what the dead writers left
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
-    assert all(len(list(tmp_path.glob(f"run{i}_*.pt"))) <= 2 for i in range(5))
+    # n_saved=2, plus the new file when a kill lands between its rename and the removal of the oldest
+    assert all(len(list(tmp_path.glob(f"run{i}_*.pt"))) <= 3 for i in range(5))
+
+
+def test_background_sync_completes_in_order_and_wait_makes_the_file_visible(tmp_path):
+    saver = SafeDiskSaver(tmp_path, sync_in_background=True)
+    model = torch.nn.Linear(2, 2)
+    saver({"model": model.state_dict()}, "checkpoint_1.pt")
+    saver.remove("checkpoint_1.pt")
+    saver({"model": model.state_dict()}, "checkpoint_2.pt")  # waits for checkpoint_1 first
+    saver.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_2.pt"]
+    assert set(torch.load(tmp_path / "checkpoint_2.pt", weights_only=True)["model"]) == {"weight", "bias"}
+
+
+def test_a_background_sync_failure_is_raised_by_wait_and_keeps_the_older_file(tmp_path):
+    saver = SafeDiskSaver(tmp_path, sync_in_background=True)
+    saver({"x": torch.tensor(1)}, "checkpoint_1.pt")
+    saver.remove("checkpoint_1.pt")  # Ignite's Checkpoint rotating
+    (tmp_path / "checkpoint_2.pt" / "in-the-way").mkdir(parents=True)  # the thread's rename will fail
+    saver({"x": torch.tensor(2)}, "checkpoint_2.pt")  # returns once the temp file is written
+    with pytest.raises(OSError, match=r"cannot write checkpoint .*checkpoint_2\.pt: (Is a directory|Directory not empty)"):
+        saver.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_1.pt", "checkpoint_2.pt"]  # no temp file left
+    assert torch.load(tmp_path / "checkpoint_1.pt", weights_only=True)["x"] == 1  # the older one kept
+    saver.wait()  # the error is raised once
+    saver({"x": torch.tensor(3)}, "checkpoint_3.pt")  # the next good save makes the removal it owed
+    saver.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_2.pt", "checkpoint_3.pt"]
