@@ -19,7 +19,10 @@ import torch
 from ignite.engine import Engine, EventEnum, Events
 from ignite.engine import _prepare_batch as _ignite_prepare_batch
 
-__all__ = ["TrainEvents", "create_trainer", "batch_size_of", "samples_seen", "is_last_update_of_epoch", "iteration_in_epoch"]
+__all__ = [
+    "TrainEvents", "create_trainer", "batch_size_of", "samples_seen", "is_last_update_of_epoch", "iteration_in_epoch",
+    "epoch_loss_total",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +79,15 @@ def _prepare_batch(batch: Any, device: torch.device | None, non_blocking: bool) 
     return _ignite_prepare_batch(batch, device, non_blocking)
 
 
+def epoch_loss_total(engine: Engine) -> tuple[float, int]:
+    """``(sum of batch loss x batch size, samples)`` of the epoch so far, over all ranks, from a trainer
+    made by :func:`create_trainer`. Reads one value back from the device: call it at log points only."""
+    state: Any = engine.state
+    if not isinstance(getattr(state, "loss_sum", None), torch.Tensor):
+        raise TypeError("the engine keeps no running loss (state.loss_sum): use a trainer from engine.create_trainer")
+    return float(idist.all_reduce(state.loss_sum.clone()).item()), int(state.epoch_samples)
+
+
 def _resolve_device(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:
     if device is None:
         first = next(iter(model.parameters()), None)
@@ -117,6 +129,12 @@ def create_trainer(
     and ``engine.state.optimizer_step`` optimizer steps; both are saved by ``engine.state_dict()``.
     ``engine.state.cycle_batches`` is the number of batches whose gradients wait for the next step
     (0 between update cycles: where a run can stop without losing gradients).
+
+    The step also keeps the epoch's running loss on the device, for every handler that reports or
+    checks it (one in-place add per step instead of one per handler): ``engine.state.loss_sum`` is
+    the sum of each batch's loss times its size on this rank, ``engine.state.epoch_samples`` the
+    samples of the epoch on all ranks; both restart at each epoch (not when resuming mid-epoch) and
+    are saved by ``engine.state_dict()``. Read them with :func:`epoch_loss_total`.
 
     Args:
         model: the network; move it to ``device`` yourself.
@@ -186,6 +204,8 @@ def create_trainer(
         n = batch_size_of(x)
         state: Any = engine.state
         state.samples += n * world
+        state.epoch_samples += n * world
+        state.loss_sum.add_(loss.detach(), alpha=n)  # on the device: no host sync
         if accumulation_steps == 1:
             scaler.scale(loss).backward()
             optimizer_step(engine)
@@ -206,16 +226,24 @@ def create_trainer(
             TrainEvents.OPTIMIZER_STEPPED: "optimizer_step",
         },
     )
-    trainer.state_dict_user_keys.extend(["samples", "optimizer_step"])
+    trainer.state_dict_user_keys.extend(["samples", "optimizer_step", "loss_sum", "epoch_samples"])
 
     @trainer.on(Events.STARTED)
     def _start(engine: Engine) -> None:
         state: Any = engine.state
         if state.iteration == 0:  # a fresh run; a resumed one keeps its loaded counters
-            state.samples = 0
-            state.optimizer_step = 0
+            state.samples = state.optimizer_step = state.epoch_samples = 0
+            state.loss_sum = torch.zeros((), device=device)
+        state.loss_sum = state.loss_sum.to(device)
         state.cycle_batches = state.cycle_samples = 0  # the update cycle in progress
         optimizer.zero_grad(set_to_none=True)
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def _new_epoch(engine: Engine) -> None:
+        state: Any = engine.state
+        if not iteration_in_epoch(engine):  # resuming mid-epoch keeps the loaded sums
+            state.loss_sum.zero_()
+            state.epoch_samples = 0
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _flush_partial_cycle(engine: Engine) -> None:

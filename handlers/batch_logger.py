@@ -6,13 +6,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.exceptions import NotComputableError
 from ignite.metrics import Metric
 
-from engine.trainer import iteration_in_epoch, samples_seen
+from engine.trainer import epoch_loss_total, iteration_in_epoch, samples_seen
 from handlers.lr_tracker import current_lrs
 from handlers.meters import Throughput
 from handlers.records import RecordStream
@@ -24,12 +23,13 @@ class BatchLogger:
     """Every ``every`` iterations, emits a ``"batch"`` record of the interval since the last one.
 
     The record is ``{"phase": "batch", "epoch", "iteration", "samples", "loss", "samples_per_sec",
-    "lr", <metric>...}``: ``loss`` is the mean batch loss over the interval, ``samples_per_sec``
+    "lr", <metric>...}``: ``loss`` is the mean loss per sample over the interval, ``samples_per_sec``
     counts the interval's samples over its wall time (both intervals restart at each epoch start, so
     validation time is not counted), ``lr`` lists each param group's LR, and each metric given is
-    its running value over the epoch so far (BMXNet's ``metric.get()`` at log time). The loss is
-    summed on its device and read back only when a record is written; under ``ignite.distributed``
-    it is averaged over the ranks there (call it on every rank; give the others a stream with no sinks).
+    its running value over the epoch so far (BMXNet's ``metric.get()`` at log time). The loss comes
+    from the running sum a trainer made by ``engine.create_trainer`` keeps on the device, read back
+    only when a record is written; under ``ignite.distributed`` it covers all ranks (call this on
+    every rank; give the others a stream with no sinks).
 
     Ignite's ``Frequency`` measures since epoch start and its loggers read ``loss.item()`` per step;
     this adds the interval window and keeps the hot path free of host syncs.
@@ -39,18 +39,18 @@ class BatchLogger:
         every: iterations between records (the global iteration count). Default 50.
         optimizer: to report LRs from; default: no ``lr`` field.
         metrics: name -> metric already attached to the engine, reported as running values.
-        output_transform: engine output -> loss tensor. Default ``output["loss"]``.
         clock: seconds as a float. Default ``time.perf_counter``.
 
     Example:
         >>> import torch
-        >>> from ignite.engine import Engine
+        >>> from engine import create_trainer
         >>> seen = []
         >>> ticks = iter(range(100))
-        >>> engine = Engine(lambda e, b: {"loss": torch.tensor(float(b))})
-        >>> engine.state.samples = 0
-        >>> _ = BatchLogger(RecordStream([seen.append]), every=2, clock=lambda: float(next(ticks))).attach(engine)
-        >>> _ = engine.run([1, 3, 5, 7], max_epochs=1)
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> _ = torch.nn.init.zeros_(model.weight)
+        >>> trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), torch.nn.functional.l1_loss)
+        >>> _ = BatchLogger(RecordStream([seen.append]), every=2, clock=lambda: float(next(ticks))).attach(trainer)
+        >>> _ = trainer.run([(torch.zeros(1, 1), torch.full((1, 1), float(b))) for b in (1, 3, 5, 7)], max_epochs=1)
         >>> [(r["iteration"], r["loss"]) for r in seen]
         [(2, 2.0), (4, 6.0)]
     """
@@ -61,17 +61,15 @@ class BatchLogger:
         every: int = 50,
         optimizer: torch.optim.Optimizer | None = None,
         metrics: Mapping[str, Metric] | None = None,
-        output_transform: Callable[[Any], torch.Tensor] = lambda out: out["loss"],
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"Argument every should be a positive integer, got {every!r}")
         self.stream, self.every, self.optimizer = stream, every, optimizer
         self.metrics = dict(metrics or {})
-        self.output_transform, self.clock = output_transform, clock
+        self.clock = clock
         self._throughput = Throughput()
-        self._loss_sum: torch.Tensor | None = None
-        self._batches = 0
+        self._mark = (0.0, 0)  # the epoch's loss total and samples at the last record
         self._pending: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> BatchLogger:
@@ -80,8 +78,8 @@ class BatchLogger:
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        """The interval's loss so far: a run resumed mid-interval logs the same loss as an unbroken one."""
-        return {"loss_sum": self._loss_sum, "batches": self._batches}
+        """Where the interval started: a run resumed mid-interval logs the same loss as an unbroken one."""
+        return {"loss_total": self._mark[0], "samples": self._mark[1]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the interval when the engine resumes mid-epoch (ignored at an epoch boundary)."""
@@ -89,29 +87,24 @@ class BatchLogger:
 
     def _start_interval(self, engine: Engine) -> None:
         self._throughput.start(samples_seen(engine), self.clock())  # after a resume: the resumed part only
-        self._loss_sum, self._batches = None, 0
+        self._mark = (0.0, 0)
         pending, self._pending = self._pending, None
         if pending is not None and iteration_in_epoch(engine):
-            self._loss_sum, self._batches = pending["loss_sum"], int(pending["batches"])
+            self._mark = (float(pending["loss_total"]), int(pending["samples"]))
 
-    def _on_iteration(self, engine: Engine) -> None:
-        loss = self.output_transform(engine.state.output).detach()
-        if self._loss_sum is None:
-            self._loss_sum = loss.float().clone()
-        else:
-            self._loss_sum.add_(loss)  # in place: no new tensor per iteration
-        self._batches += 1
+    def _on_iteration(self, engine: Engine) -> None:  # a plain check: cheaper than an Ignite every= filter
         if engine.state.iteration % self.every == 0:
             self._emit(engine)
 
     def _emit(self, engine: Engine) -> None:
         samples = samples_seen(engine)
+        total, count = epoch_loss_total(engine)
         record: dict[str, Any] = {
             "phase": "batch",
             "epoch": engine.state.epoch,
             "iteration": engine.state.iteration,
             "samples": samples,
-            "loss": float(idist.all_reduce(self._loss_sum.float()).item()) / self._batches / idist.get_world_size(),  # type: ignore[union-attr]
+            "loss": (total - self._mark[0]) / max(count - self._mark[1], 1),
             "samples_per_sec": self._throughput.rate(samples, self.clock()),
         }
         if self.optimizer is not None:
@@ -121,5 +114,5 @@ class BatchLogger:
                 record[name] = float(metric.compute())
             except NotComputableError:
                 pass
-        self._loss_sum, self._batches = None, 0
+        self._mark = (total, count)
         self.stream.emit(record)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+import math
 
-import ignite.distributed as idist
-import torch
 from ignite.engine import Engine, Events
+
+from engine.trainer import epoch_loss_total
 
 __all__ = ["LossGuard", "NonFiniteLoss"]
 
@@ -24,53 +23,49 @@ class LossGuard:
 
     Ignite's ``TerminateOnNan`` reads every output back to the host (a device sync per iteration)
     and only asks the engine to terminate, so handlers later on the same event still run and can
-    save the broken weights. This guard sums the losses on their device (the sum is NaN or infinite
-    once any loss was; no sync), reads the sum every ``every`` iterations, at each
-    EPOCH_COMPLETED (attach it before validation and checkpointing) and whenever :meth:`check` is
-    called (call it before any other save), and raises: nothing after it runs, so the last
-    checkpoint on disk is the last good one.
+    save the broken weights. This guard reads the epoch's running loss sum that a trainer made by
+    ``engine.create_trainer`` keeps on the device (NaN or infinite once any loss was; nothing per
+    step) every ``every`` iterations, at each EPOCH_COMPLETED (attach it before validation and
+    checkpointing) and whenever :meth:`check` is called (call it before any other save), and raises:
+    nothing after it runs, so the last checkpoint on disk is the last good one.
 
     Args:
-        every: iterations between reads of the flag. Default 50.
-        output_transform: engine output -> loss tensor. Default ``output["loss"]``.
+        every: iterations between reads of the sum. Default 50.
 
     Example:
         >>> import torch
-        >>> from ignite.engine import Engine
-        >>> engine = Engine(lambda e, b: {"loss": torch.tensor(b)})
-        >>> _ = LossGuard(every=2).attach(engine)
+        >>> from engine import create_trainer
+        >>> model = torch.nn.Linear(1, 1)
+        >>> trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.mse_loss)
+        >>> _ = LossGuard(every=2).attach(trainer)
+        >>> data = [(torch.ones(1, 1), torch.full((1, 1), y)) for y in (1.0, float("nan"), 2.0, 3.0)]
         >>> try:
-        ...     engine.run([1.0, float("nan"), 2.0, 3.0])
+        ...     trainer.run(data)
         ... except NonFiniteLoss as e:
         ...     print(e)
         the training loss became nan or inf at or before iteration 2 (epoch 1)
     """
 
-    def __init__(self, every: int = 50, output_transform: Callable[[Any], torch.Tensor] = lambda out: out["loss"]) -> None:
+    def __init__(self, every: int = 50) -> None:
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"Argument every should be a positive integer, got {every!r}")
-        self.every, self.output_transform = every, output_transform
-        self._flag: torch.Tensor | None = None
+        self.every = every
 
     def attach(self, engine: Engine) -> LossGuard:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)  # one handler: each costs
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.check)  # several us per iteration in a real loop
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)  # cheaper than an every= filter
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.check)
         return self
 
     def _on_iteration(self, engine: Engine) -> None:
-        loss = self.output_transform(engine.state.output).detach()  # one in-place add per iteration, on the device
-        if self._flag is None:
-            self._flag = loss.float().clone()
-        else:
-            self._flag.add_(loss)
         if engine.state.iteration % self.every == 0:
             self.check(engine)
 
     def check(self, engine: Engine) -> None:
-        """Raise :class:`NonFiniteLoss` if any loss so far was NaN or infinite (reads one value back)."""
-        # Summed over the ranks (a no-op in one process): every rank stops at the same check.
-        total = idist.all_reduce(self._flag.float().clone()) if self._flag is not None else None
-        if isinstance(total, torch.Tensor) and not bool(torch.isfinite(total)):
+        """Raise :class:`NonFiniteLoss` if any loss of the epoch so far was NaN or infinite (reads one value back)."""
+        if not engine.state.iteration:
+            return  # nothing trained yet
+        total, _ = epoch_loss_total(engine)  # summed over the ranks: every rank stops at the same check
+        if not math.isfinite(total):
             raise NonFiniteLoss(
                 f"the training loss became nan or inf at or before iteration {engine.state.iteration} (epoch {engine.state.epoch})"
             )
