@@ -76,7 +76,7 @@ def _prepare_batch(batch: Any, device: torch.device | None, non_blocking: bool) 
     x, y = batch
     if type(x) is torch.Tensor and type(y) is torch.Tensor:
         return x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
-    return _ignite_prepare_batch(batch, device, non_blocking)
+    return _ignite_prepare_batch(batch, device, non_blocking)  # type: ignore[return-value]
 
 
 def epoch_loss_total(engine: Engine) -> tuple[float, int]:
@@ -85,7 +85,8 @@ def epoch_loss_total(engine: Engine) -> tuple[float, int]:
     state: Any = engine.state
     if not isinstance(getattr(state, "loss_sum", None), torch.Tensor):
         raise TypeError("the engine keeps no running loss (state.loss_sum): use a trainer from engine.create_trainer")
-    return float(idist.all_reduce(state.loss_sum.clone()).item()), int(state.epoch_samples)
+    total: torch.Tensor = idist.all_reduce(state.loss_sum.clone())  # type: ignore[assignment]
+    return float(total.item()), int(state.epoch_samples)
 
 
 def _resolve_device(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:

@@ -133,7 +133,7 @@ class Checkpointing:
         for checkpoint in (self.latest, self.best_checkpoint):
             if checkpoint is not None:
                 try:
-                    checkpoint.save_handler.wait()  # type: ignore[union-attr]  # a SafeDiskSaver
+                    checkpoint.save_handler.wait()  # type: ignore[union-attr,attr-defined]  # a SafeDiskSaver
                 except OSError as e:
                     errors.append(e)
         if errors:
