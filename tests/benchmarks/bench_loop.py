@@ -13,7 +13,8 @@ A is written by hand as a careful person would (seed 004 style); B is ``engine.c
 ``engine.create_evaluator`` with the handlers attached exactly as ``recipes/train.py`` attaches them.
 Everything runs in one process: within each repetition A and B take turns every ``--interleave``
 iterations (so a busy neighbour slows both alike), the first loop alternating between repetitions;
-the table gives each loop's median iterations/sec over the repetitions and their ratio. On CPU it
+the table gives the ratio paired per chunk of iterations (:func:`paired_ratio`) and the implied
+iterations/sec. ``--against-itself`` runs A against a copy of A: what the method resolves. On CPU it
 also checks that A and B end with bit-identical weights, i.e. that they did the same work.
 See docs/performance.md.
 """
