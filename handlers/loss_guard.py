@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 
 from ignite.engine import Engine, Events
@@ -10,8 +9,6 @@ from ignite.engine import Engine, Events
 from engine.trainer import epoch_loss_total
 
 __all__ = ["LossGuard", "NonFiniteLoss"]
-
-logger = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(RuntimeError):

@@ -18,7 +18,6 @@ def current_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
     return [float(group["lr"]) for group in optimizer.param_groups]
 
 
-
 class LRTracker:
     """Emits the LR of every param group as each epoch starts and every ``every`` iterations.
 

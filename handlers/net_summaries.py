@@ -15,7 +15,6 @@ __all__ = ["NetSummaries"]
 logger = logging.getLogger(__name__)
 
 
-
 class NetSummaries:
     """Writes ``weights/<name>`` histograms at epoch end and ``grads/<name>`` of the epoch's last update.
 

@@ -159,6 +159,16 @@ def epoch_mean_loss(trainer: Any) -> float:
     return total / samples if samples else math.nan
 
 
+def training_records(metrics: dict, stream: RecordStream, timer: EpochTimer, optimizer: torch.optim.Optimizer) -> EpochMetrics:
+    """The per-epoch ``"training"`` record: the metrics, the trainer's mean loss, the epoch time, the LRs."""
+    return EpochMetrics(
+        metrics,
+        stream,
+        "training",
+        extra=lambda t: {"loss": epoch_mean_loss(t), "epoch_time": timer.last, "lr": current_lrs(optimizer)},
+    )
+
+
 def _worker_signals(worker_id: int) -> None:
     """DataLoader workers share the process group: a terminal's Ctrl-C or a scheduler's SIGTERM to the
     group must stop only the main process, which saves and then shuts the workers down itself."""
@@ -311,12 +321,7 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
     if cfg.lr_mode != "constant" or cfg.warmup_epochs:  # a constant LR needs no per-iteration work
         schedule.attach(trainer)  # ITERATION_STARTED, before the LR tracker reads it
     train_metrics, val_metrics, monitor, mode = task_metrics(recipe.task, loss_fn, device)
-    training = EpochMetrics(
-        train_metrics,
-        stream,
-        "training",
-        extra=lambda t: {"loss": epoch_mean_loss(t), "epoch_time": timer.last, "lr": current_lrs(optimizer)},
-    ).attach(trainer)
+    training = training_records(train_metrics, stream, timer, optimizer).attach(trainer)
     LRTracker(optimizer, stream, every=cfg.log_interval).attach(trainer)
     batches = BatchLogger(stream, every=cfg.log_interval, optimizer=optimizer, metrics=train_metrics).attach(trainer)
     if tb is not None:

@@ -288,9 +288,9 @@ def build_flint(case: str, cfg: Any, data: Data, device: Any, out: Path) -> dict
     from engine import RNGState, create_evaluator, create_trainer
     from handlers import (ETA, BatchLogger, Checkpointing, DataOrder, EpochMetrics, EpochTimer, JsonlSink, LoggingSink,
                           LossGuard, LRSchedule, LRTracker, NetSummaries, Preemption, RecordStream, TensorBoardSink,
-                          Validation, current_lrs, lr_multiplier)  # fmt: skip
+                          Validation, lr_multiplier)  # fmt: skip
     from recipes.optim import make_loss
-    from recipes.train import build_optimizer, epoch_mean_loss, task_metrics
+    from recipes.train import build_optimizer, task_metrics, training_records
 
     train_loader, val_loader, sampler = data
     pin = device.type == "cuda"
@@ -315,12 +315,7 @@ def build_flint(case: str, cfg: Any, data: Data, device: Any, out: Path) -> dict
     if cfg.lr_mode != "constant" or cfg.warmup_epochs:  # as recipes/train.py: a constant LR is not scheduled
         schedule.attach(trainer)
     train_metrics, val_metrics, monitor, mode = task_metrics("classification", loss_fn, device)
-    training = EpochMetrics(
-        train_metrics,
-        stream,
-        "training",
-        extra=lambda t: {"loss": epoch_mean_loss(t), "epoch_time": timer.last, "lr": current_lrs(optimizer)},
-    ).attach(trainer)
+    training = training_records(train_metrics, stream, timer, optimizer).attach(trainer)
     LRTracker(optimizer, stream, every=cfg.log_interval).attach(trainer)
     batches = BatchLogger(stream, every=cfg.log_interval, optimizer=optimizer, metrics=train_metrics).attach(trainer)
     NetSummaries(model, tb.writer).attach(trainer)
