@@ -10,7 +10,7 @@ from ignite.engine import Engine, Events
 from ignite.engine import _prepare_batch as _ignite_prepare_batch
 from ignite.metrics import Metric
 
-from engine.trainer import PrepareBatch, _autocast_dtype, _resolve_device
+from engine.trainer import PrepareBatch, _autocast_dtype, _Engine, _resolve_device
 
 __all__ = ["create_evaluator"]
 
@@ -64,7 +64,7 @@ def create_evaluator(
             y_pred = y_pred.float()  # metrics (Loss) then run in float32, outside autocast
         return {"y_pred": y_pred, "y": y, "criterion_kwargs": {}}
 
-    evaluator = Engine(evaluate)
+    evaluator = _Engine(evaluate)
     evaluator.add_event_handler(Events.STARTED, lambda _: model.eval())
     for name, metric in (metrics or {}).items():
         metric.attach(evaluator, name)

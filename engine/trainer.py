@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,6 +41,33 @@ class TrainEvents(EventEnum):
 
     BEFORE_OPTIMIZER_STEP = "before_optimizer_step"
     OPTIMIZER_STEPPED = "optimizer_stepped"
+
+
+class _Engine(Engine):
+    """Ignite's ``Engine`` that formats its per-event debug message only when that logger's DEBUG is on.
+
+    What it adds: Ignite's ``_fire_event`` builds an f-string for every event even with debug logging
+    off (about 1 us each, six events per training iteration); the handlers are called exactly as
+    Ignite calls them. The logger keeps Ignite's name, ``ignite.engine.engine.Engine``.
+    """
+
+    def __init__(self, process_function: Callable[[Engine, Any], Any]) -> None:
+        super().__init__(process_function)
+        self.logger = logging.getLogger("ignite.engine.engine.Engine")
+
+    def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            return super()._fire_event(event_name, *event_args, **event_kwargs)
+        self.last_event_name = event_name
+        for func, args, kwargs in self._event_handlers[event_name]:
+            kwargs.update(event_kwargs)
+            if args and isinstance(args[0], weakref.ref):  # Ignite holds the engine by weak reference
+                engine = args[0]()
+                if engine is None:
+                    raise RuntimeError("Engine reference not resolved. Cannot execute event handler.")
+                func(engine, *event_args, *args[1:], **kwargs)
+            else:  # metrics are registered without the engine
+                func(*event_args, *args, **kwargs)
 
 
 def batch_size_of(x: Any) -> int:
@@ -220,7 +248,7 @@ def create_trainer(
                 optimizer_step(engine)
         return {"loss": detached, "y_pred": y_pred.detach(), "y": y}
 
-    trainer = Engine(update)
+    trainer = _Engine(update)
     trainer.register_events(
         *TrainEvents,
         event_to_attr={

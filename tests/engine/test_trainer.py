@@ -1,4 +1,5 @@
 import copy
+import logging
 
 import pytest
 import torch
@@ -186,3 +187,20 @@ def test_param_groups_added_after_creation_are_averaged_and_clipped_too(batches)
     x, y = torch.cat([batches[0][0], batches[1][0]]), torch.cat([batches[0][1], batches[1][1]])
     torch.nn.functional.cross_entropy(reference(x), y).backward()
     torch.testing.assert_close(seen["grad"], reference[0].weight.grad)
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_events_reach_handlers_as_ignite_passes_them_with_or_without_the_debug_message(model, batches, caplog, debug):
+    # create_trainer's engine fires events without formatting Ignite's debug line unless DEBUG is on.
+    caplog.set_level(logging.DEBUG if debug else logging.INFO, logger="ignite.engine.engine.Engine")
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    calls: list[tuple] = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=2), lambda e, a, k: calls.append((e, a, k)), "a", k="k")
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: calls.append(("no engine",)))
+    trainer.add_event_handler(Events.EXCEPTION_RAISED, lambda e, exc: calls.append((e, type(exc))))
+    trainer.add_event_handler(Events.ITERATION_STARTED(once=3), lambda e: e.state.does_not_exist)
+    trainer.run(batches, max_epochs=1)  # the EXCEPTION_RAISED handler takes the error, as with Ignite's Engine
+    assert calls == [(trainer, "a", "k"), (trainer, AttributeError), ("no engine",)]
+    assert trainer.last_event_name == Events.COMPLETED
+    firing = [r for r in caplog.records if "Firing handlers for event" in r.getMessage()]
+    assert bool(firing) is debug
