@@ -1,11 +1,10 @@
-"""Lean training metrics: the epoch's mean loss and top-1 accuracy, summed on the device.
+"""Lean training metrics: the epoch's mean loss and top-1 accuracy, summed on the device in one op each.
 
 Ignite's ``Average`` and ``Accuracy`` check shapes and types, reshape and move tensors on every
 batch: about 75 us per training iteration on a CPU, more than the rest of Flint's handlers together
 (docs/performance.md). These two keep Ignite's ``Metric`` interface (attach, reset at epoch start,
 all-reduce across ranks at compute, ``state_dict``) and do only the sums, for the one case a
-trainer's output always has: a mean loss and multiclass scores (one op per batch each: the accuracy
-compares and counts its batches in groups). Validation keeps Ignite's metrics.
+trainer's output always has: a mean loss and multiclass scores. Validation keeps Ignite's metrics.
 """
 
 from __future__ import annotations
@@ -84,15 +83,9 @@ class MeanLoss(_LeanMetric):
 class TopOneAccuracy(_LeanMetric):
     """The share of samples whose highest score is the target class (multiclass ``y_pred`` [N, C], ``y`` [N]).
 
-    Each batch costs one op, ``argmax``: the predicted classes and targets wait in a list and are
-    compared and counted together every ``flush_every`` batches and at ``compute``/``state_dict``
-    (in a CPU training loop each small op costs 20-90 us; comparing and counting every batch took
-    four). What waits is two integers per sample; a tensor ``y`` is kept by reference.
-
     Args:
         output_transform: engine output -> ``(y_pred, y)``. Default ``output["y_pred"], output["y"]``.
         device: where the count is kept. Default CPU.
-        flush_every: batches whose predictions wait before they are counted. Default 64.
 
     Example:
         >>> import torch
@@ -109,45 +102,22 @@ class TopOneAccuracy(_LeanMetric):
         self,
         output_transform: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] = lambda out: (out["y_pred"], out["y"]),
         device: str | torch.device = "cpu",
-        flush_every: int = 64,
     ) -> None:
-        if not isinstance(flush_every, int) or flush_every < 1:
-            raise ValueError(f"Argument flush_every should be a positive integer, got {flush_every!r}")
-        self.flush_every = flush_every
-        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         super().__init__(output_transform=output_transform, device=device)
 
     @reinit__is_reduced
     def reset(self) -> None:
         self._correct = torch.zeros((), dtype=torch.int64, device=self._device)
         self._count = 0
-        self._pending = []
 
     @reinit__is_reduced
     def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
         y_pred, y = output
-        self._pending.append((y_pred.argmax(dim=1), y))
+        self._correct.add_(torch.count_nonzero(y_pred.argmax(dim=1) == y))  # half the cost of bool .sum()
         self._count += int(y.shape[0])
-        if len(self._pending) >= self.flush_every:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            predicted, target = zip(*self._pending)
-            hits = torch.cat(predicted).to(self._device) == torch.cat(target).to(self._device)
-            self._correct.add_(torch.count_nonzero(hits))  # half the cost of a bool .sum()
-            self._pending = []
-
-    def state_dict(self) -> Any:
-        self._flush()
-        return super().state_dict()
-
-    def compute(self) -> float:
-        self._flush()
-        return self._accuracy()
 
     @sync_all_reduce("_correct", "_count")
-    def _accuracy(self) -> float:
+    def compute(self) -> float:
         if self._count == 0:
             raise NotComputableError("TopOneAccuracy needs at least one batch before it can be computed")
         return float(self._correct.item()) / self._count
