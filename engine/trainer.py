@@ -9,16 +9,19 @@ the state counts samples seen.
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import math
+import time
+import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import ignite.distributed as idist
 import torch
-from ignite.engine import Engine, EventEnum, Events
+from ignite.engine import Engine, EventEnum, Events, State
 from ignite.engine import _prepare_batch as _ignite_prepare_batch
+from ignite.engine.engine import _EngineTerminateException, _EngineTerminateSingleEpochException
 
 __all__ = [
     "TrainEvents", "create_trainer", "batch_size_of", "samples_seen", "is_last_update_of_epoch", "iteration_in_epoch",
@@ -44,30 +47,141 @@ class TrainEvents(EventEnum):
 
 
 class _Engine(Engine):
-    """Ignite's ``Engine`` that formats its per-event debug message only when that logger's DEBUG is on.
+    """Ignite's ``Engine`` with a cheaper loop over the data; handlers see exactly what Ignite gives them.
 
-    What it adds: Ignite's ``_fire_event`` builds an f-string for every event even with debug logging
-    off (about 1 us each, six events per training iteration); the handlers are called exactly as
-    Ignite calls them. The logger keeps Ignite's name, ``ignite.engine.engine.Engine``.
+    What it adds: Ignite's ``_fire_event`` formats a debug message for every event even with debug
+    logging off, and its loop looks each event's handler list up by the event enum's Python
+    ``__hash__``, creates a generator to check the stop flags after every event and compares events
+    with the enum's Python ``__eq__``: about 20 Python calls per iteration, each of which costs
+    about 1 us in a real training loop, where the model's compute leaves the caches cold
+    (docs/performance.md). Here, while the ``ignite.engine.engine.Engine`` logger (the name is kept)
+    has DEBUG off when an epoch starts, the loop keeps its four per-iteration handler lists at hand,
+    skips events without handlers (``last_event_name`` is still set) and checks the stop flags
+    inline. With DEBUG on, an epoch runs Ignite's own loop and every event is logged.
     """
 
     def __init__(self, process_function: Callable[[Engine, Any], Any]) -> None:
         super().__init__(process_function)
         self.logger = logging.getLogger("ignite.engine.engine.Engine")
+        self._handler_lists_version = 0  # bumped when a handler list is replaced (Ignite's removal does that)
+        self._lists_by_id: dict[int, tuple[Any, list]] = {}  # id(event) -> (event, its handler list)
+
+    def remove_event_handler(self, handler: Callable, event_name: Any) -> None:
+        super().remove_event_handler(handler, event_name)
+        self._handler_lists_version += 1
+        self._lists_by_id.clear()
 
     def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
         if self.logger.isEnabledFor(logging.DEBUG):
             return super()._fire_event(event_name, *event_args, **event_kwargs)
         self.last_event_name = event_name
-        for func, args, kwargs in self._event_handlers[event_name]:
+        # Found by identity: hashing an Ignite event runs Python code. The entry holds the event, so
+        # its id cannot be reused by another object while it is cached.
+        entry = self._lists_by_id.get(id(event_name))
+        if entry is None or entry[0] is not event_name:
+            entry = self._lists_by_id[id(event_name)] = (event_name, self._event_handlers[event_name])
+        handlers = entry[1]
+        if handlers:
+            _call_handlers(handlers, event_args, event_kwargs)
+
+    def _run_once_on_dataset_as_gen(self) -> Generator[State, None, float]:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            return (yield from super()._run_once_on_dataset_as_gen())
+        # Ignite 0.5.5's loop, with the changes the class docstring lists.
+        start_time = time.time()
+        iter_counter = 0 if self._init_iter is None else self._init_iter
+        self._init_iter = None
+        should_exit = False
+        version = -1
+        try:
+            if self._dataloader_iter is None:
+                raise RuntimeError("Internal error, self._dataloader_iter is None.")
+            while True:
+                if version != self._handler_lists_version:
+                    version = self._handler_lists_version
+                    handlers = self._event_handlers
+                    get_started, get_completed = handlers[Events.GET_BATCH_STARTED], handlers[Events.GET_BATCH_COMPLETED]
+                    started, completed = handlers[Events.ITERATION_STARTED], handlers[Events.ITERATION_COMPLETED]
+                self.state.batch = None
+                try:
+                    # Identity, not the enum's __eq__: Ignite itself sets last_event_name to this member.
+                    if self.last_event_name is not Events.DATALOADER_STOP_ITERATION and self.state.dataloader is not None:
+                        self.last_event_name = Events.GET_BATCH_STARTED
+                        if get_started:
+                            _call_handlers(get_started)
+                        if self.should_terminate or self.should_terminate_single_epoch or self.should_interrupt:
+                            yield from self._maybe_terminate_or_interrupt()
+                    self.state.batch = next(self._dataloader_iter)
+                    self.state.output = None
+                    if self.state.dataloader is not None:
+                        self.last_event_name = Events.GET_BATCH_COMPLETED
+                        if get_completed:
+                            _call_handlers(get_completed)
+                        if self.should_terminate or self.should_terminate_single_epoch or self.should_interrupt:
+                            yield from self._maybe_terminate_or_interrupt()
+                    iter_counter += 1
+                    should_exit = False
+                except StopIteration:
+                    if self.state.epoch_length is None:
+                        self.state.epoch_length = iter_counter
+                        if self.state.max_iters is not None:
+                            self.state.max_epochs = math.ceil(self.state.max_iters / self.state.epoch_length)
+                        break
+                    if should_exit:
+                        if not self._is_done(self.state):
+                            total = self.state.epoch_length * self.state.max_epochs if self.state.max_epochs is not None else self.state.max_iters
+                            warnings.warn(
+                                "Data iterator can not provide data anymore but required total number of iterations to run "
+                                f"is not reached. Current iteration: {self.state.iteration} vs Total iterations to run : {total}"
+                            )
+                        break
+                    if self.state.dataloader is not None:
+                        self._fire_event(Events.DATALOADER_STOP_ITERATION)
+                        yield from self._maybe_terminate_or_interrupt()
+                    self._setup_dataloader_iter()
+                    should_exit = True
+                    continue
+
+                self.state.iteration += 1
+                self.last_event_name = Events.ITERATION_STARTED
+                if started:
+                    _call_handlers(started)
+                if self.should_terminate or self.should_terminate_single_epoch or self.should_interrupt:
+                    yield from self._maybe_terminate_or_interrupt()
+                self.state.output = self._process_function(self, self.state.batch)
+                self.last_event_name = Events.ITERATION_COMPLETED
+                if completed:
+                    _call_handlers(completed)
+                if self.should_terminate or self.should_terminate_single_epoch or self.should_interrupt:
+                    yield from self._maybe_terminate_or_interrupt()
+                if self.state.epoch_length is not None and iter_counter == self.state.epoch_length:
+                    break
+                if self.state.max_iters is not None and self.state.iteration == self.state.max_iters:
+                    self.should_terminate = True
+                    raise _EngineTerminateException()
+        except _EngineTerminateSingleEpochException:
+            self._fire_event(Events.TERMINATE_SINGLE_EPOCH, iter_counter=iter_counter)
+            self._setup_dataloader_iter()
+        except _EngineTerminateException:
+            raise
+        except Exception as e:
+            self.logger.error(f"Current run is terminating due to exception: {e}")
+            self._handle_exception(e)
+        return time.time() - start_time
+
+
+def _call_handlers(handlers: list, event_args: tuple = (), event_kwargs: dict | None = None) -> None:
+    """Call an event's handlers as Ignite's ``Engine._fire_event`` does."""
+    for func, args, kwargs in handlers:
+        if event_kwargs:
             kwargs.update(event_kwargs)
-            if args and isinstance(args[0], weakref.ref):  # Ignite holds the engine by weak reference
-                engine = args[0]()
-                if engine is None:
-                    raise RuntimeError("Engine reference not resolved. Cannot execute event handler.")
-                func(engine, *event_args, *args[1:], **kwargs)
-            else:  # metrics are registered without the engine
-                func(*event_args, *args, **kwargs)
+        if args and isinstance(args[0], weakref.ref):  # Ignite holds the engine by weak reference
+            engine = args[0]()
+            if engine is None:
+                raise RuntimeError("Engine reference not resolved. Cannot execute event handler.")
+            func(engine, *event_args, *args[1:], **kwargs)
+        else:  # metrics are registered without the engine
+            func(*event_args, *args, **kwargs)
 
 
 def batch_size_of(x: Any) -> int:
@@ -227,17 +341,21 @@ def create_trainer(
         if not model.training:
             model.train()
         x, y = prepare(batch, device, non_blocking)
-        with torch.autocast(device.type, dtype=amp_dtype) if amp else contextlib.nullcontext():
+        if amp:
+            with torch.autocast(device.type, dtype=amp_dtype):
+                y_pred = model(x)
+                loss = loss_fn(y_pred, y)
+        else:  # not even a nullcontext: each Python call costs about 1 us here (docs/performance.md)
             y_pred = model(x)
             loss = loss_fn(y_pred, y)
-        n = batch_size_of(x)
+        n = x.shape[0] if type(x) is torch.Tensor and x.ndim else batch_size_of(x)
         state: Any = engine.state
         state.samples += n * world
         state.epoch_samples += n * world
         detached = loss.detach()  # once: each op outside the model costs tens of us in a real CPU loop
         state.loss_sum.add_(detached, alpha=n)  # on the device: no host sync
         if accumulation_steps == 1:
-            scaler.scale(loss).backward()
+            (scaler.scale(loss) if scaling else loss).backward()
             optimizer_step(engine)
         else:
             # Sum-weight each batch; optimizer_step divides by the cycle's samples.

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from engine.trainer import TrainEvents, is_last_update_of_epoch, samples_seen
+from engine.trainer import TrainEvents, samples_seen
 
 __all__ = ["NetSummaries"]
 
@@ -55,7 +55,8 @@ class NetSummaries:
         return self
 
     def _on_update(self, engine: Engine) -> None:
-        if is_last_update_of_epoch(engine):
+        length = engine.state.epoch_length  # is_last_update_of_epoch, inline: called at every step
+        if length is not None and engine.state.iteration % length == 0:
             self.write_grads(engine)
 
     def write_weights(self, engine: Engine) -> None:

@@ -204,3 +204,84 @@ def test_events_reach_handlers_as_ignite_passes_them_with_or_without_the_debug_m
     assert trainer.last_event_name == Events.COMPLETED
     firing = [r for r in caplog.records if "Firing handlers for event" in r.getMessage()]
     assert bool(firing) is debug
+
+
+def _trace_run(engine_class, scenario):
+    """Every event an engine fires in ``scenario``, with the state it fires in, for comparing engines."""
+    fail_at = 3 if scenario == "exception" else None
+
+    def step(engine, batch):
+        if engine.state.iteration == fail_at:
+            raise ValueError("boom")
+        return batch
+
+    engine = engine_class(step)
+    trace: list[tuple] = []
+    for event in Events:
+        if event in (Events.EXCEPTION_RAISED, Events.TERMINATE_SINGLE_EPOCH):
+            continue
+        engine.add_event_handler(event, lambda e, *a, _n=event.name, **k: trace.append((_n, e.state.iteration, e.state.epoch, e.state.batch)))
+    engine.add_event_handler(Events.TERMINATE_SINGLE_EPOCH, lambda e, iter_counter: trace.append(("TSE", iter_counter)))
+    engine.add_event_handler(Events.EXCEPTION_RAISED, lambda e, exc: trace.append(("EXC", str(exc))))
+    run = {"max_epochs": 2}
+    data = list(range(5))
+    if scenario == "epoch_length":
+        run.update(epoch_length=3, max_epochs=3)
+    elif scenario == "epoch_length_over_data":
+        run.update(epoch_length=12, max_epochs=1)  # the data restarts twice within the epoch
+    elif scenario == "iterator":
+        data, run = (x for x in range(4)), {"max_epochs": 1}
+    elif scenario == "no_data":
+        data, run = None, {"epoch_length": 3, "max_epochs": 2}
+    elif scenario == "max_iters":
+        run = {"max_iters": 7}
+    elif scenario == "terminate":
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=4), lambda e: e.terminate())
+    elif scenario == "terminate_epoch":
+        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: e.terminate_epoch() if e.state.iteration % 5 == 2 else None)
+    elif scenario == "terminate_at_get_batch":
+        engine.add_event_handler(Events.GET_BATCH_COMPLETED(once=3), lambda e: e.terminate())
+    elif scenario == "handlers_change":
+        late = lambda e: trace.append(("late", e.state.iteration))  # noqa: E731
+
+        def epoch_started(e):
+            trace.append(("epoch started", e.state.epoch))
+
+        def change(e):
+            if e.state.iteration == 2:
+                e.remove_event_handler(change, Events.ITERATION_STARTED)
+                e.remove_event_handler(epoch_started, Events.EPOCH_STARTED)
+                e.add_event_handler(Events.ITERATION_COMPLETED, late)
+            trace.append(("change", e.state.iteration))
+
+        engine.add_event_handler(Events.ITERATION_STARTED, change)
+        engine.add_event_handler(Events.EPOCH_STARTED, epoch_started)
+    if scenario == "interrupt":
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda e: e.interrupt())
+        engine.run(data, max_epochs=2)
+        trace.append(("resumed",))
+    try:
+        state = engine.run(data, **run)
+        trace.append(("end", state.iteration, state.epoch, engine.last_event_name.name))
+    except ValueError as e:
+        trace.append(("raised", str(e)))
+    return trace
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    ["plain", "epoch_length", "epoch_length_over_data", "iterator", "no_data", "max_iters", "terminate", "terminate_epoch", "terminate_at_get_batch",
+     "interrupt", "exception", "handlers_change"],
+)  # fmt: skip
+@pytest.mark.parametrize("debug", [False, True])
+def test_trainer_engine_fires_the_same_events_as_ignites_engine(scenario, debug, caplog):
+    # create_trainer's engine runs its own copy of Ignite's loop over the data (engine.trainer._Engine):
+    # every event, in the same order, with the same state, in every way a run can go.
+    from ignite.engine import Engine
+
+    from engine.trainer import _Engine
+
+    caplog.set_level(logging.DEBUG if debug else logging.INFO, logger="ignite.engine.engine.Engine")  # DEBUG: Ignite's loop
+    ours, ignites = _trace_run(_Engine, scenario), _trace_run(Engine, scenario)
+    assert ours == ignites
+    assert len(ours) > 10
