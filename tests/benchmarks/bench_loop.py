@@ -546,6 +546,41 @@ def _profile_case(case: str, device: Any, args: argparse.Namespace) -> None:
     HandlersTimeProfiler.print_results(profiler.get_results())  # type: ignore[arg-type]  # Ignite's own annotations disagree
 
 
+def calls_per_iteration(case: str, device: Any, args: argparse.Namespace, chunk: int = 50) -> dict[str, tuple[float, float]]:
+    """Python and C function calls per training iteration of each loop, counted with ``sys.setprofile``.
+
+    Deterministic, unlike time on a shared machine: each Python call costs about 1 us in the real
+    loop (docs/performance.md). Counted over one chunk of ``chunk`` iterations after two (one log
+    point, no epoch end); loop name -> (Python calls, C calls) per iteration.
+    """
+    import collections
+
+    _, batch_size, default_iters = CASES[case]
+    data = _loaders(*_fake_data((args.iters or default_iters) * batch_size, VAL_SIZE), batch_size, device, args.data, args.seed)
+    result = {}
+    for name in ("hand", "flint"):
+        with tempfile.TemporaryDirectory(prefix=f"bench_calls_{name}_") as tmp:
+            out = Path(tmp)
+            gen = LOOPS[name](case, _config(case, out, 1, batch_size, device, args), data(), device, out, chunk)
+            for _ in range(3):  # "ready" and two chunks
+                next(gen)
+            counts: collections.Counter[str] = collections.Counter()
+
+            def count(frame: Any, event: str, arg: Any) -> None:
+                if event in ("call", "c_call"):
+                    counts[event] += 1
+
+            sys.setprofile(count)
+            try:
+                next(gen)
+            finally:
+                sys.setprofile(None)
+            for _ in gen:  # to the end of the run, so that it closes its files
+                pass
+            result[name] = (counts["call"] / chunk, counts["c_call"] / chunk)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="A/B benchmark: a hand-written training loop against Flint's trainer and handlers.",
@@ -566,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interleave", type=int, default=50, metavar="N",
                         help="within a repetition, switch between A and B every N iterations, so both see the same "
                         "machine load; 0: run A's whole repetition, then B's")  # fmt: skip
+    parser.add_argument("--calls", action="store_true",
+                        help="only count Python and C calls per iteration of each loop (deterministic; no timing)")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="after the table, one Flint run per case under HandlersTimeProfiler")
     parser.add_argument("--against-itself", action="store_true",
                         help="B is a second copy of the hand loop: the ratio shows what the method resolves on this machine")  # fmt: skip
@@ -600,6 +637,13 @@ def main(argv: list[str] | None = None) -> int:
     alternation = f"A and B interleaved every {args.interleave} iterations" if args.interleave else "A then B"
     print(f"# each repetition: {args.epochs} epochs, each validated ({VAL_SIZE} samples) and checkpointed, log every "
           f"{args.log_interval} iterations, data {args.data}, {alternation}; {args.repeats} repetitions, medians")  # fmt: skip
+    if args.calls:
+        print("case, hand Python calls/it, flint Python calls/it, hand C calls/it, flint C calls/it")
+        for device in devices:
+            for case in cases:
+                c = calls_per_iteration(case, device, args)
+                print(f"{case} b{CASES[case][1]} {device.type}, {c['hand'][0]:.1f}, {c['flint'][0]:.1f}, {c['hand'][1]:.1f}, {c['flint'][1]:.1f}")
+        return 0
     print(f"# bare Ignite Engine (no-op step, no handlers): {bare_engine_us():.1f} us/iteration", flush=True)
     results = [_bench_case(case, device, args) for device in devices for case in cases]
     b = "hand-again" if args.against_itself else "flint"
