@@ -371,7 +371,11 @@ def flint_loop(case: str, cfg: Any, data: Data, device: Any, out: Path, chunk: i
     return trainer.state.iteration, job["model"]
 
 
-LOOPS = {"hand": hand_loop, "flint": flint_loop, "hand-again": functools.partial(hand_loop, logger="bench.hand-again")}  # hand-again: --against-itself
+LoopFn = Callable[..., Generator[str, None, tuple[int, Any]]]  # a loop for drive(): hand_loop, flint_loop
+LOOPS: dict[str, LoopFn] = {
+    "hand": hand_loop, "flint": flint_loop,
+    "hand-again": functools.partial(hand_loop, logger="bench.hand-again"),  # --against-itself
+}  # fmt: skip
 
 
 class Timed(NamedTuple):
@@ -493,11 +497,15 @@ def bare_engine_us(n: int = 20000, repeats: int = 3) -> float:
     return best / n * 1e6
 
 
-def _bench_case(case: str, device: Any, args: argparse.Namespace) -> dict[str, Any]:
+def _case_data(case: str, device: Any, args: argparse.Namespace) -> tuple[int, int, Callable[[], Data]]:
+    """(batch size, training iterations per epoch, loader factory) of a case, with ``--iters`` and ``--data``."""
     _, batch_size, default_iters = CASES[case]
     iters = args.iters or default_iters
-    train_set, val_set = _fake_data(iters * batch_size, VAL_SIZE)
-    data = _loaders(train_set, val_set, batch_size, device, args.data, args.seed)
+    return batch_size, iters, _loaders(*_fake_data(iters * batch_size, VAL_SIZE), batch_size, device, args.data, args.seed)
+
+
+def _bench_case(case: str, device: Any, args: argparse.Namespace) -> dict[str, Any]:
+    batch_size, iters, data = _case_data(case, device, args)
     label = f"{case} b{batch_size} {device.type}"
     a, b = "hand", "hand-again" if args.against_itself else "flint"
     warm = _loaders(*_fake_data(min(iters, 40) * batch_size, 512, seed=1), batch_size, device, args.data, args.seed)
@@ -537,9 +545,7 @@ def _profile_case(case: str, device: Any, args: argparse.Namespace) -> None:
     """One Flint repetition under Ignite's HandlersTimeProfiler: mean microseconds per call of each handler."""
     from ignite.handlers import HandlersTimeProfiler
 
-    _, batch_size, default_iters = CASES[case]
-    iters = args.iters or default_iters
-    data = _loaders(*_fake_data(iters * batch_size, VAL_SIZE), batch_size, device, args.data, args.seed)
+    batch_size, _, data = _case_data(case, device, args)
     profiler = HandlersTimeProfiler()
     run_loops(("flint",), case, args.epochs, batch_size, data, device, args, profiler=profiler)
     print(f"\nHandlersTimeProfiler, {case} b{batch_size} {device.type} (seconds):")
@@ -555,8 +561,7 @@ def calls_per_iteration(case: str, device: Any, args: argparse.Namespace, chunk:
     """
     import collections
 
-    _, batch_size, default_iters = CASES[case]
-    data = _loaders(*_fake_data((args.iters or default_iters) * batch_size, VAL_SIZE), batch_size, device, args.data, args.seed)
+    batch_size, _, data = _case_data(case, device, args)
     result = {}
     for name in ("hand", "flint"):
         with tempfile.TemporaryDirectory(prefix=f"bench_calls_{name}_") as tmp:
