@@ -65,6 +65,7 @@ class _Engine(Engine):
         self.logger = logging.getLogger("ignite.engine.engine.Engine")
         self._handler_lists_version = 0  # bumped when a handler list is replaced (Ignite's removal does that)
         self._lists_by_id: dict[int, tuple[Any, list]] = {}  # id(event) -> (event, its handler list)
+        self._quiet_epoch = False  # True while an epoch of the loop below runs or is paused (DEBUG was off)
 
     def remove_event_handler(self, handler: Callable, event_name: Any) -> None:
         super().remove_event_handler(handler, event_name)
@@ -72,7 +73,8 @@ class _Engine(Engine):
         self._lists_by_id.clear()
 
     def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
-        if self.logger.isEnabledFor(logging.DEBUG):
+        # Within a quiet epoch (the trainer's TrainEvents), DEBUG is as the epoch found it: one call less.
+        if not self._quiet_epoch and self.logger.isEnabledFor(logging.DEBUG):
             return super()._fire_event(event_name, *event_args, **event_kwargs)
         self.last_event_name = event_name
         # Found by identity: hashing an Ignite event runs Python code. The entry holds the event, so
@@ -93,6 +95,7 @@ class _Engine(Engine):
         self._init_iter = None
         should_exit = False
         version = -1
+        self._quiet_epoch = True
         try:
             if self._dataloader_iter is None:
                 raise RuntimeError("Internal error, self._dataloader_iter is None.")
@@ -167,6 +170,8 @@ class _Engine(Engine):
         except Exception as e:
             self.logger.error(f"Current run is terminating due to exception: {e}")
             self._handle_exception(e)
+        finally:
+            self._quiet_epoch = False
         return time.time() - start_time
 
 

@@ -206,6 +206,29 @@ def test_events_reach_handlers_as_ignite_passes_them_with_or_without_the_debug_m
     assert bool(firing) is debug
 
 
+@pytest.mark.parametrize("first_run", ["completes", "raises"])
+def test_debug_turned_on_after_a_quiet_run_logs_every_event_again(model, batches, caplog, first_run):
+    # Within an epoch the DEBUG setting is read once, when it starts (TrainEvents included); a run that
+    # ended, even by an exception, leaves nothing behind that would keep later events quiet.
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    caplog.set_level(logging.INFO, logger="ignite.engine.engine.Engine")
+    if first_run == "raises":
+        handle = trainer.add_event_handler(Events.ITERATION_COMPLETED(once=2), lambda e: e.state.does_not_exist)
+        with pytest.raises(AttributeError):
+            trainer.run(batches, max_epochs=1)
+        handle.remove()
+    else:
+        trainer.run(batches, max_epochs=1)
+    assert not [r for r in caplog.records if "Firing handlers" in r.getMessage()]
+    caplog.set_level(logging.DEBUG, logger="ignite.engine.engine.Engine")
+    trainer.fire_event(Events.STARTED)  # outside any epoch
+    trainer.state.max_epochs = None  # Ignite's way to start over rather than resume the failed run
+    trainer.run(batches[:2], max_epochs=1)
+    fired = [r.getMessage().rsplit(" ", 1)[-1] for r in caplog.records if "Firing handlers" in r.getMessage()]
+    assert fired[0] == "Events.STARTED"
+    assert fired.count("TrainEvents.OPTIMIZER_STEPPED") == 2 and fired.count("Events.ITERATION_COMPLETED") == 2
+
+
 def _trace_run(engine_class, scenario):
     """Every event an engine fires in ``scenario``, with the state it fires in, for comparing engines."""
     fail_at = 3 if scenario == "exception" else None
