@@ -14,9 +14,10 @@ A is written by hand as a careful person would (seed 004 style); B is ``engine.c
 Everything runs in one process: within each repetition A and B take turns every ``--interleave``
 iterations (so a busy neighbour slows both alike), the first loop alternating between repetitions;
 the table gives the ratio paired per chunk of iterations (:func:`paired_ratio`) and the implied
-iterations/sec, and a detail line its 90% bootstrap interval over the repetitions (:func:`ratio_interval`)
-with a verdict against the target. ``--against-itself`` runs A against a copy of A: what the method resolves. On CPU it
-also checks that A and B end with bit-identical weights, i.e. that they did the same work.
+iterations/sec, and a detail line its 90% bootstrap interval over the repetitions
+(:func:`ratio_interval`) with a verdict against the target. ``--against-itself`` runs A against a
+copy of A: what the method resolves. On CPU it also checks that A and B end with bit-identical
+weights, i.e. that they did the same work.
 See docs/performance.md.
 """
 
@@ -456,16 +457,22 @@ def ratio_interval(a_reps: list[Timed], b_reps: list[Timed], level: float = 0.9,
     >>> lo, hi = ratio_interval(steady, [Timed(0.0, 20, None, [t, t]) for t in (0.95, 1.0, 1.0, 1.05)])
     >>> lo < 1.0 < hi
     True
+    >>> ratio_interval(steady[:1], steady[:1])
+    Traceback (most recent call last):
+    ...
+    ValueError: an interval needs at least 2 repetitions, got 1
     """
-    draw = random.Random(seed)
     n = len(a_reps)
+    if n < 2:
+        raise ValueError(f"an interval needs at least 2 repetitions, got {n}")
+    draw = random.Random(seed)
     values = []
     for _ in range(resamples):
         picks = [draw.randrange(n) for _ in range(n)]
         values.append(1 / paired_ratio([a_reps[i] for i in picks], [b_reps[i] for i in picks]))
     values.sort()
-    tail = (1 - level) / 2
-    return values[int(tail * (resamples - 1))], values[int(round((1 - tail) * (resamples - 1)))]
+    tail = (1 - level) / 2  # each end rounded outwards
+    return values[math.floor(tail * (resamples - 1))], values[math.ceil((1 - tail) * (resamples - 1))]
 
 
 def verdict(interval: tuple[float, float], target: float = TARGET) -> str:
@@ -580,7 +587,7 @@ def _bench_case(case: str, device: Any, args: argparse.Namespace) -> dict[str, A
     flint = hand / paired_ratio(reps[a], reps[b])
     return {
         "label": label, "b": b, "hand": hand, "flint": flint, "ratio": flint / hand, "rates": rates,
-        "interval": ratio_interval(reps[a], reps[b]), "chunks": chunk_ratios(reps[a], reps[b]),
+        "interval": ratio_interval(reps[a], reps[b]) if args.repeats > 1 else None, "chunks": chunk_ratios(reps[a], reps[b]),
         "median_ratio": statistics.median(rates[b]) / statistics.median(rates[a]),
         "pair_ratio": statistics.median(f / h for h, f in zip(rates[a], rates[b])),
         "overhead_us": (1 / flint - 1 / hand) * 1e6, "iters": n_iter,
@@ -709,9 +716,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {r['label']}: {r['iters']} it/rep; whole-repetition it/s: hand {', '.join(f'{v:.1f}' for v in r['rates']['hand'])}; "
               f"{b} {', '.join(f'{v:.1f}' for v in r['rates'][b])}; ratio of their medians {r['median_ratio']:.3f}, "
               f"median of pair ratios {r['pair_ratio']:.3f}; {b} overhead {r['overhead_us']:+.0f} us/it{same}")  # fmt: skip
-        lo, hi = r["interval"]
-        print(f"# {r['label']}: ratio {r['ratio']:.3f}, 90% bootstrap interval over repetitions {lo:.3f}-{hi:.3f}; "
-              f"target {TARGET}: {verdict(r['interval'])}")  # fmt: skip
+        if r["interval"] is None:
+            print(f"# {r['label']}: ratio {r['ratio']:.3f}; one repetition: no interval, no verdict")
+        else:
+            lo, hi = r["interval"]
+            print(f"# {r['label']}: ratio {r['ratio']:.3f}, 90% bootstrap interval over repetitions {lo:.3f}-{hi:.3f}; "
+                  f"target {TARGET}: {verdict(r['interval'])}")  # fmt: skip
     if args.chunks and args.interleave:
         for r in results:
             total = sum(w for w, _ in r["chunks"])
