@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -69,7 +70,9 @@ class NetSummaries:
     def _write(self, kind: str, tensors: dict[str, torch.Tensor], step: int) -> None:
         for name, tensor in tensors.items():
             values = tensor.detach().float().cpu()
-            if not torch.isfinite(values).all():  # a diverged run: a histogram of NaN/Inf cannot be drawn
+            # A diverged run: a histogram of NaN/Inf cannot be drawn. min and max find any (NaN makes
+            # both NaN) in one pass without a mask: 15x cheaper than isfinite().all() (docs/performance.md).
+            if values.numel() and not all(math.isfinite(v) for v in torch.aminmax(values)):
                 logger.warning("Not writing %s/%s at %d samples: it holds NaN or Inf", kind, name, step)
                 continue
             self.writer.add_histogram(f"{kind}/{name}", values, step)

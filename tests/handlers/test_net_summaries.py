@@ -1,3 +1,4 @@
+import pytest
 import torch
 from ignite.engine import Engine, Events
 from tensorboardX import SummaryWriter
@@ -65,13 +66,32 @@ def test_writes_real_tensorboard_histograms(tmp_path, model, batches):
     assert b"weights/0.weight" in events.read_bytes() and b"grads/2.bias" in events.read_bytes()
 
 
-def test_a_diverged_model_is_skipped_with_a_warning_not_a_crash(model, batches, caplog):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", ["everywhere", "one value"])
+def test_a_diverged_model_is_skipped_with_a_warning_not_a_crash(model, batches, caplog, bad, where):
     trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
     log = HistogramLog()
     NetSummaries(model, log).attach(trainer)
-    # After the epoch's last step, so only this tensor is non-finite when the epoch ends.
-    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=7), lambda e: model[0].weight.data.fill_(float("nan")))
+
+    def diverge(engine):  # after the epoch's last step, so only this tensor is non-finite when the epoch ends
+        if where == "everywhere":
+            model[0].weight.data.fill_(bad)
+        else:
+            model[0].weight.data[1, 2] = bad
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=7), diverge)
     trainer.run(batches, max_epochs=1)
     tags = [tag for tag, _, _ in log.calls]
     assert "weights/0.weight" not in tags and "weights/2.weight" in tags
     assert "Not writing weights/0.weight at 26 samples: it holds NaN or Inf" in caplog.text
+
+
+def test_a_parameter_without_elements_is_written_as_it_is():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 0), torch.nn.Flatten(0))  # weight (0, 3), bias (0,)
+    engine = Engine(lambda e, b: None)
+    log = HistogramLog()
+    NetSummaries(model, log).attach(engine)
+    engine.run([0], max_epochs=1)
+    assert [(tag, values.numel()) for tag, values, _ in log.calls if tag.startswith("weights/")] == [
+        ("weights/0.weight", 0), ("weights/0.bias", 0)
+    ]
