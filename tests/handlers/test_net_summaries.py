@@ -86,6 +86,7 @@ def test_a_diverged_model_is_skipped_with_a_warning_not_a_crash(model, batches, 
     assert "Not writing weights/0.weight at 26 samples: it holds NaN or Inf" in caplog.text
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op:UserWarning")
 def test_a_parameter_without_elements_is_written_as_it_is():
     model = torch.nn.Sequential(torch.nn.Linear(3, 0), torch.nn.Flatten(0))  # weight (0, 3), bias (0,)
     engine = Engine(lambda e, b: None)
