@@ -583,11 +583,12 @@ def _bench_case(case: str, device: Any, args: argparse.Namespace) -> dict[str, A
         order = order[::-1]  # A B, B A, A B, ...: neither loop always goes first
     n_iter = reps[a][0].iterations
     rates = {loop: [r.iterations / r.seconds for r in reps[loop]] for loop in (a, b)}
-    hand = n_iter / sum(statistics.median(t) for t in zip(*(r.steps for r in reps[a])))  # per chunk: the median
+    chunks = chunk_ratios(reps[a], reps[b])
+    hand = n_iter / sum(w for w, _ in chunks)  # per chunk: A's median
     flint = hand / paired_ratio(reps[a], reps[b])
     return {
         "label": label, "b": b, "hand": hand, "flint": flint, "ratio": flint / hand, "rates": rates,
-        "interval": ratio_interval(reps[a], reps[b]) if args.repeats > 1 else None, "chunks": chunk_ratios(reps[a], reps[b]),
+        "interval": ratio_interval(reps[a], reps[b]) if args.repeats > 1 else None, "chunks": chunks,
         "median_ratio": statistics.median(rates[b]) / statistics.median(rates[a]),
         "pair_ratio": statistics.median(f / h for h, f in zip(rates[a], rates[b])),
         "overhead_us": (1 / flint - 1 / hand) * 1e6, "iters": n_iter,
