@@ -24,6 +24,16 @@ def test_rng_state_restores_every_generator_through_a_weights_only_file():
     assert draw() == expected
 
 
+def test_rng_state_loads_python_state_saved_as_a_list_by_earlier_versions():
+    seed_everything(5)
+    state = RNGState().state_dict()
+    state["python"]["internal"] = list(random.getstate()[1])  # the form checkpoints had before
+    expected = draw()
+    draw()
+    RNGState().load_state_dict(state)
+    assert draw() == expected
+
+
 def test_seed_everything_makes_draws_repeatable():
     seed_everything(3)
     first = draw()
