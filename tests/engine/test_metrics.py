@@ -34,3 +34,15 @@ def test_state_dict_round_trip_and_empty_epoch():
     loss.reset()
     loss.update((torch.tensor(2.0, dtype=torch.bfloat16), torch.zeros(4)))
     assert loss.compute() == 2.0
+
+
+def test_a_given_output_transform_is_used_instead_of_the_default(model, batches):
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    MeanLoss().attach(trainer, "loss")
+    MeanLoss(output_transform=lambda out: (out["loss"] * 2, out["y"])).attach(trainer, "double_loss")
+    TopOneAccuracy().attach(trainer, "accuracy")
+    TopOneAccuracy(output_transform=lambda out: (-out["y_pred"], out["y"])).attach(trainer, "worst_class")
+    Accuracy(output_transform=lambda out: (-out["y_pred"], out["y"])).attach(trainer, "ignite_worst_class")
+    metrics = trainer.run(batches, max_epochs=1).metrics
+    assert metrics["double_loss"] == pytest.approx(2 * metrics["loss"], rel=1e-6)
+    assert metrics["worst_class"] == metrics["ignite_worst_class"] != metrics["accuracy"]

@@ -106,6 +106,42 @@ def test_train_events_fire_once_per_optimizer_step_with_the_cycles_gradients(mod
     assert state.optimizer_step == 6
 
 
+@pytest.mark.parametrize("debug", [False, True])
+def test_train_event_handlers_changed_during_a_step_take_effect_as_with_ignites_fire_event(model, batches, caplog, debug):
+    # In a quiet epoch the step calls both events' handler lists itself (no _fire_event); with DEBUG,
+    # Ignite's _fire_event. Either way a handler added or removed takes effect at the next firing.
+    caplog.set_level(logging.DEBUG if debug else logging.INFO, logger="ignite.engine.engine.Engine")
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    trace = []
+
+    def late_before(e):
+        trace.append(("late before", e.state.iteration))
+
+    def stepped(e):
+        trace.append(("stepped", e.state.iteration, e.last_event_name))
+
+    def early_stepped(e):
+        trace.append(("early stepped", e.state.iteration))
+
+    def first(e):
+        trace.append(("first", e.state.iteration, e.last_event_name))
+        if e.state.iteration == 2:
+            e.remove_event_handler(first, TrainEvents.BEFORE_OPTIMIZER_STEP)
+            e.remove_event_handler(early_stepped, TrainEvents.OPTIMIZER_STEPPED)
+            e.add_event_handler(TrainEvents.OPTIMIZER_STEPPED, stepped)
+            e.add_event_handler(TrainEvents.BEFORE_OPTIMIZER_STEP, late_before)
+
+    before, after = TrainEvents.BEFORE_OPTIMIZER_STEP, TrainEvents.OPTIMIZER_STEPPED
+    trainer.add_event_handler(TrainEvents.BEFORE_OPTIMIZER_STEP, first)
+    trainer.add_event_handler(TrainEvents.OPTIMIZER_STEPPED, early_stepped)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda e: e.remove_event_handler(late_before, before))
+    trainer.run(batches[:4], max_epochs=1)
+    assert trace == [
+        ("first", 1, before), ("early stepped", 1), ("first", 2, before), ("stepped", 2, after),
+        ("late before", 3), ("stepped", 3, after), ("stepped", 4, after),
+    ]  # fmt: skip
+
+
 def test_train_events_can_be_filtered_by_step_count(model, batches):
     trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
     fired = []
