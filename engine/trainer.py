@@ -53,7 +53,7 @@ class _Engine(Engine):
     logging off, and its loop looks each event's handler list up by the event enum's Python
     ``__hash__``, creates a generator to check the stop flags after every event and compares events
     with the enum's Python ``__eq__``: about two dozen Python calls per iteration, each of which costs
-    about 1 us in a real training loop, where the model's compute leaves the caches cold
+    1-3.5 us in a real training loop, where the model's compute leaves the caches cold
     (docs/performance.md). Here, while the ``ignite.engine.engine.Engine`` logger (the name is kept)
     has DEBUG off when an epoch starts, the loop keeps its four per-iteration handler lists at hand,
     skips events without handlers (``last_event_name`` is still set) and checks the stop flags
@@ -366,7 +366,7 @@ def create_trainer(
             with torch.autocast(device.type, dtype=amp_dtype):
                 y_pred = model(x)
                 loss = loss_fn(y_pred, y)
-        else:  # not even a nullcontext: each Python call costs about 1 us here (docs/performance.md)
+        else:  # not even a nullcontext: each Python call costs 1-3.5 us here (docs/performance.md)
             y_pred = model(x)
             loss = loss_fn(y_pred, y)
         n = x.shape[0] if type(x) is torch.Tensor and x.ndim else batch_size_of(x)  # its first case, inline

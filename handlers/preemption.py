@@ -94,7 +94,7 @@ class Preemption:
 
     def _on_iteration(self, engine: Engine) -> None:
         if self.requested is None and self.agree is None:
-            return  # nothing to decide: the usual case, first (each Python call costs about 1 us here)
+            return  # nothing to decide: the usual case, first (each Python call costs 1-3.5 us here)
         if is_last_update_of_epoch(engine):
             return  # the epoch's end (validation, records, checkpoint) comes first: EPOCH_COMPLETED decides
         if not getattr(engine.state, "cycle_batches", 0):  # mid update cycle, its gradients would be lost

@@ -449,7 +449,9 @@ def ratio_interval(a_reps: list[Timed], b_reps: list[Timed], level: float = 0.9,
                    seed: int = 0) -> tuple[float, float]:  # fmt: skip
     """A bootstrap interval of B's speed over A's (``1 / paired_ratio``) at ``level``: the repetitions
     (each a pair of A and B) drawn with replacement ``resamples`` times. It says whether a run can tell
-    the ratio from a target, and it narrows with ``--repeats``.
+    the ratio from a target, and it narrows with ``--repeats``. It covers the variation within one
+    process only: what a process shares across its repetitions (measured: LeNet 0.974, interval
+    0.963-0.981, then 1.001, 0.973-1.016, in the next process) needs several runs to see.
 
     >>> steady = [Timed(2.0, 20, None, [1.0, 1.0])] * 4
     >>> ratio_interval(steady, [Timed(2.0, 20, None, [1.0, 1.25])] * 4)  # B: 1.25 s in the second chunk
@@ -610,7 +612,7 @@ def _profile_case(case: str, device: Any, args: argparse.Namespace) -> None:
 def calls_per_iteration(case: str, device: Any, args: argparse.Namespace, chunk: int = 50) -> dict[str, tuple[float, float]]:
     """Python and C function calls per training iteration of each loop, counted with ``sys.setprofile``.
 
-    Deterministic, unlike time on a shared machine: each Python call costs about 1 us in the real
+    Deterministic, unlike time on a shared machine: each Python call costs 1-3.5 us in the real
     loop (docs/performance.md). Counted over one chunk of ``chunk`` iterations after two (one log
     point, no epoch end); loop name -> (Python calls, C calls) per iteration.
     """
@@ -721,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {r['label']}: ratio {r['ratio']:.3f}; one repetition: no interval, no verdict")
         else:
             lo, hi = r["interval"]
-            print(f"# {r['label']}: ratio {r['ratio']:.3f}, 90% bootstrap interval over repetitions {lo:.3f}-{hi:.3f}; "
+            print(f"# {r['label']}: ratio {r['ratio']:.3f}, 90% bootstrap interval over this process's repetitions {lo:.3f}-{hi:.3f}; "
                   f"target {TARGET}: {verdict(r['interval'])}")  # fmt: skip
     if args.chunks and args.interleave:
         for r in results:
