@@ -29,7 +29,7 @@ class _LeanMetric(Metric):
     Ignite's ``iteration_completed`` enters ``no_grad`` and checks the output for mappings and lists
     of tensors on every batch (about 8 us on a CPU); these metrics only read detached tensors with
     non-differentiable ops, so they skip both, and skip ``update``'s decorator too (two Python
-    calls, each about 1-3 us in a real training loop) by doing what it does here. With the default
+    calls, each 1-3.5 us in a real training loop) by doing what it does here. With the default
     output transform, the two outputs are read here too (one call less).
     """
 
