@@ -233,6 +233,9 @@ def _worker(local_rank: int, cfg: Config, debug: bool, results: object) -> None:
         sys.exit(130)
     if idist.get_rank() == 0:
         results.put(status)  # type: ignore[attr-defined]
+    # Every rank past its last collective before Ignite destroys the process group: one rank tearing
+    # gloo down while the other still has work in flight aborted it (SIGABRT, about 1 run in 10).
+    idist.barrier()
 
 
 def _spawn(cfg: Config, debug: bool) -> str:
