@@ -22,6 +22,7 @@ import torch
 from ignite.engine import Engine, EventEnum, Events, State
 from ignite.engine import _prepare_batch as _ignite_prepare_batch
 from ignite.engine.engine import _EngineTerminateException, _EngineTerminateSingleEpochException
+from ignite.engine.events import CallableEventWithFilter
 
 __all__ = [
     "TrainEvents", "create_trainer", "batch_size_of", "samples_seen", "is_last_update_of_epoch", "iteration_in_epoch",
@@ -46,18 +47,36 @@ class TrainEvents(EventEnum):
     OPTIMIZER_STEPPED = "optimizer_stepped"
 
 
+# The code of Ignite's every= filter (Events.X(every=n)): all its closures share it and hold n.
+_EVERY_CODE = CallableEventWithFilter.every_event_filter(2).__code__
+
+
+def _every_of(event_filter: Callable) -> int | None:
+    """``n`` if ``event_filter`` is Ignite's ``every=n`` filter, else None (then it is called as Ignite does)."""
+    code = getattr(event_filter, "__code__", None)
+    if code is _EVERY_CODE and code.co_freevars == ("every",):
+        every = event_filter.__closure__[0].cell_contents  # type: ignore[index]
+        return every if isinstance(every, int) and every > 0 else None
+    return None
+
+
 class _Engine(Engine):
     """Ignite's ``Engine`` with a cheaper loop over the data; handlers see exactly what Ignite gives them.
 
     What it adds: Ignite's ``_fire_event`` formats a debug message for every event even with debug
     logging off, and its loop looks each event's handler list up by the event enum's Python
     ``__hash__``, creates a generator to check the stop flags after every event and compares events
-    with the enum's Python ``__eq__``: about two dozen Python calls per iteration, each of which costs
-    1-3.5 us in a real training loop, where the model's compute leaves the caches cold
-    (docs/performance.md). Here, while the ``ignite.engine.engine.Engine`` logger (the name is kept)
-    has DEBUG off when an epoch starts, the loop keeps its four per-iteration handler lists at hand,
-    skips events without handlers (``last_event_name`` is still set) and checks the stop flags
-    inline. With DEBUG on, an epoch runs Ignite's own loop and every event is logged.
+    with the enum's Python ``__eq__``; a handler registered with an ``every=`` filter costs three
+    more calls at every event (its wrapper, the event's counter, the filter), due or not: each
+    Python call costs 1-3.5 us in a real training loop, where the model's compute leaves the caches
+    cold (docs/performance.md). Here, while the ``ignite.engine.engine.Engine`` logger (the name is
+    kept) has DEBUG off when an epoch starts, the loop calls the handlers of the four per-iteration
+    events itself from a plan of ``(every, handler)`` pairs (:meth:`_plan`): an ``every=`` filter is
+    a modulo in the loop, the handler called only when due. It skips events without handlers
+    (``last_event_name`` is still set) and checks the stop flags inline. Handlers added or removed
+    through the engine take effect as with Ignite, within the same firing too; direct edits of
+    ``_event_handlers`` (Ignite's profilers make them at STARTED) at the next epoch. With DEBUG on,
+    an epoch runs Ignite's own loop and every event is logged.
     """
 
     def __init__(self, process_function: Callable[[Engine, Any], Any]) -> None:
@@ -65,12 +84,53 @@ class _Engine(Engine):
         self.logger = logging.getLogger("ignite.engine.engine.Engine")
         self._handler_lists_version = 0  # bumped when a handler list is replaced (Ignite's removal does that)
         self._lists_by_id: dict[int, tuple[Any, list]] = {}  # id(event) -> (event, its handler list)
+        self._plans: dict[int, tuple[Any, list, list]] = {}  # id(event) -> (event, its handler list, its plan)
         self._quiet_epoch = False  # True while an epoch of the loop below runs or is paused (DEBUG was off)
 
+    def add_event_handler(self, event_name: Any, handler: Callable, *args: Any, **kwargs: Any) -> Any:
+        handle = super().add_event_handler(event_name, handler, *args, **kwargs)
+        for _, handlers, plan in self._plans.values():  # in place: a firing under way sees it, as Ignite's list
+            plan[:] = [self._plan_item(entry) for entry in handlers]
+        return handle
+
     def remove_event_handler(self, handler: Callable, event_name: Any) -> None:
-        super().remove_event_handler(handler, event_name)
+        super().remove_event_handler(handler, event_name)  # Ignite puts a new list in place of the old one
         self._handler_lists_version += 1
         self._lists_by_id.clear()
+        for key, (event, handlers, _) in list(self._plans.items()):  # a new plan: a firing under way keeps the old
+            if self._event_handlers[event] is not handlers:
+                del self._plans[key]
+
+    def _handler_wrapper(self, handler: Callable, event_name: Any, event_filter: Callable) -> Callable:
+        wrapper = super()._handler_wrapper(handler, event_name, event_filter)
+        every = _every_of(event_filter)
+        if every is not None:  # checked in the loop; the wrapper itself marks it (a profiler's copy is not)
+            wrapper._flint_every = (every, handler, wrapper)  # type: ignore[attr-defined]
+        return wrapper
+
+    def _plan(self, event_name: Any) -> list[tuple[int, Callable]]:
+        """The event's handlers as ``(every, f)``: call ``f(engine)`` when the event's count % every is 0.
+
+        Cached until a handler is removed or the next epoch starts; kept in step with added ones.
+        """
+        entry = self._plans.get(id(event_name))
+        if entry is None:  # the entry holds the event: its id is not reused while cached
+            handlers = self._event_handlers[event_name]
+            entry = self._plans[id(event_name)] = (event_name, handlers, [self._plan_item(h) for h in handlers])
+        return entry[2]
+
+    def _iteration_plans(self) -> tuple[list, list, list, list]:
+        return (self._plan(Events.GET_BATCH_STARTED), self._plan(Events.GET_BATCH_COMPLETED),
+                self._plan(Events.ITERATION_STARTED), self._plan(Events.ITERATION_COMPLETED))  # fmt: skip
+
+    def _plan_item(self, entry: tuple[Callable, tuple, dict]) -> tuple[int, Callable]:
+        func, args, kwargs = entry
+        if kwargs or len(args) != 1 or not isinstance(args[0], weakref.ref) or args[0]() is not self:
+            return 1, lambda engine: _call_handlers([entry])  # more arguments, or none: Ignite's general call
+        mark = getattr(func, "_flint_every", None)
+        if mark is not None and mark[2] is func:  # Ignite's every= wrapper: its filter inline, its handler
+            return mark[0], mark[1]
+        return 1, func
 
     def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
         # Within a quiet epoch (the trainer's TrainEvents), DEBUG is as the epoch found it: one call less.
@@ -95,31 +155,37 @@ class _Engine(Engine):
         self._init_iter = None
         should_exit = False
         version = -1
+        self._plans.clear()  # rebuilt from the handler lists as they are now
         self._quiet_epoch = True
         try:
             if self._dataloader_iter is None:
                 raise RuntimeError("Internal error, self._dataloader_iter is None.")
             while True:
-                if version != self._handler_lists_version:
-                    version = self._handler_lists_version
-                    handlers = self._event_handlers
-                    get_started, get_completed = handlers[Events.GET_BATCH_STARTED], handlers[Events.GET_BATCH_COMPLETED]
-                    started, completed = handlers[Events.ITERATION_STARTED], handlers[Events.ITERATION_COMPLETED]
                 self.state.batch = None
                 try:
                     # Identity, not the enum's __eq__: Ignite itself sets last_event_name to this member.
                     if self.last_event_name is not Events.DATALOADER_STOP_ITERATION and self.state.dataloader is not None:
                         self.last_event_name = Events.GET_BATCH_STARTED
-                        if get_started:
-                            _call_handlers(get_started)
+                        if version != self._handler_lists_version:  # a handler was removed: its event has a new plan
+                            version, (get_started, get_completed, started, completed) = self._handler_lists_version, self._iteration_plans()
+                        if get_started:  # the plan, inline: one check per handler, a call only when due
+                            count = self.state.iteration
+                            for every, func in get_started:
+                                if not count % every:
+                                    func(self)
                         if self.should_terminate or self.should_terminate_single_epoch or self.should_interrupt:
                             yield from self._maybe_terminate_or_interrupt()
                     self.state.batch = next(self._dataloader_iter)
                     self.state.output = None
                     if self.state.dataloader is not None:
                         self.last_event_name = Events.GET_BATCH_COMPLETED
-                        if get_completed:
-                            _call_handlers(get_completed)
+                        if version != self._handler_lists_version:  # a handler was removed: its event has a new plan
+                            version, (get_started, get_completed, started, completed) = self._handler_lists_version, self._iteration_plans()
+                        if get_completed:  # the plan, inline: one check per handler, a call only when due
+                            count = self.state.iteration
+                            for every, func in get_completed:
+                                if not count % every:
+                                    func(self)
                         if self.should_terminate or self.should_terminate_single_epoch or self.should_interrupt:
                             yield from self._maybe_terminate_or_interrupt()
                     iter_counter += 1
@@ -147,14 +213,24 @@ class _Engine(Engine):
 
                 self.state.iteration += 1
                 self.last_event_name = Events.ITERATION_STARTED
-                if started:
-                    _call_handlers(started)
+                if version != self._handler_lists_version:  # a handler was removed: its event has a new plan
+                    version, (get_started, get_completed, started, completed) = self._handler_lists_version, self._iteration_plans()
+                if started:  # the plan, inline: one check per handler, a call only when due
+                    count = self.state.iteration
+                    for every, func in started:
+                        if not count % every:
+                            func(self)
                 if self.should_terminate or self.should_terminate_single_epoch or self.should_interrupt:
                     yield from self._maybe_terminate_or_interrupt()
                 self.state.output = self._process_function(self, self.state.batch)
                 self.last_event_name = Events.ITERATION_COMPLETED
-                if completed:
-                    _call_handlers(completed)
+                if version != self._handler_lists_version:  # a handler was removed: its event has a new plan
+                    version, (get_started, get_completed, started, completed) = self._handler_lists_version, self._iteration_plans()
+                if completed:  # the plan, inline: one check per handler, a call only when due
+                    count = self.state.iteration
+                    for every, func in completed:
+                        if not count % every:
+                            func(self)
                 if self.should_terminate or self.should_terminate_single_epoch or self.should_interrupt:
                     yield from self._maybe_terminate_or_interrupt()
                 if self.state.epoch_length is not None and iter_counter == self.state.epoch_length:
@@ -322,15 +398,15 @@ def create_trainer(
         state.optimizer_step += 1
         # Ignite's public fire_event first scans its list of allowed events (about 20 comparisons,
         # 6 us); these two were registered when the engine was made, so they are fired directly. In a
-        # quiet epoch, from the handler list _Engine._fire_event cached (it drops the cache when a
-        # handler is removed): what _fire_event would do, without the call (two per step).
-        entry = engine._lists_by_id.get(id(before)) if engine._quiet_epoch else None
-        if entry is None:  # DEBUG on, or not cached yet: _fire_event fires it (and caches the list)
-            engine._fire_event(before)
-        else:
+        # quiet epoch, from the event's plan (see _Engine): what _fire_event does, without its calls.
+        if engine._quiet_epoch:
             engine.last_event_name = before
-            if entry[1]:
-                _call_handlers(entry[1])
+            entry = engine._plans.get(id(before))
+            for every, func in entry[2] if entry is not None else engine._plan(before):
+                if not state.optimizer_step % every:
+                    func(engine)
+        else:  # DEBUG on: Ignite's _fire_event logs it
+            engine._fire_event(before)
         if clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
         if scaling:
@@ -339,13 +415,14 @@ def create_trainer(
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        entry = engine._lists_by_id.get(id(stepped)) if engine._quiet_epoch else None
-        if entry is None:
-            engine._fire_event(stepped)
-        else:
+        if engine._quiet_epoch:
             engine.last_event_name = stepped
-            if entry[1]:
-                _call_handlers(entry[1])
+            entry = engine._plans.get(id(stepped))
+            for every, func in entry[2] if entry is not None else engine._plan(stepped):
+                if not state.optimizer_step % every:
+                    func(engine)
+        else:
+            engine._fire_event(stepped)
 
     def update(engine: Engine, batch: Any) -> dict[str, Any]:
         if not model.training:

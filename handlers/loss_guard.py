@@ -49,13 +49,9 @@ class LossGuard:
         self.every = every
 
     def attach(self, engine: Engine) -> LossGuard:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)  # cheaper than an every= filter
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self.check)  # a Flint engine: no call between
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.check)
         return self
-
-    def _on_iteration(self, engine: Engine) -> None:
-        if engine.state.iteration % self.every == 0:
-            self.check(engine)
 
     def check(self, engine: Engine) -> None:
         """Raise :class:`NonFiniteLoss` if any loss of the epoch so far was NaN or infinite (reads one value back)."""

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from engine.trainer import samples_seen
+from engine.trainer import iteration_in_epoch, samples_seen
 from handlers.records import RecordStream
 
 __all__ = ["LRTracker", "current_lrs"]
@@ -23,8 +23,9 @@ class LRTracker:
 
     Records look like ``{"phase": "lr", "epoch", "iteration", "samples", "lr": [per group]}``; the
     TensorBoard sink plots them as ``training/lr/group_<i>``. By default the epoch's record is taken
-    at the ITERATION_STARTED of its first iteration: attached after an LR scheduler (per epoch or per
-    iteration), it records the LR that the epoch's first step uses.
+    at the ITERATION_STARTED of its first iteration, after that event's other handlers: it records
+    the LR that the epoch's first step uses, set by an LR scheduler (per epoch or per iteration)
+    attached before or after it. A run resumed mid-epoch records from the next epoch's start.
 
     Args:
         optimizer: whose param groups to read.
@@ -54,20 +55,20 @@ class LRTracker:
         """Register on ``events`` (default: each epoch's first iteration and every ``every`` iterations)."""
         for event in events:
             engine.add_event_handler(event, self)
-        if not events:  # plain handlers that check the iteration: Ignite's event filters cost far more
-            engine.add_event_handler(Events.ITERATION_STARTED, self._on_iteration_started)  # per step
+        if not events:  # nothing called at the other steps (every=: checked in a Flint engine's loop)
+            engine.add_event_handler(Events.EPOCH_STARTED, self._arm)
             if self.every:
-                engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration_completed)
+                engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self)
         return self
 
-    def _on_iteration_started(self, engine: Engine) -> None:
-        length = engine.state.epoch_length
-        if length is None or (engine.state.iteration - 1) % length == 0:
-            self(engine)
+    def _arm(self, engine: Engine) -> None:
+        # Registered now, the record comes after the ITERATION_STARTED handlers (schedulers) already there.
+        if not iteration_in_epoch(engine) and not engine.has_event_handler(self._first_step, Events.ITERATION_STARTED):
+            engine.add_event_handler(Events.ITERATION_STARTED, self._first_step)
 
-    def _on_iteration_completed(self, engine: Engine) -> None:
-        if engine.state.iteration % self.every == 0:  # type: ignore[operator]  # attached only with every
-            self(engine)
+    def _first_step(self, engine: Engine) -> None:
+        engine.remove_event_handler(self._first_step, Events.ITERATION_STARTED)  # once per epoch
+        self(engine)
 
     def __call__(self, engine: Engine) -> None:
         self.stream.emit(

@@ -1,4 +1,5 @@
 import copy
+import functools
 import logging
 
 import pytest
@@ -315,6 +316,36 @@ def _trace_run(engine_class, scenario):
 
         engine.add_event_handler(Events.ITERATION_STARTED, change)
         engine.add_event_handler(Events.EPOCH_STARTED, epoch_started)
+    elif scenario == "filters":  # every= filters are checked in _Engine's loop; other filters and arguments as Ignite
+        note = lambda tag: lambda e, *a, **k: trace.append((tag, e.state.iteration, a, k))  # noqa: E731
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=3), note("every 3"))
+        engine.add_event_handler(Events.ITERATION_STARTED(every=2), note("started every 2"))
+        engine.add_event_handler(Events.GET_BATCH_STARTED(every=4), note("get every 4"))
+        engine.add_event_handler(Events.GET_BATCH_COMPLETED(every=3), note("got every 3"))
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=4), note("once 4"))
+        engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=lambda e, i: i in (2, 7)), note("custom"))
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=2, before=8), note("every 2 before 8"))
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=5), note("every 5 with args"), "a", k="k")
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=2), lambda: trace.append(("no engine",)))
+        engine.add_event_handler(Events.ITERATION_COMPLETED, functools.wraps(note("wrapped"))(lambda e: trace.append(("wrapper", e.state.iteration))))
+    elif scenario == "filtered_handlers_change":
+        every2 = lambda e: trace.append(("every 2", e.state.iteration))  # noqa: E731
+        every3 = lambda e: trace.append(("every 3", e.state.iteration))  # noqa: E731
+
+        def started(e):
+            if e.state.iteration == 3:  # changes to another event's handlers take effect at its next firing
+                e.remove_event_handler(every2, Events.ITERATION_COMPLETED)
+                e.add_event_handler(Events.ITERATION_COMPLETED(every=3), every3)
+
+        def completed(e):
+            if e.state.iteration == 4:  # one added to the event being fired runs in the same firing
+                e.add_event_handler(Events.ITERATION_COMPLETED(every=2), lambda e: trace.append(("added", e.state.iteration)))
+            if e.state.iteration == 7:  # one removed from it while it fires has its turn in this firing still
+                e.remove_event_handler(every3, Events.ITERATION_COMPLETED)
+
+        engine.add_event_handler(Events.ITERATION_STARTED, started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=2), every2)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, completed)
     if scenario == "interrupt":
         engine.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda e: e.interrupt())
         engine.run(data, max_epochs=2)
@@ -330,7 +361,7 @@ def _trace_run(engine_class, scenario):
 @pytest.mark.parametrize(
     "scenario",
     ["plain", "epoch_length", "epoch_length_over_data", "iterator", "no_data", "max_iters", "terminate", "terminate_epoch", "terminate_at_get_batch",
-     "interrupt", "exception", "handlers_change"],
+     "interrupt", "exception", "handlers_change", "filters", "filtered_handlers_change"],
 )  # fmt: skip
 @pytest.mark.parametrize("debug", [False, True])
 def test_trainer_engine_fires_the_same_events_as_ignites_engine(scenario, debug, caplog):
@@ -344,3 +375,27 @@ def test_trainer_engine_fires_the_same_events_as_ignites_engine(scenario, debug,
     ours, ignites = _trace_run(_Engine, scenario), _trace_run(Engine, scenario)
     assert ours == ignites
     assert len(ours) > 10
+
+
+def test_a_handler_swapped_for_a_wrapping_copy_at_started_is_called_through_the_copy(model, batches):
+    # Ignite's HandlersTimeProfiler swaps each handler for a timing copy made with functools.wraps at
+    # STARTED, which copies the every= mark _Engine leaves on Ignite's filter wrapper: the loop must
+    # call the copy at each firing (it holds the filter), not the marked handler directly.
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    called, timed = [], []
+
+    def every_two(engine):
+        called.append(engine.state.iteration)
+
+    def swap(engine):
+        handlers = engine._event_handlers[Events.ITERATION_COMPLETED]
+        for i, (func, args, kwargs) in enumerate(handlers):
+            if getattr(func, "__wrapped__", None) is every_two:
+                timing = functools.wraps(func)(lambda *a, _f=func, **k: (timed.append(a[0].state.iteration), _f(*a, **k)))
+                handlers[i] = (timing, args, kwargs)
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=2), every_two)
+    trainer.add_event_handler(Events.STARTED, swap)
+    trainer.run(batches, max_epochs=1)  # 7 iterations
+    assert called == [2, 4, 6]
+    assert timed == [1, 2, 3, 4, 5, 6, 7]

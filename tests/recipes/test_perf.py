@@ -59,7 +59,7 @@ def test_profile_logs_each_handlers_cost(tmp_path):
     assert main(["run", "lenet", "--test-run", "--epochs", "2", "--profile", "--no-progress", "-o", str(tmp_path)]) == 0
     log = (tmp_path / "train.log").read_text()
     assert "Handler costs (--profile)" in log and "Per iteration: handlers" in log
-    assert "BatchLogger._on_iteration" in log and "Checkpointing.save_latest" in log
+    assert "BatchLogger._emit" in log and "Checkpointing.save_latest" in log
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
