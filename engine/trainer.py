@@ -66,8 +66,9 @@ class _Engine(Engine):
     What it adds: Ignite's ``_fire_event`` formats a debug message for every event even with debug
     logging off, and its loop looks each event's handler list up by the event enum's Python
     ``__hash__``, creates a generator to check the stop flags after every event and compares events
-    with the enum's Python ``__eq__``; a handler registered with an ``every=`` filter costs three
-    more calls at every event (its wrapper, the event's counter, the filter), due or not: each
+    with the enum's Python ``__eq__``; a handler registered with an ``every=`` filter costs fifteen
+    more calls at every event, due or not (its wrapper; the event's counter, which hashes and
+    compares the event twice; the filter): each
     Python call costs 1-3.5 us in a real training loop, where the model's compute leaves the caches
     cold (docs/performance.md). Here, while the ``ignite.engine.engine.Engine`` logger (the name is
     kept) has DEBUG off when an epoch starts, the loop calls the handlers of the four per-iteration
@@ -75,7 +76,8 @@ class _Engine(Engine):
     a modulo in the loop, the handler called only when due. It skips events without handlers
     (``last_event_name`` is still set) and checks the stop flags inline. Handlers added or removed
     through the engine take effect as with Ignite, within the same firing too; direct edits of
-    ``_event_handlers`` (Ignite's profilers make them at STARTED) at the next epoch. With DEBUG on,
+    ``_event_handlers`` (Ignite's profilers make them at STARTED) when the next epoch starts at the
+    latest (sooner if a handler is added or removed through the engine). With DEBUG on,
     an epoch runs Ignite's own loop and every event is logged.
     """
 
@@ -166,26 +168,24 @@ class _Engine(Engine):
                     # Identity, not the enum's __eq__: Ignite itself sets last_event_name to this member.
                     if self.last_event_name is not Events.DATALOADER_STOP_ITERATION and self.state.dataloader is not None:
                         self.last_event_name = Events.GET_BATCH_STARTED
-                        if version != self._handler_lists_version:  # a handler was removed: its event has a new plan
-                            version, (get_started, get_completed, started, completed) = self._handler_lists_version, self._iteration_plans()
-                        if get_started:  # the plan, inline: one check per handler, a call only when due
-                            count = self.state.iteration
-                            for every, func in get_started:
-                                if not count % every:
-                                    func(self)
+                        if version != self._handler_lists_version:  # first, or after a removal
+                            version = self._handler_lists_version
+                            get_started, get_completed, started, completed = self._iteration_plans()
+                        for every, func in get_started:  # the plan inline: a call only when due
+                            if not self.state.iteration % every:
+                                func(self)
                         if self.should_terminate or self.should_terminate_single_epoch or self.should_interrupt:
                             yield from self._maybe_terminate_or_interrupt()
                     self.state.batch = next(self._dataloader_iter)
                     self.state.output = None
                     if self.state.dataloader is not None:
                         self.last_event_name = Events.GET_BATCH_COMPLETED
-                        if version != self._handler_lists_version:  # a handler was removed: its event has a new plan
-                            version, (get_started, get_completed, started, completed) = self._handler_lists_version, self._iteration_plans()
-                        if get_completed:  # the plan, inline: one check per handler, a call only when due
-                            count = self.state.iteration
-                            for every, func in get_completed:
-                                if not count % every:
-                                    func(self)
+                        if version != self._handler_lists_version:  # first, or after a removal
+                            version = self._handler_lists_version
+                            get_started, get_completed, started, completed = self._iteration_plans()
+                        for every, func in get_completed:  # the plan inline: a call only when due
+                            if not self.state.iteration % every:
+                                func(self)
                         if self.should_terminate or self.should_terminate_single_epoch or self.should_interrupt:
                             yield from self._maybe_terminate_or_interrupt()
                     iter_counter += 1
@@ -213,24 +213,22 @@ class _Engine(Engine):
 
                 self.state.iteration += 1
                 self.last_event_name = Events.ITERATION_STARTED
-                if version != self._handler_lists_version:  # a handler was removed: its event has a new plan
-                    version, (get_started, get_completed, started, completed) = self._handler_lists_version, self._iteration_plans()
-                if started:  # the plan, inline: one check per handler, a call only when due
-                    count = self.state.iteration
-                    for every, func in started:
-                        if not count % every:
-                            func(self)
+                if version != self._handler_lists_version:  # first, or after a removal
+                    version = self._handler_lists_version
+                    get_started, get_completed, started, completed = self._iteration_plans()
+                for every, func in started:  # the plan inline: a call only when due
+                    if not self.state.iteration % every:
+                        func(self)
                 if self.should_terminate or self.should_terminate_single_epoch or self.should_interrupt:
                     yield from self._maybe_terminate_or_interrupt()
                 self.state.output = self._process_function(self, self.state.batch)
                 self.last_event_name = Events.ITERATION_COMPLETED
-                if version != self._handler_lists_version:  # a handler was removed: its event has a new plan
-                    version, (get_started, get_completed, started, completed) = self._handler_lists_version, self._iteration_plans()
-                if completed:  # the plan, inline: one check per handler, a call only when due
-                    count = self.state.iteration
-                    for every, func in completed:
-                        if not count % every:
-                            func(self)
+                if version != self._handler_lists_version:  # first, or after a removal
+                    version = self._handler_lists_version
+                    get_started, get_completed, started, completed = self._iteration_plans()
+                for every, func in completed:  # the plan inline: a call only when due
+                    if not self.state.iteration % every:
+                        func(self)
                 if self.should_terminate or self.should_terminate_single_epoch or self.should_interrupt:
                     yield from self._maybe_terminate_or_interrupt()
                 if self.state.epoch_length is not None and iter_counter == self.state.epoch_length:

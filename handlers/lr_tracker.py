@@ -23,9 +23,10 @@ class LRTracker:
 
     Records look like ``{"phase": "lr", "epoch", "iteration", "samples", "lr": [per group]}``; the
     TensorBoard sink plots them as ``training/lr/group_<i>``. By default the epoch's record is taken
-    at the ITERATION_STARTED of its first iteration, after that event's other handlers: it records
-    the LR that the epoch's first step uses, set by an LR scheduler (per epoch or per iteration)
-    attached before or after it. A run resumed mid-epoch records from the next epoch's start.
+    at the ITERATION_STARTED of its first iteration: attached after an LR scheduler (per epoch or
+    per iteration), it records the LR that the epoch's first step uses. An epoch resumed mid-way (as
+    :func:`engine.iteration_in_epoch` tells) has no such record, so a resumed run logs what an
+    unbroken one does.
 
     Args:
         optimizer: whose param groups to read.
@@ -50,25 +51,26 @@ class LRTracker:
         self.optimizer = optimizer
         self.stream = stream
         self.every = every
+        self._epoch_record_due = False
 
     def attach(self, engine: Engine, *events: Any) -> LRTracker:
         """Register on ``events`` (default: each epoch's first iteration and every ``every`` iterations)."""
         for event in events:
             engine.add_event_handler(event, self)
-        if not events:  # nothing called at the other steps (every=: checked in a Flint engine's loop)
-            engine.add_event_handler(Events.EPOCH_STARTED, self._arm)
+        if not events:  # every=: on a Flint engine, nothing is called between the due iterations
+            engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+            engine.add_event_handler(Events.ITERATION_STARTED, self._on_iteration_started)
             if self.every:
                 engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self)
         return self
 
-    def _arm(self, engine: Engine) -> None:
-        # Registered now, the record comes after the ITERATION_STARTED handlers (schedulers) already there.
-        if not iteration_in_epoch(engine) and not engine.has_event_handler(self._first_step, Events.ITERATION_STARTED):
-            engine.add_event_handler(Events.ITERATION_STARTED, self._first_step)
+    def _epoch_started(self, engine: Engine) -> None:
+        self._epoch_record_due = not iteration_in_epoch(engine)  # also right while the length is unknown
 
-    def _first_step(self, engine: Engine) -> None:
-        engine.remove_event_handler(self._first_step, Events.ITERATION_STARTED)  # once per epoch
-        self(engine)
+    def _on_iteration_started(self, engine: Engine) -> None:
+        if self._epoch_record_due:
+            self._epoch_record_due = False
+            self(engine)
 
     def __call__(self, engine: Engine) -> None:
         self.stream.emit(

@@ -277,9 +277,14 @@ def _under_torchrun(cfg: Config) -> str:
     import ignite.distributed as idist
 
     status: list[str] = []
+
+    def job(local_rank: int) -> None:
+        status.append(train(cfg, RECIPES[cfg.recipe]))
+        idist.barrier()  # as _worker: every rank past its last collective before the group is destroyed
+
     with idist.Parallel(_backend(cfg)) as parallel:
         _setup_console_logging("--debug" in sys.argv, rank=idist.get_rank())
-        parallel.run(lambda local_rank: status.append(train(cfg, RECIPES[cfg.recipe])))
+        parallel.run(job)
     return status[0]
 
 

@@ -328,6 +328,9 @@ def _trace_run(engine_class, scenario):
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=5), note("every 5 with args"), "a", k="k")
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=2), lambda: trace.append(("no engine",)))
         engine.add_event_handler(Events.ITERATION_COMPLETED, functools.wraps(note("wrapped"))(lambda e: trace.append(("wrapper", e.state.iteration))))
+    elif scenario == "counter_moved":  # an every= filter reads the count when its handler's turn comes, as Ignite's
+        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: setattr(e.state, "iteration", 4) if e.state.iteration == 3 else None)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=2), lambda e: trace.append(("every 2", e.state.iteration)))
     elif scenario == "filtered_handlers_change":
         every2 = lambda e: trace.append(("every 2", e.state.iteration))  # noqa: E731
         every3 = lambda e: trace.append(("every 3", e.state.iteration))  # noqa: E731
@@ -361,7 +364,8 @@ def _trace_run(engine_class, scenario):
 @pytest.mark.parametrize(
     "scenario",
     ["plain", "epoch_length", "epoch_length_over_data", "iterator", "no_data", "max_iters", "terminate", "terminate_epoch", "terminate_at_get_batch",
-     "interrupt", "exception", "handlers_change", "filters", "filtered_handlers_change"],
+     "interrupt", "exception", "handlers_change", "filters", "filtered_handlers_change",
+     "counter_moved"],
 )  # fmt: skip
 @pytest.mark.parametrize("debug", [False, True])
 def test_trainer_engine_fires_the_same_events_as_ignites_engine(scenario, debug, caplog):

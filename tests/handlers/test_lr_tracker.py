@@ -45,23 +45,13 @@ def test_records_the_first_step_lr_of_a_per_iteration_schedule(model, batches, c
     assert [r["lr"] for r in collector.records] == [[used[0]], [used[7]], [used[14]]] == [[1.0], [0.5], [0.25]]
 
 
-def test_records_the_epochs_first_step_lr_when_the_scheduler_is_attached_after_it(model, batches, collector):
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy)
-    LRTracker(opt, collector, every=None).attach(trainer)
-    used = []
-    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: opt.param_groups[0].update(lr=1.0 / e.state.iteration))
-    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: used.append(opt.param_groups[0]["lr"]))
-    trainer.run(batches, max_epochs=2)  # 7 batches an epoch
-    assert [(r["iteration"], r["lr"]) for r in collector.records] == [(1, [used[0]]), (8, [used[7]])] == [(1, [1.0]), (8, [1 / 8])]
-
-
 def test_one_record_per_epoch_start_on_data_of_unknown_length_and_none_for_a_resumed_epoch(model, batches, collector):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy)
     LRTracker(opt, collector, every=None).attach(trainer)
     trainer.run(iter(batches), max_epochs=1)  # the length is unknown until the data ends
     assert [r["iteration"] for r in collector.records] == [1]
+
     state = trainer.state_dict()
     state.update(iteration=3, epoch_length=7, max_epochs=2)  # as if saved in the middle of epoch 1
     resumed = create_trainer(model, opt, torch.nn.functional.cross_entropy)
