@@ -68,17 +68,17 @@ class _Engine(Engine):
     ``__hash__``, creates a generator to check the stop flags after every event and compares events
     with the enum's Python ``__eq__``; a handler registered with an ``every=`` filter costs fifteen
     more calls at every event, due or not (its wrapper; the event's counter, which hashes and
-    compares the event twice; the filter): each
-    Python call costs 1-3.5 us in a real training loop, where the model's compute leaves the caches
-    cold (docs/performance.md). Here, while the ``ignite.engine.engine.Engine`` logger (the name is
-    kept) has DEBUG off when an epoch starts, the loop calls the handlers of the four per-iteration
-    events itself from a plan of ``(every, handler)`` pairs (:meth:`_plan`): an ``every=`` filter is
-    a modulo in the loop, the handler called only when due. It skips events without handlers
-    (``last_event_name`` is still set) and checks the stop flags inline. Handlers added or removed
-    through the engine take effect as with Ignite, within the same firing too; direct edits of
-    ``_event_handlers`` (Ignite's profilers make them at STARTED) when the next epoch starts at the
-    latest (sooner if a handler is added or removed through the engine). With DEBUG on,
-    an epoch runs Ignite's own loop and every event is logged.
+    compares the event twice; the filter): each Python call costs 1-3.5 us in a real training loop,
+    where the model's compute leaves the caches cold (docs/performance.md). Here, while the
+    ``ignite.engine.engine.Engine`` logger (the name is kept) has DEBUG off when an epoch starts,
+    the loop calls the handlers of the four per-iteration events itself from a plan of
+    ``(every, handler)`` pairs (:meth:`_plan`): an ``every=`` filter is a modulo in the loop, the
+    handler called only when due. It skips events without handlers (``last_event_name`` is still
+    set) and checks the stop flags inline. Handlers added or removed through the engine take effect
+    as with Ignite, within the same firing too; direct edits of ``_event_handlers`` (Ignite's
+    profilers make them at STARTED) are read when the next epoch starts at the latest (sooner if a
+    handler is added or removed through the engine). With DEBUG on, an epoch runs Ignite's own loop
+    and every event is logged.
     """
 
     def __init__(self, process_function: Callable[[Engine, Any], Any]) -> None:
