@@ -1,20 +1,15 @@
-"""Flint's engines: an Ignite trainer and evaluator that replicate BMXNet's training step."""
+"""Flint's engines: Ignite engines that replicate BMXNet's training step and fire Flint's events."""
 
+from engine.engine import Engine, FlintEvents, TrainEvents, iteration_in_epoch, register_state, registered_states, when
 from engine.evaluator import create_evaluator
 from engine.rng import RNGState, seed_everything
 from engine.sampler import EpochSampler
-from engine.trainer import (
-    TrainEvents,
-    batch_size_of,
-    create_trainer,
-    epoch_loss_total,
-    is_last_update_of_epoch,
-    iteration_in_epoch,
-    samples_seen,
-)
+from engine.trainer import batch_size_of, create_trainer, epoch_loss_total, is_last_update_of_epoch, samples_seen
 
 __all__ = [
+    "Engine",
     "EpochSampler",
+    "FlintEvents",
     "RNGState",
     "TrainEvents",
     "batch_size_of",
@@ -23,6 +18,9 @@ __all__ = [
     "epoch_loss_total",
     "is_last_update_of_epoch",
     "iteration_in_epoch",
+    "register_state",
+    "registered_states",
     "samples_seen",
     "seed_everything",
+    "when",
 ]

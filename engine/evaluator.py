@@ -6,11 +6,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Events
 from ignite.engine import _prepare_batch as _ignite_prepare_batch
 from ignite.metrics import Metric
 
-from engine.trainer import PrepareBatch, _autocast_dtype, _Engine, _resolve_device
+from engine.engine import Engine
+from engine.trainer import PrepareBatch, _autocast_dtype, _resolve_device
 
 __all__ = ["create_evaluator"]
 
@@ -29,9 +30,10 @@ def create_evaluator(
     The model is put in eval mode when a run starts; every batch runs forward under
     ``torch.no_grad()`` (and autocast if ``amp``). ``engine.state.output`` is
     ``{"y_pred": ..., "y": ..., "criterion_kwargs": {}}``, the form Ignite's metrics (``Loss`` too)
-    read directly. Each metric is reset when
-    the run starts and computed into ``engine.state.metrics[name]`` when it ends. Under ``amp`` the
-    predictions are cast back to float32 for the metrics.
+    read directly. Each metric is reset when the run starts and computed into
+    ``engine.state.metrics[name]`` when it ends. Under ``amp`` the predictions are cast back to
+    float32 for the metrics. The engine fires Flint's events (``engine.FlintEvents``) as the
+    trainer's does.
 
     Args:
         model: the network, already on ``device``.
@@ -64,7 +66,8 @@ def create_evaluator(
             y_pred = y_pred.float()  # metrics (Loss) then run in float32, outside autocast
         return {"y_pred": y_pred, "y": y, "criterion_kwargs": {}}
 
-    evaluator = _Engine(evaluate)
+    evaluator = Engine(evaluate)
+    evaluator.fire_flint_events()
     evaluator.add_event_handler(Events.STARTED, lambda _: model.eval())
     for name, metric in (metrics or {}).items():
         metric.attach(evaluator, name)

@@ -3,6 +3,7 @@
 from handlers.batch_logger import BatchLogger
 from handlers.checkpointing import CheckpointError, Checkpointing
 from handlers.data_order import DataOrder
+from handlers.early_stopping import EarlyStopping
 from handlers.epoch_metrics import EpochMetrics
 from handlers.epoch_timer import EpochTimer
 from handlers.eta import ETA
@@ -24,6 +25,7 @@ __all__ = [
     "CheckpointError",
     "Checkpointing",
     "DataOrder",
+    "EarlyStopping",
     "EpochMetrics",
     "EpochTimer",
     "InterruptAt",

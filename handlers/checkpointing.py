@@ -14,6 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
+from engine.engine import FlintEvents, registered_states, when
 from handlers.meters import BestScore
 from handlers.safe_disk_saver import SafeDiskSaver
 
@@ -39,11 +40,17 @@ class Checkpointing:
     """Keeps the latest ``n_latest`` checkpoints and the best ``n_best`` by a validation metric.
 
     Two Ignite ``Checkpoint`` handlers over a :class:`SafeDiskSaver`: ``checkpoint_<iteration>.pt``
-    written at each trainer EPOCH_COMPLETED (attach after validation), and
-    ``best_checkpoint_<epoch>_<metric>=<value>.pt`` written when a validation result beats the best.
-    Each file holds every object of ``to_save`` plus the best score and both handlers' rotation
-    lists, so a resumed run keeps rotating and comparing as if never stopped. Everything is tensors
-    and plain values: files load with ``torch.load(weights_only=True)``.
+    at the trainer's ``FlintEvents.SAVE`` every ``every`` epochs and at COMPLETED (the last epoch, a
+    stop: early stopping, an interrupt, a preemption), and ``best_checkpoint_<epoch>_<metric>=<value>.pt``
+    at the SAVE of an epoch whose validation beat the best (judged on the evaluator's COMPLETED).
+    SAVE and COMPLETED come after the epoch's records, validation and early-stopping decision, so a
+    checkpoint holds the same state whatever order handlers were attached in.
+
+    Each file holds every object of ``to_save``, every handler state registered on the trainer
+    (:func:`engine.register_state`: ``BatchLogger``, ``EpochMetrics``, ``EpochTimer``,
+    ``LRSchedule``, ...), the best score and both handlers' rotation lists, so a resumed run keeps
+    rotating and comparing as if never stopped. Everything is tensors and plain values: files load
+    with ``torch.load(weights_only=True)``.
 
     Saves return once the state is serialised; fsync and rename finish in a background thread
     (``SafeDiskSaver(sync_in_background=True)``), which the next save and the trainer's COMPLETED
@@ -52,11 +59,12 @@ class Checkpointing:
     Args:
         dirname: the checkpoint directory.
         to_save: name -> object with ``state_dict``/``load_state_dict`` (model, optimizer, trainer,
-            ``engine.RNGState()``, ...).
+            ``engine.RNGState()``, ...); attached handlers' states are added by themselves.
         n_latest: latest checkpoints kept. Default 2.
         metric: the evaluator metric to monitor; None keeps no best checkpoint. Default None.
         mode: ``"max"`` or ``"min"``: which direction of ``metric`` is better. Default ``"max"``.
         n_best: best checkpoints kept. Default 1.
+        every: epochs between latest checkpoints (the last epoch and a stop are always saved). Default 1.
 
     Example:
         >>> import tempfile, torch
@@ -79,31 +87,32 @@ class Checkpointing:
         metric: str | None = None,
         mode: str = "max",
         n_best: int = 1,
+        every: int = 1,
     ) -> None:
-        for name, value in (("n_latest", n_latest), ("n_best", n_best)):
+        for name, value in (("n_latest", n_latest), ("n_best", n_best), ("every", every)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Argument {name} should be a positive integer, got {value!r}")
         self.dirname = Path(dirname)
-        self.metric = metric
+        self.metric, self.every = metric, every
         self.best = BestScore(mode)
-        self.objects: dict[str, Any] = {**to_save, "best_score": self.best}
+        self.to_save = dict(to_save)
+        self.trainer: Engine | None = None
         self.best_checkpoint: Checkpoint | None = None
         if metric is not None:
             sign = 1.0 if mode == "max" else -1.0
             self.best_checkpoint = Checkpoint(
-                dict(self.objects),
+                {},  # the objects are set at each save: see _objects
                 SafeDiskSaver(self.dirname, sync_in_background=True),
                 filename_prefix="best",
-                score_function=lambda engine: sign * float(engine.state.metrics[metric]),
+                score_function=lambda _: sign * float(self.best.value),  # type: ignore[arg-type]
                 score_name=metric,
                 n_saved=n_best,
                 # The name shows the metric itself; Ignite's {score} would show the negated value in "min" mode.
                 global_step_transform=lambda *_: f"{self.best.epoch}_{metric}={self.best.value:.4f}",
                 filename_pattern="{filename_prefix}_{name}_{global_step}.{ext}",
             )
-            self.objects["best_checkpointer"] = self.best_checkpoint
         self.latest = Checkpoint(
-            self.objects,
+            {},
             SafeDiskSaver(self.dirname, sync_in_background=True),
             n_saved=n_latest,
             global_step_transform=lambda engine, _: engine.state.iteration,
@@ -111,21 +120,27 @@ class Checkpointing:
             include_self=True,
         )
         self._saved_at: int | None = None
+        self._best_unsaved = False  # the last validation beat the best; saved at the trainer's SAVE
 
-    def attach(self, trainer: Engine, evaluator: Engine | None = None, every: int = 1) -> Checkpointing:
-        """Save the latest every ``every`` epochs, at the last epoch and when the trainer is terminating
-        (early stopping); track the best on ``evaluator`` COMPLETED."""
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"Argument every should be a positive integer, got {every!r}")
+    def attach(self, trainer: Engine, evaluator: Engine | None = None) -> Checkpointing:
+        """Save the latest every ``every`` epochs and when the run ends or stops; track the best on ``evaluator``."""
+        self.trainer = trainer
         if evaluator is not None and self.best_checkpoint is not None:
             evaluator.add_event_handler(Events.COMPLETED, self._on_validation, trainer)
-
-        def due(engine: Engine, epoch: int) -> bool:
-            return epoch % every == 0 or epoch == engine.state.max_epochs or bool(engine.should_terminate)
-
-        trainer.add_event_handler(Events.EPOCH_COMPLETED(event_filter=due), self.save_latest)
-        trainer.add_event_handler(Events.COMPLETED, lambda _: self.wait())  # also after a stop (terminate)
+        trainer.add_event_handler(when(trainer, FlintEvents.SAVE), self._on_save)
+        trainer.add_event_handler(Events.COMPLETED, self._on_completed)
         return self
+
+    def _objects(self) -> dict[str, Any]:
+        """What a checkpoint holds: ``to_save``, the trainer's registered handler states, the best score."""
+        handlers = registered_states(self.trainer) if self.trainer is not None else {}
+        clash = sorted(set(handlers) & (set(self.to_save) | {"best_score", "best_checkpointer", "checkpointer"}))
+        if clash:
+            raise ValueError(f"to_save and the trainer's handler states both use {', '.join(map(repr, clash))}")
+        objects = {**self.to_save, **handlers, "best_score": self.best}
+        if self.best_checkpoint is not None:
+            objects["best_checkpointer"] = self.best_checkpoint
+        return objects
 
     def wait(self) -> None:
         """Block until every save so far is on disk; raise the first write error (``OSError``)."""
@@ -140,13 +155,26 @@ class Checkpointing:
             raise errors[0]
 
     def _on_validation(self, evaluator: Engine, trainer: Engine) -> None:
-        assert self.metric is not None and self.best_checkpoint is not None
+        assert self.metric is not None
         if self.best.update(float(evaluator.state.metrics[self.metric]), trainer.state.epoch):
-            self.best_checkpoint(evaluator)
+            self._best_unsaved = True
+
+    def _on_save(self, trainer: Engine) -> None:
+        if self._best_unsaved and self.best_checkpoint is not None:  # first: the latest then lists it
+            self._best_unsaved = False
+            self.best_checkpoint.to_save = self._objects()
+            self.best_checkpoint(trainer)
+        if trainer.state.epoch % self.every == 0:
+            self.save_latest(trainer)
+
+    def _on_completed(self, trainer: Engine) -> None:
+        self.save_latest(trainer)  # the last epoch, or where the run stopped
+        self.wait()
 
     def save_latest(self, trainer: Engine) -> None:
         """Write a latest checkpoint now, unless one was already written at this iteration."""
         if self._saved_at != trainer.state.iteration:
+            self.latest.to_save = self._objects()
             self.latest(trainer)
             self._saved_at = trainer.state.iteration
 
@@ -201,10 +229,11 @@ class Checkpointing:
             raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0], corrupt) from e
         if not isinstance(state, Mapping):
             raise CheckpointError(f"cannot load checkpoint {path}: not a checkpoint dictionary", corrupt=True)
-        missing = [k for k in self.objects if k not in state and k not in ("best_score", "best_checkpointer")]
+        objects = self._objects()
+        missing = [k for k in objects if k not in state and k not in ("best_score", "best_checkpointer")]
         if missing:
             raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")
-        Checkpoint.load_objects({k: v for k, v in self.objects.items() if k in state}, state)
+        Checkpoint.load_objects({k: v for k, v in objects.items() if k in state}, state)
         if "checkpointer" in state:
             self.latest.load_state_dict(state["checkpointer"])
         self._saved_at = None

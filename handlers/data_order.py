@@ -6,7 +6,7 @@ from typing import Protocol
 
 from ignite.engine import Engine, Events
 
-from engine.trainer import iteration_in_epoch
+from engine.engine import iteration_in_epoch
 
 __all__ = ["DataOrder"]
 

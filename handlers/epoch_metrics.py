@@ -10,8 +10,10 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
+from ignite.metrics.metric import MetricUsage
 
-from engine.trainer import iteration_in_epoch, samples_seen
+from engine.engine import FlintEvents, register_state, when
+from engine.trainer import samples_seen
 from handlers.records import RecordStream
 
 __all__ = ["EpochMetrics"]
@@ -30,10 +32,12 @@ def _scalar(value: Any) -> float | None:
 class EpochMetrics:
     """Attaches metrics to an engine epoch-wise and emits one record of their values per epoch.
 
-    Each metric is attached with Ignite's ``Metric.attach`` (reset at EPOCH_STARTED, updated every
-    iteration on the device, computed into ``engine.state.metrics`` at EPOCH_COMPLETED); then a
-    record ``{"phase": phase, "epoch", "iteration", "samples", <metric>..., <extra>...}`` is emitted.
-    Registering after the metrics is what makes the record read this epoch's values.
+    Each metric is attached with Ignite's ``Metric.attach``: reset at ``FlintEvents.NEW_EPOCH`` (not
+    when a run resumes inside the epoch: a mid-epoch checkpoint's sums carry on), updated every
+    iteration on the device, computed into ``engine.state.metrics`` at EPOCH_COMPLETED. At
+    ``FlintEvents.EPOCH_REPORT`` a record ``{"phase": phase, "epoch", "iteration", "samples",
+    <metric>..., <extra>...}`` is emitted. The metrics' sums are saved with the engine's checkpoints
+    under ``state_key`` ``"<phase>_metrics"``.
 
     For validation, attach to the evaluator and pass the ``trainer``: the record then carries the
     trainer's epoch and samples. Non-scalar metric values are left out of the record.
@@ -67,32 +71,27 @@ class EpochMetrics:
     ) -> None:
         self.metrics = dict(metrics)
         self.stream, self.phase, self.trainer, self.extra = stream, phase, trainer, extra
-        self._pending: dict[str, Any] | None = None
+        self.state_key = f"{phase}_metrics"
 
     def attach(self, engine: Engine) -> EpochMetrics:
+        usage = MetricUsage(when(engine, FlintEvents.NEW_EPOCH), Events.EPOCH_COMPLETED, Events.ITERATION_COMPLETED)
         for name, metric in self.metrics.items():
-            metric.attach(engine, name)  # resets at EPOCH_STARTED, before _restore below
-        engine.add_event_handler(Events.EPOCH_STARTED, self._restore)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._emit)
+            metric.attach(engine, name, usage)
+        engine.add_event_handler(when(engine, FlintEvents.EPOCH_REPORT), self._emit)
+        register_state(engine, self.state_key, self)
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        """The metrics' running sums, so that a checkpoint taken mid-epoch resumes the epoch's values."""
+        """The metrics' running sums over the epoch so far."""
         return {name: metric.state_dict() for name, metric in self.metrics.items()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the running sums when the engine resumes mid-epoch (ignored at an epoch boundary)."""
-        self._pending = dict(state)
-
-    def _restore(self, engine: Engine) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None and iteration_in_epoch(engine):
-            for name, metric in self.metrics.items():
-                try:
-                    metric.load_state_dict(pending[name])
-                except ValueError as e:  # saved by another number of ranks: each rank's sums are gone
-                    logger.warning("Metric %s restarts this epoch: %s", name, str(e).splitlines()[0])
-                    metric.reset()
+        for name, metric in self.metrics.items():
+            try:
+                metric.load_state_dict(state[name])
+            except ValueError as e:  # saved by another number of ranks: each rank's sums are gone
+                logger.warning("Metric %s restarts this epoch: %s", name, str(e).splitlines()[0])
+                metric.reset()
 
     def _emit(self, engine: Engine) -> None:
         clock = self.trainer or engine

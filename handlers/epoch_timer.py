@@ -8,19 +8,21 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from engine.trainer import iteration_in_epoch
+from engine.engine import register_state
 from handlers.meters import average_excluding_first
 
 __all__ = ["EpochTimer"]
 
 
 class EpochTimer:
-    """Times each epoch from EPOCH_STARTED to its EPOCH_COMPLETED handlers.
+    """Times each epoch from EPOCH_STARTED to EPOCH_COMPLETED: the training time, without validation.
 
-    Attach it first so that its EPOCH_COMPLETED handler runs before validation: the epoch time is
-    then the training time alone. Ignite's ``Timer`` averages every epoch and is not injectable;
-    this keeps the list and averages without the first epoch of the process, whose time includes
-    warm-up (after a resume too).
+    On a Flint engine validation and checkpoints run after EPOCH_COMPLETED (``engine.FlintEvents``),
+    so they are never counted. Ignite's ``Timer`` averages every epoch and is not injectable; this
+    keeps the list and averages without the first epoch of the process, whose time includes
+    warm-up (after a resume too). The time spent in the current epoch is saved with the engine's
+    checkpoints under ``state_key`` ``"epoch_timer"``: an epoch resumed mid-way adds both parts,
+    not the downtime.
 
     Args:
         clock: seconds as a float. Default ``time.perf_counter``.
@@ -35,28 +37,29 @@ class EpochTimer:
         ([5.0, 2.0, 3.0], 3.0, 2.5)
     """
 
+    state_key = "epoch_timer"
+
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self.clock = clock
         self.times: list[float] = []
         self._started: float | None = None
-        self._pending: float | None = None
+        self._carried = 0.0  # time the current epoch ran before a resume
 
     def attach(self, engine: Engine) -> EpochTimer:
         engine.add_event_handler(Events.EPOCH_STARTED, self._start)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._stop)
+        register_state(engine, self.state_key, self)
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        """The current epoch's time so far: a resumed epoch's time adds both parts, not the downtime."""
+        """The current epoch's time so far; None between epochs."""
         return {"elapsed": None if self._started is None else self.clock() - self._started}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue the epoch's time when the engine resumes mid-epoch (ignored at an epoch boundary)."""
-        self._pending = state["elapsed"]
+        self._carried = state["elapsed"] or 0.0
 
     def _start(self, engine: Engine) -> None:
-        pending, self._pending = self._pending, None
-        self._started = self.clock() - (pending if pending is not None and iteration_in_epoch(engine) else 0.0)
+        self._started, self._carried = self.clock() - self._carried, 0.0
 
     def _stop(self, engine: Engine) -> None:
         if self._started is not None:

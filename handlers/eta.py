@@ -11,6 +11,7 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
+from engine.engine import FlintEvents, when
 from handlers.meters import remaining_time
 
 __all__ = ["ETA"]
@@ -53,8 +54,8 @@ class ETA:
     def attach(self, trainer: Engine) -> ETA:
         trainer.add_event_handler(Events.EPOCH_STARTED, self._on_epoch_started)
         if self.path is not None:
-            trainer.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)  # cheaper than every=
-            trainer.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+            trainer.add_event_handler(when(trainer, FlintEvents.ITERATION_REPORT), self._on_iteration)  # cheaper than every=
+            trainer.add_event_handler(when(trainer, FlintEvents.EPOCH_REPORT), self.write)
             trainer.add_event_handler(Events.COMPLETED, self.write, "finished")
         return self
 

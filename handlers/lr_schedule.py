@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
+from ignite.engine import Engine, Events
 from ignite.handlers import ParamScheduler
+
+from engine.engine import register_state
 
 __all__ = ["LRSchedule", "lr_multiplier", "LR_MODES"]
 
@@ -55,10 +59,11 @@ def lr_multiplier(
 class LRSchedule(ParamScheduler):
     """Sets each param group's LR to its base LR times ``multiplier(iteration)``, every iteration.
 
-    An Ignite ``ParamScheduler`` (attach at ITERATION_STARTED; its ``state_dict`` holds the iteration
-    count, so put it in the checkpoint). Ignite's own schedulers give every group the same value; this
-    scales each group's own base LR, so per-group LR multipliers survive the schedule. The LR for the
-    first iteration is set at construction, so anything reading the optimizer before training sees it.
+    An Ignite ``ParamScheduler``: :meth:`attach` registers it at ITERATION_STARTED, and its state (the
+    iteration count) is saved with the engine's checkpoints under ``state_key`` ``"scheduler"``.
+    Ignite's own schedulers give every group the same value; this scales each group's own base LR,
+    so per-group LR multipliers survive the schedule. The LR for the first iteration is set at
+    construction, so anything reading the optimizer before training sees it.
 
     Args:
         optimizer: whose groups' current ``lr`` are the base LRs.
@@ -74,12 +79,18 @@ class LRSchedule(ParamScheduler):
         [0.5, 0.05]
     """
 
+    state_key = "scheduler"
+
     def __init__(self, optimizer: torch.optim.Optimizer, multiplier: Callable[[int], float]) -> None:
         super().__init__(optimizer, "lr")
         self.base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
         self.multiplier = multiplier
         for group, value in zip(optimizer.param_groups, self.get_param()):
             group["lr"] = value
+
+    def attach(self, engine: Engine, event: Any = Events.ITERATION_STARTED) -> None:
+        super().attach(engine, event)
+        register_state(engine, self.state_key, self)
 
     def get_param(self) -> list[float]:
         factor = self.multiplier(self.event_index)

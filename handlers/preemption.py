@@ -1,4 +1,4 @@
-"""Preemption: on SIGTERM or SIGINT, finish the update cycle, save a checkpoint and stop the run."""
+"""Preemption: on SIGTERM or SIGINT, finish the update cycle and stop the run, which then saves a checkpoint."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from types import FrameType
 
 from ignite.engine import Engine, Events
 
+from engine.engine import FlintEvents, when
 from engine.trainer import is_last_update_of_epoch
 
 __all__ = ["Preemption"]
@@ -20,53 +21,52 @@ logger = logging.getLogger(__name__)
 
 
 class Preemption:
-    """Turns a first SIGTERM/SIGINT into a clean stop with a checkpoint; a second one aborts at once.
+    """Turns a first SIGTERM/SIGINT into a clean stop; a second one aborts at once.
 
     Ignite has no signal handling; cluster schedulers send SIGTERM some time before they kill a job.
     While :meth:`signal_handlers` is active, the first signal only sets a flag; the trainer then
     finishes the current iteration (on a Flint trainer, the current update cycle, so no accumulated
-    gradient is lost), calls ``save(trainer)`` and terminates, and ``triggered`` is True: the CLI
-    exits 3 for a relaunch with ``--resume``. A signal during validation takes effect when it ends.
-    A second signal raises ``KeyboardInterrupt`` where the program is; one within ``grace`` seconds
-    of the first is the same event delivered twice (to the process group and forwarded by a parent)
-    and is ignored. :meth:`request` does what a signal does, for code and tests.
+    gradient is lost) and terminates, and ``triggered`` is True: ``handlers.Checkpointing`` saves
+    the stopped run at COMPLETED, and the CLI exits 3 for a relaunch with ``--resume``. A signal in
+    an epoch's last iteration or during validation takes effect at the epoch's ``FlintEvents.SAVE``,
+    after its records and validation. A second signal raises ``KeyboardInterrupt`` where the
+    program is; one within ``grace`` seconds of the first is the same event delivered twice (to the
+    process group and forwarded by a parent) and is ignored. :meth:`request` does what a signal
+    does, for code and tests.
 
     In data-parallel training every rank must stop at the same iteration, or the others wait forever
     in their next collective: pass ``agree``, called by every rank at every possible stop with its
     own "stop requested", returning whether any rank asked (an all-reduce with MAX).
 
     Args:
-        save: ``save(trainer)`` writing a checkpoint, e.g. ``Checkpointing.save_latest``.
         signals: the signals to catch. Default ``(SIGTERM, SIGINT)``.
         agree: ``agree(requested) -> bool`` across ranks. Default None (one process).
         grace: seconds in which a repeated signal counts as the same one. Default 1.0.
 
     Example:
         >>> from ignite.engine import Engine
-        >>> saved = []
         >>> trainer = Engine(lambda e, b: None)
-        >>> stop = Preemption(save=lambda t: saved.append(t.state.iteration)).attach(trainer)
+        >>> stop = Preemption().attach(trainer)
         >>> _ = trainer.add_event_handler(Events.ITERATION_STARTED(once=3), lambda _: stop.request())
         >>> state = trainer.run(range(10), max_epochs=2)
-        >>> state.iteration, saved, stop.triggered
-        (3, [3], True)
+        >>> state.iteration, stop.triggered
+        (3, True)
     """
 
     def __init__(
         self,
-        save: Callable[[Engine], None],
         signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
         agree: Callable[[bool], bool] | None = None,
         grace: float = 1.0,
     ) -> None:
-        self.save, self.signals, self.agree, self.grace = save, tuple(signals), agree, grace
+        self.signals, self.agree, self.grace = tuple(signals), agree, grace
         self._requested_at = 0.0
         self.requested: int | None = None  # the signal number received, 0 for request()
         self.triggered = False
 
     def attach(self, engine: Engine) -> Preemption:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._maybe_stop)
+        engine.add_event_handler(when(engine, FlintEvents.SAVE), self._maybe_stop)
         return self
 
     def request(self, signum: int = 0, frame: FrameType | None = None) -> None:
@@ -94,9 +94,9 @@ class Preemption:
 
     def _on_iteration(self, engine: Engine) -> None:
         if self.requested is None and self.agree is None:
-            return  # nothing to decide: the usual case, first (each Python call costs 1-3.5 us here)
+            return  # nothing to decide: the usual case, first
         if is_last_update_of_epoch(engine):
-            return  # the epoch's end (validation, records, checkpoint) comes first: EPOCH_COMPLETED decides
+            return  # the epoch's end (records, validation, checkpoint) comes first: SAVE decides
         if not getattr(engine.state, "cycle_batches", 0):  # mid update cycle, its gradients would be lost
             self._maybe_stop(engine)
 
@@ -109,7 +109,6 @@ class Preemption:
         if not requested:
             return
         name = signal.Signals(self.requested).name if self.requested else "a stop request"
-        logger.warning("Received %s: saving a checkpoint at iteration %d and stopping", name, engine.state.iteration)
-        self.save(engine)
+        logger.warning("Received %s: stopping at iteration %d", name, engine.state.iteration)
         self.triggered = True
         engine.terminate()

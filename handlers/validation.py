@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
+
+from engine.engine import FlintEvents, when
 
 __all__ = ["Validation"]
 
@@ -13,8 +15,8 @@ __all__ = ["Validation"]
 class Validation:
     """Runs ``evaluator`` over ``data`` after every ``every``-th training epoch and after the last one.
 
-    Attach it before handlers that read validation results at EPOCH_COMPLETED (checkpoints,
-    interrupts), since handlers of one event run in registration order.
+    It runs at the trainer's ``FlintEvents.VALIDATE``: after the epoch's training records and
+    before checkpoints are saved, whatever order handlers were attached in.
 
     Args:
         evaluator: the evaluation engine (see ``engine.create_evaluator``).
@@ -38,13 +40,16 @@ class Validation:
         self.evaluator, self.data, self.every, self.epoch_length = evaluator, data, every, epoch_length
         self.epochs: list[int] = []
 
-    def due(self, trainer: Engine, epoch: int) -> bool:
+    def due(self, trainer: Engine) -> bool:
+        """Whether the epoch just completed is validated: every ``every``-th and the last."""
+        epoch = trainer.state.epoch
         return epoch % self.every == 0 or epoch == trainer.state.max_epochs
 
     def attach(self, trainer: Engine) -> Validation:
-        trainer.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self.due), self)
+        trainer.add_event_handler(when(trainer, FlintEvents.VALIDATE), self)
         return self
 
     def __call__(self, trainer: Engine) -> None:
-        self.evaluator.run(self.data, epoch_length=self.epoch_length)
-        self.epochs.append(trainer.state.epoch)
+        if self.due(trainer):
+            self.evaluator.run(self.data, epoch_length=self.epoch_length)
+            self.epochs.append(trainer.state.epoch)

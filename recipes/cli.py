@@ -16,7 +16,8 @@ import sys
 import traceback
 from pathlib import Path
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 from tqdm import tqdm
@@ -27,7 +28,7 @@ from recipes.config import DEVICES, Config, UsageError, check_global_batch
 from recipes.export import FORMATS, export_model
 from recipes.report import write_report
 from recipes.optim import DEFAULT_LOSS, LOSSES, OPTIMIZERS, REFUSED_OPTIMIZERS, make_loss
-from recipes.train import _resume_from, build_optimizer, resolve_device, train
+from recipes.train import build_optimizer, resolve_device, resume_point, train
 
 __all__ = ["main", "build_parser"]
 
@@ -220,19 +221,38 @@ def _backend(cfg: Config) -> str:
     return "nccl" if cfg.device.startswith("cuda") else "gloo"
 
 
-def _worker(local_rank: int, cfg: Config, debug: bool, results: object) -> None:
-    """One spawned data-parallel worker: the run's training job on its rank; rank 0 reports the status."""
+@dataclass(frozen=True)
+class WorkerResult:
+    """What a spawned worker reports to the launching process: its status, or the error it stopped on."""
+
+    rank: int
+    status: str | None  # "completed" or "interrupted"; None if it failed
+    error: str | None = None  # the exception's class name
+    message: str = ""
+
+    # Flint's exceptions rebuilt in the launching process as they were raised; others become RuntimeError.
+    KNOWN: ClassVar[dict[str, type[BaseException]]] = {"UsageError": UsageError, "KeyboardInterrupt": KeyboardInterrupt}
+
+    def raise_error(self) -> None:
+        kind = self.KNOWN.get(self.error or "", RuntimeError)
+        raise kind(self.message or self.error)
+
+
+def _worker(local_rank: int, cfg: Config, debug: bool, results: Any) -> None:
+    """One spawned data-parallel worker: the run's training job on its rank, reported as a WorkerResult."""
     import ignite.distributed as idist
 
-    _setup_console_logging(debug, rank=idist.get_rank())
+    rank = idist.get_rank()
+    _setup_console_logging(debug, rank=rank)
     if not cfg.device.startswith("cuda"):  # share the cores: oversubscribed OpenMP threads spin and crawl
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.nproc_per_node))
     try:
         status = train(cfg, RECIPES[cfg.recipe])
-    except KeyboardInterrupt:  # torch's spawn wrapper would turn it into a silent exit 0
-        sys.exit(130)
-    if idist.get_rank() == 0:
-        results.put(status)  # type: ignore[attr-defined]
+    except BaseException as e:  # reported, then a non-zero exit: the launcher stops the other workers
+        results.put(WorkerResult(rank, None, type(e).__name__, str(e).splitlines()[0] if str(e) else ""))
+        sys.exit(EXIT_USAGE if isinstance(e, UsageError) else 130 if isinstance(e, KeyboardInterrupt) else EXIT_FAILED)
+    if rank == 0:
+        results.put(WorkerResult(rank, status))
     # Every rank past its last collective before Ignite destroys the process group: one rank tearing
     # gloo down while the other still has work in flight aborted it (SIGABRT, about 1 run in 10).
     idist.barrier()
@@ -244,7 +264,7 @@ def _spawn(cfg: Config, debug: bool) -> str:
     import multiprocessing
     import torch.multiprocessing as mp
 
-    _resume_from(cfg, Path(cfg.output_dir))  # bad usage is found here, once, not by every worker
+    resume_point(cfg)  # bad usage is found here, once, not by every worker
     results = mp.get_context("spawn").SimpleQueue()
 
     def forward(signum: int, frame: object) -> None:  # schedulers may signal only this process
@@ -255,21 +275,25 @@ def _spawn(cfg: Config, debug: bool) -> str:
                 pass
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    launch_error: Exception | None = None
     try:
         with idist.Parallel(_backend(cfg), nproc_per_node=cfg.nproc_per_node, master_port=_free_port()) as parallel:
             parallel.run(_worker, cfg, debug, results)
-    except Exception as e:  # a worker failed: its last traceback line is "module.Error: message"
-        last = [line for line in str(e).splitlines() if line.strip()][-1]
-        kind, _, message = last.partition(": ")
-        if kind.endswith("KeyboardInterrupt") or "exit code 130" in last:
-            raise KeyboardInterrupt(message) from None
-        raise (UsageError if kind.endswith("UsageError") else RuntimeError)(message or kind) from None
+    except Exception as e:  # a worker exited non-zero: its own report says why
+        launch_error = e
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if results.empty():
-        raise RuntimeError("the workers ended without reporting a result; see train.log")
-    return str(results.get())
+    reports = []
+    while not results.empty():
+        reports.append(results.get())
+    failed = sorted((r for r in reports if r.error), key=lambda r: r.rank)
+    if failed:
+        failed[0].raise_error()
+    if launch_error is not None or not reports:
+        reason = str(launch_error).strip().splitlines()[0] if launch_error else "no result"
+        raise RuntimeError(f"a worker ended without reporting a result ({reason}); see train.log")
+    return str(reports[0].status)
 
 
 def _under_torchrun(cfg: Config) -> str:

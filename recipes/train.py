@@ -1,8 +1,14 @@
-"""The training job every recipe runs, top to bottom: BMXNet's loop on Flint's engine and handlers."""
+"""The training job every recipe runs, top to bottom: BMXNet's loop on Flint's engine and handlers.
+
+:func:`train` sets the run's directory up; :func:`_train` tells the rest as a story: data, model,
+engines, reporting, safety, run. Handlers attach in any order: Flint's engine fires their events in
+a fixed sequence (``engine.FlintEvents``), and every stateful one reaches the checkpoints by itself.
+"""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import math
@@ -10,15 +16,15 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
 import torch
-from ignite.engine import Events
-from ignite.handlers import EarlyStopping, TensorboardLogger
+from ignite.engine import Engine, Events
+from ignite.handlers import TensorboardLogger
 from ignite.metrics import Accuracy, Loss, MeanAbsoluteError, Metric
 from torch import nn
 from torch.utils.data import DataLoader
@@ -31,13 +37,14 @@ from handlers import (
     CheckpointError,
     Checkpointing,
     DataOrder,
+    EarlyStopping,
     EpochMetrics,
-    LRSchedule,
     EpochTimer,
     InterruptAt,
     JsonlSink,
     LoggingSink,
     LossGuard,
+    LRSchedule,
     LRTracker,
     NetSummaries,
     NonFiniteLoss,
@@ -54,7 +61,7 @@ from recipes.optim import make_loss, make_optimizer, param_groups
 from recipes.perf import channels_last_batch, peak_flops, profile_table, train_flops_per_sample
 from recipes.registry import Recipe
 
-__all__ = ["train", "build_optimizer", "resolve_device", "task_metrics", "config_changes"]
+__all__ = ["train", "build_optimizer", "resolve_device", "task_metrics", "config_changes", "resume_point", "RunOutcome"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +96,11 @@ def config_changes(saved: dict, cfg: Config) -> list[str]:
     ]
 
 
-def _resume_from(cfg: Config, out: Path) -> Path | str | None:
-    """The checkpoint to resume from, "latest" for the newest valid one, or None for a new run.
+def resume_point(cfg: Config) -> Path | str | None:
+    """The checkpoint ``cfg`` resumes from, ``"latest"`` for the newest valid one, or None for a new run.
 
-    Refuses to mix a new run into an old one, and a resume that changes what is trained."""
+    Refuses (``UsageError``) to mix a new run into an old one, and a resume that changes what is trained."""
+    out = Path(cfg.output_dir)
     if cfg.resume is not None and (out / "config.json").is_file():
         changed = config_changes(json.loads((out / "config.json").read_text(encoding="utf-8")), cfg)
         if changed:
@@ -115,27 +123,6 @@ def _resume_from(cfg: Config, out: Path) -> Path | str | None:
         logger.info("--resume: no checkpoint in %s yet, starting a new run", out / "checkpoints")
         return None
     return "latest"
-
-
-def _clock_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
-
-
-def _throughput(trainer: Any, epoch_time: float | None, flops_per_sample: float | None, peak: float | None) -> dict:
-    """Training samples/sec over an average epoch (the launch's first excluded), TFLOP/s and, if the peak is known, MFU."""
-    state = trainer.state
-    if not epoch_time or not state.iteration or not state.epoch_length:
-        return {"samples_per_sec": None}
-    rate = state.samples / state.iteration * state.epoch_length / epoch_time
-    out: dict[str, Any] = {"samples_per_sec": rate}
-    if flops_per_sample is not None:
-        out["model_tflops"] = flops_per_sample * rate / 1e12
-        if peak is not None:
-            out["mfu"] = flops_per_sample * rate / (peak * idist.get_world_size())  # rate is global
-    return out
 
 
 def task_metrics(task: str, loss_fn: nn.Module, device: torch.device) -> tuple[dict, dict, str, str]:
@@ -169,6 +156,43 @@ def training_records(metrics: dict, stream: RecordStream, timer: EpochTimer, opt
     )
 
 
+class RunOutcome:
+    """How a run ended, and its closing: the summary record, checkpoints on disk, record sinks closed.
+
+    Use it as a context manager around the run and set ``status`` when it ends: ``"completed"`` or
+    ``"interrupted"``. An exception leaving the block makes it ``"failed"`` (``"aborted"`` for
+    ``KeyboardInterrupt``, a second stop signal). On leaving, ``summary(status)`` is emitted (unless
+    ``status`` is None: nothing was run), background checkpoint writes are waited for and the sinks
+    are closed, each step even if an earlier one failed. A failure there (a full disk) is raised if
+    the run itself succeeded; otherwise the run's own error is the one that leaves, and the later
+    ones go to the log.
+    """
+
+    def __init__(self, stream: RecordStream, checkpoints: Checkpointing, summary: Callable[[str], dict[str, Any]]) -> None:
+        self.stream, self.checkpoints, self.summary = stream, checkpoints, summary
+        self.status: str | None = "failed"
+
+    def __enter__(self) -> RunOutcome:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        if kind is not None:
+            self.status = "aborted" if issubclass(kind, KeyboardInterrupt) else "failed"
+        closing = [self.checkpoints.wait, self.stream.close]
+        if self.status is not None:
+            closing.insert(0, lambda: self.stream.emit(self.summary(self.status)))  # type: ignore[arg-type]
+        failures = []
+        for step in closing:
+            try:
+                step()
+            except Exception as e:
+                failures.append(e)
+        if failures and kind is None:
+            raise failures[0]
+        for failure in failures:
+            logger.debug("While closing a run that had already failed: %s", failure, exc_info=failure)
+
+
 def _worker_signals(worker_id: int) -> None:
     """DataLoader workers share the process group: a terminal's Ctrl-C or a scheduler's SIGTERM to the
     group must stop only the main process, which saves and then shuts the workers down itself."""
@@ -188,41 +212,6 @@ def _worker_signals(worker_id: int) -> None:
     threading.Thread(target=take_sigterm, name="flint-sigterm", daemon=True).start()
 
 
-def train(cfg: Config, recipe: Recipe) -> str:
-    """Run one training job; returns ``"completed"`` or ``"interrupted"`` (a checkpoint was saved).
-
-    Raises ``NonFiniteLoss`` when the loss becomes NaN or infinite (status ``"failed"``) and
-    ``KeyboardInterrupt`` on a second stop signal (status ``"aborted"``)."""
-    # --- where the run lives (rank 0 writes the files; every rank checks first) -----------------
-    out = Path(cfg.output_dir)
-    resume_path = _resume_from(cfg, out)
-    world = idist.get_world_size()
-    check_global_batch(cfg.batch_size, world)  # also for callers that did not come through the CLI
-    idist.barrier()  # no rank may see rank 0's new files as "a run already there"
-    if idist.get_rank() > 0:
-        return _train(cfg, recipe, out, resume_path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        log_file = logging.FileHandler(out / "train.log", encoding="utf-8")
-    except OSError as e:
-        raise OSError(f"cannot write to output dir {out}: {e.strerror or e}") from None
-    log_file.setLevel(logging.DEBUG)
-    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(log_file)
-    try:
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
-        logger.info("Run config: %s", json.dumps(asdict(cfg)))
-        if world > 1:
-            logger.info("Data-parallel on %d workers (%s): %d samples per worker batch", world, idist.backend(), cfg.batch_size // world)
-        return _train(cfg, recipe, out, resume_path)
-    except Exception:
-        logger.debug("Run failed", exc_info=True)
-        raise
-    finally:
-        logging.getLogger().removeHandler(log_file)
-        log_file.close()
-
-
 def _any_rank() -> Callable[[bool], bool] | None:
     """For Preemption: whether any rank asked to stop, over a CPU (gloo) group: no device sync."""
     if idist.get_world_size() == 1:
@@ -239,7 +228,63 @@ def _any_rank() -> Callable[[bool], bool] | None:
     return agree
 
 
-def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | None) -> str:
+def _clock_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def _throughput(trainer: Any, epoch_time: float | None, flops_per_sample: float | None, peak: float | None) -> dict:
+    """Training samples/sec over an average epoch (the launch's first excluded), TFLOP/s and, if the peak is known, MFU."""
+    state = trainer.state
+    if not epoch_time or not state.iteration or not state.epoch_length:
+        return {"samples_per_sec": None}
+    rate = state.samples / state.iteration * state.epoch_length / epoch_time
+    out: dict[str, Any] = {"samples_per_sec": rate}
+    if flops_per_sample is not None:
+        out["model_tflops"] = flops_per_sample * rate / 1e12
+        if peak is not None:
+            out["mfu"] = flops_per_sample * rate / (peak * idist.get_world_size())  # rate is global
+    return out
+
+
+def train(cfg: Config, recipe: Recipe) -> str:
+    """Run one training job; returns ``"completed"`` or ``"interrupted"`` (a checkpoint was saved).
+
+    Raises ``NonFiniteLoss`` when the loss becomes NaN or infinite (status ``"failed"``) and
+    ``KeyboardInterrupt`` on a second stop signal (status ``"aborted"``)."""
+    # --- where the run lives (rank 0 writes the files; every rank checks first) -----------------
+    out = Path(cfg.output_dir)
+    resume = resume_point(cfg)
+    check_global_batch(cfg.batch_size, idist.get_world_size())  # also for callers that did not come through the CLI
+    idist.barrier()  # no rank may see rank 0's new files as "a run already there"
+    if idist.get_rank() > 0:
+        return _train(cfg, recipe, out, resume)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        log_file = logging.FileHandler(out / "train.log", encoding="utf-8")
+    except OSError as e:
+        raise OSError(f"cannot write to output dir {out}: {e.strerror or e}") from None
+    log_file.setLevel(logging.DEBUG)
+    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(log_file)
+    try:
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
+        logger.info("Run config: %s", json.dumps(asdict(cfg)))
+        if idist.get_world_size() > 1:
+            logger.info("Data-parallel on %d workers (%s): %d samples per worker batch", idist.get_world_size(),
+                        idist.backend(), cfg.batch_size // idist.get_world_size())  # fmt: skip
+        return _train(cfg, recipe, out, resume)
+    except Exception:
+        logger.debug("Run failed", exc_info=True)
+        raise
+    finally:
+        logging.getLogger().removeHandler(log_file)
+        log_file.close()
+
+
+def _train(cfg: Config, recipe: Recipe, out: Path, resume: Path | str | None) -> str:
     seed_everything(cfg.seed)  # the same on every rank: same initial weights, dropout masks
     device = torch.device(cfg.device)
     rank, world = idist.get_rank(), idist.get_world_size()
@@ -248,13 +293,13 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
         torch.cuda.set_device(device)
     batch_size = cfg.batch_size // world  # --batch-size is global
 
-    # --- data ----------------------------------------------------------------------------------
+    # --- data: the order is a function of (seed, epoch), so a run resumed mid-epoch sees the same batches
     train_set, val_set = recipe.datasets[cfg.dataset](cfg)
     pin = device.type == "cuda"
     val_batch = max(batch_size, 256)
+    shard = {"num_replicas": world, "rank": rank}  # with several workers each takes its shard
     train_loader: Any
     val_loader: Any
-    shard = {"num_replicas": world, "rank": rank}
     if cfg.data_on_device:
         augment = DEVICE_AUGMENT.get(cfg.dataset)
         train_loader = DeviceTensorLoader(train_set, batch_size, shuffle=True, device=device, augment=augment, seed=cfg.seed, **shard)
@@ -265,8 +310,6 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
             "num_workers": cfg.num_workers, "pin_memory": pin, "persistent_workers": cfg.num_workers > 0,
             "worker_init_fn": _worker_signals if cfg.num_workers else None,
         }  # fmt: skip
-        # The order is a function of (seed, epoch), so a run resumed mid-epoch sees the same batches;
-        # with several workers each takes its shard (DistributedSampler's, plus skip for resumes).
         sampler = EpochSampler(len(train_set), seed=cfg.seed, **shard)  # type: ignore[arg-type]
         train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, generator=sampler.generator, **loading)
         val_sampler = EpochSampler(len(val_set), shuffle=False, pad=False, **shard)  # type: ignore[arg-type]
@@ -274,7 +317,7 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
     if cfg.test_run:
         train_loader, val_loader = FirstBatches(train_loader, 1), FirstBatches(val_loader, 1)
 
-    # --- model, optimizer, engines -------------------------------------------------------------
+    # --- model, optimizer, loss --------------------------------------------------------------------
     model = recipe.build_model().to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -291,67 +334,37 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
         logger.info("Compiling the model: the first training and validation iterations include the compile")
         net = torch.compile(net)
         eval_net = net if world == 1 else torch.compile(model)
+
+    # --- engines: Flint's handlers attach in any order (engine.FlintEvents orders their work) -------
     prepare = channels_last_batch if cfg.channels_last else None
     trainer = create_trainer(
         net, optimizer, loss_fn, device=device, accumulation_steps=cfg.update_cycle, amp=cfg.amp, non_blocking=pin,
         prepare_batch=prepare,
     )  # fmt: skip
     evaluator = create_evaluator(eval_net, device=device, amp=cfg.amp, non_blocking=pin, prepare_batch=prepare)
-    schedule = LRSchedule(
-        optimizer,
-        functools.partial(
-            lr_multiplier,
-            mode=cfg.lr_mode,
-            steps_per_epoch=len(train_loader),
-            epochs=cfg.epochs,
-            milestones=cfg.lr_steps,
-            factor=cfg.lr_factor,
-            warmup_epochs=cfg.warmup_epochs,
-            warmup_start=cfg.warmup_lr / cfg.lr,
-        ),
-    )
+    handlers: list[Any] = [DataOrder(sampler, batch_size), Validation(evaluator, val_loader)]  # the epoch's data order
+    if cfg.lr_mode != "constant" or cfg.warmup_epochs:  # a constant LR needs no per-iteration work
+        schedule = functools.partial(
+            lr_multiplier, mode=cfg.lr_mode, steps_per_epoch=len(train_loader), epochs=cfg.epochs, milestones=cfg.lr_steps,
+            factor=cfg.lr_factor, warmup_epochs=cfg.warmup_epochs, warmup_start=cfg.warmup_lr / cfg.lr,
+        )  # fmt: skip
+        handlers.append(LRSchedule(optimizer, schedule))
 
-    # --- one record stream: log lines, metrics.jsonl, TensorBoard (rank 0; the others, no sinks) --
+    # --- reporting: one record stream to log lines, metrics.jsonl and TensorBoard (rank 0; the others, no sinks)
     tb = TensorboardLogger(log_dir=str(out)) if rank == 0 else None
     stream = RecordStream([LoggingSink(logger), JsonlSink(out / "metrics.jsonl"), TensorBoardSink(tb.writer)] if tb else [])
-
-    # --- handlers, in the order they run at each event -----------------------------------------
-    DataOrder(sampler, batch_size).attach(trainer)  # the epoch's order; skips what a resumed epoch did
-    timer = EpochTimer().attach(trainer)  # first: its epoch time excludes validation
-    if cfg.lr_mode != "constant" or cfg.warmup_epochs:  # a constant LR needs no per-iteration work
-        schedule.attach(trainer)  # ITERATION_STARTED, before the LR tracker reads it
     train_metrics, val_metrics, monitor, mode = task_metrics(recipe.task, loss_fn, device)
-    training = training_records(train_metrics, stream, timer, optimizer).attach(trainer)
-    LRTracker(optimizer, stream, every=cfg.log_interval).attach(trainer)
-    batches = BatchLogger(stream, every=cfg.log_interval, optimizer=optimizer, metrics=train_metrics).attach(trainer)
-    if tb is not None:
-        NetSummaries(model, tb.writer).attach(trainer)
-    guard = LossGuard(every=cfg.log_interval).attach(trainer)  # NaN/inf: stop before validating or saving
-    Validation(evaluator, val_loader).attach(trainer)
+    timer, eta = EpochTimer(), ETA(cfg.progress_file if rank == 0 else None)
+    handlers += [
+        timer,
+        eta,
+        training_records(train_metrics, stream, timer, optimizer),
+        BatchLogger(stream, every=cfg.log_interval, optimizer=optimizer, metrics=train_metrics),
+        LRTracker(optimizer, stream, every=cfg.log_interval),
+    ]
     EpochMetrics(val_metrics, stream, "validation", trainer=trainer).attach(evaluator)
-    stopper = None
-    if cfg.early_stopping:
-        # Ignite's, on the evaluator; not reset at the trainer's STARTED, which would wipe a resumed patience.
-        stopper = EarlyStopping(cfg.early_stopping, lambda e: e.state.metrics[monitor], trainer, mode=mode)  # type: ignore[arg-type]
-        evaluator.add_event_handler(Events.COMPLETED, stopper)
-    scaler = trainer.scaler  # type: ignore[attr-defined]  # create_trainer's GradScaler (disabled unless fp16)
-    to_save = {
-        "model": model, "optimizer": optimizer, "trainer": trainer, "scaler": scaler, "scheduler": schedule, "rng": RNGState(),
-        # what a checkpoint taken mid-epoch needs to finish the epoch's records as an unbroken run would
-        "training_metrics": training, "batch_logger": batches, "epoch_timer": timer,
-    }  # fmt: skip
-    if stopper is not None:
-        to_save["early_stopping"] = stopper
-    checkpoints = Checkpointing(out / "checkpoints", to_save, n_latest=2, metric=monitor, mode=mode)
-    checkpoints.attach(trainer, evaluator, every=cfg.save_frequency)
-    interrupt = InterruptAt(cfg.interrupt_at, checkpoints.save_latest).attach(trainer) if cfg.interrupt_at else None
-
-    def save_now(engine: Any) -> None:  # a checkpoint between epochs: only if every loss so far was finite
-        guard.check(engine)
-        checkpoints.save_latest(engine)
-
-    preemption = Preemption(save_now, agree=_any_rank()).attach(trainer)  # SIGTERM/SIGINT: save at the next update and exit 3
-    eta = ETA(cfg.progress_file if rank == 0 else None).attach(trainer)
+    if tb is not None:
+        handlers.append(NetSummaries(model, tb.writer))
     if cfg.progress and sys.stderr.isatty() and rank == 0:
         from ignite.handlers import ProgressBar
 
@@ -361,6 +374,14 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
         every = max(1, len(train_loader) // 50)  # redrawing per iteration costs ~85 us each
         ProgressBar(persist=False).attach(trainer, output_transform=bar_fields, event_name=Events.ITERATION_COMPLETED(every=every))
 
+    # --- safety: NaN guard, checkpoints (every stateful handler is in them by itself), stops -----
+    to_save = {"model": model, "optimizer": optimizer, "trainer": trainer, "rng": RNGState(), "scaler": trainer.scaler}  # type: ignore[attr-defined]
+    checkpoints = Checkpointing(out / "checkpoints", to_save, n_latest=2, metric=monitor, mode=mode, every=cfg.save_frequency)
+    stopper = EarlyStopping(cfg.early_stopping, monitor, trainer, mode=mode) if cfg.early_stopping else None  # type: ignore[arg-type]
+    interrupt = InterruptAt(cfg.interrupt_at) if cfg.interrupt_at else None
+    preemption = Preemption(agree=_any_rank())  # SIGTERM/SIGINT: stop at the next update, saved, exit 3
+    handlers += [LossGuard(every=cfg.log_interval), checkpoints, preemption, *[h for h in (stopper, interrupt) if h]]
+    attach_all(handlers, trainer, evaluator)
     profiler = None
     if cfg.profile:
         from ignite.handlers import HandlersTimeProfiler
@@ -373,74 +394,76 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume_path: Path | str | Non
 
         trainer.add_event_handler(Events.EXCEPTION_RAISED, reraise)
 
-    # --- resume and run ------------------------------------------------------------------------
-    status = "failed"
-    failing = False  # an error is on its way out: a sink failing too (a full disk) must not replace it
-    try:
-        if resume_path == "latest":
-            resume_path = checkpoints.load_latest_valid(map_location=device)
-        elif resume_path is not None:
-            checkpoints.load(resume_path, map_location=device)
-        if world > 1:  # every rank must continue from the same iteration, or DDP mixes steps and hangs
-            here = torch.tensor(trainer.state.iteration)
-            low, high = idist.all_reduce(here.clone(), op="MIN"), idist.all_reduce(here.clone(), op="MAX")
-            if int(low) != int(high):
-                raise CheckpointError(f"the workers loaded different checkpoints (iterations {int(low)} to {int(high)})")
-        if resume_path is not None:
-            if trainer.state.epoch >= cfg.epochs:  # Ignite would start over on a finished state
-                logger.info("The run in %s already completed %d epochs; nothing to do", out, trainer.state.epoch)
-                return "completed"
-            if stopper is not None and stopper.counter >= stopper.patience:
-                logger.info("The run in %s already stopped early after epoch %d; nothing to do", out, trainer.state.epoch)
+    # --- run: resume, train, and close with a summary -------------------------------------------
+    def summary(status: str) -> dict[str, Any]:
+        return {
+            "phase": "summary",
+            "status": status,
+            "epochs": trainer.state.epoch,
+            "samples": getattr(trainer.state, "samples", 0),
+            "best_epoch": checkpoints.best.epoch,
+            f"best_{monitor}": checkpoints.best.value,
+            "avg_epoch_time": timer.average,
+            "stopped_early": stopper is not None and stopper.stopped,
+            **_throughput(trainer, timer.average, flops_per_sample, peak_flops(device, cfg.amp)),
+        }
+
+    with RunOutcome(stream, checkpoints, summary) as outcome:
+        loaded = _load(checkpoints, resume, device)
+        _same_iteration_on_every_rank(trainer)
+        if loaded is not None:
+            done = trainer.state.epoch >= cfg.epochs  # Ignite would start over on a finished state
+            if done or (stopper is not None and stopper.stopped):
+                how = f"completed {trainer.state.epoch} epochs" if done else f"stopped early after epoch {trainer.state.epoch}"
+                logger.info("The run in %s already %s; nothing to do", out, how)
+                outcome.status = None
                 return "completed"
             position = {"epoch": trainer.state.epoch, "iteration": trainer.state.iteration}
-            stream.emit({"phase": "resume", **position, "samples": trainer.state.samples, "checkpoint": str(resume_path)})  # type: ignore[attr-defined]
+            stream.emit({"phase": "resume", **position, "samples": trainer.state.samples, "checkpoint": str(loaded)})  # type: ignore[attr-defined]
         try:
             with preemption.signal_handlers():
                 trainer.run(train_loader, max_epochs=cfg.epochs)
-            stopped = preemption.triggered or (interrupt is not None and interrupt.triggered)
-            status = "interrupted" if stopped else "completed"
-            if profiler is not None and rank == 0:
-                logger.info("Handler costs (--profile):\n%s", profile_table(profiler, trainer))
         except NonFiniteLoss as e:
             checkpoints.wait()  # an earlier save may still be finishing in the background
             last = Checkpointing.find_latest(out / "checkpoints")
             raise NonFiniteLoss(f"{e}; stopped without saving; the last good checkpoint is {last or 'none'}") from None
-        except KeyboardInterrupt:
-            status = "aborted"
-            raise
-        finally:
-            summary = {
-                "phase": "summary",
-                "status": status,
-                "epochs": trainer.state.epoch,
-                "samples": getattr(trainer.state, "samples", 0),
-                "best_epoch": checkpoints.best.epoch,
-                f"best_{monitor}": checkpoints.best.value,
-                "avg_epoch_time": timer.average,
-                "stopped_early": stopper is not None and stopper.counter >= stopper.patience,
-                **_throughput(trainer, timer.average, flops_per_sample, peak_flops(device, cfg.amp)),
-            }
-            try:
-                stream.emit(summary)
-            except Exception:
-                if status in ("completed", "interrupted"):  # nothing else failed: this error is the one
-                    raise
-                logger.debug("Writing the summary failed too", exc_info=True)
-    except BaseException:
-        failing = True
-        raise
-    finally:
-        try:
-            checkpoints.wait()  # on an error, a save may still be finishing (COMPLETED waits otherwise)
-        except Exception:
-            if not failing:
-                raise
-            logger.debug("A checkpoint write failed too", exc_info=True)
-        try:
-            stream.close()
-        except Exception:
-            if not failing:
-                raise
-            logger.debug("Closing the record sinks failed too", exc_info=True)
-    return status
+        stopped = preemption.triggered or (interrupt is not None and interrupt.triggered)
+        outcome.status = "interrupted" if stopped else "completed"
+        if profiler is not None and rank == 0:
+            logger.info("Handler costs (--profile):\n%s", profile_table(profiler, trainer))
+    return outcome.status
+
+
+def _load(checkpoints: Checkpointing, resume: Path | str | None, device: torch.device) -> Path | None:
+    """Load what :func:`resume_point` chose; the checkpoint loaded, or None for a new run."""
+    if resume == "latest":
+        return checkpoints.load_latest_valid(map_location=device)
+    if resume is not None:
+        checkpoints.load(resume, map_location=device)
+        return Path(resume)
+    return None
+
+
+def attach_all(handlers: Sequence[Any], trainer: Engine, evaluator: Engine) -> None:
+    """``handler.attach(trainer, evaluator)`` if its ``attach`` takes two engines, else ``handler.attach(trainer)``.
+
+    ``attach`` takes two when it has a parameter named ``evaluator`` or two required positional ones.
+    On Flint's engines the order does not decide what the handlers do (``engine.FlintEvents``).
+    """
+    for handler in handlers:
+        params = inspect.signature(handler.attach).parameters
+        required = [p for p in params.values() if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if "evaluator" in params or len(required) >= 2:
+            handler.attach(trainer, evaluator)
+        else:
+            handler.attach(trainer)
+
+
+def _same_iteration_on_every_rank(trainer: Any) -> None:
+    """Every rank must continue from the same iteration, or DDP mixes steps and hangs."""
+    if idist.get_world_size() == 1:
+        return
+    here = torch.tensor(trainer.state.iteration)
+    low, high = idist.all_reduce(here.clone(), op="MIN"), idist.all_reduce(here.clone(), op="MAX")
+    if int(low) != int(high):
+        raise CheckpointError(f"the workers loaded different checkpoints (iterations {int(low)} to {int(high)})")

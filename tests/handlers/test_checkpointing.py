@@ -128,14 +128,14 @@ def test_save_frequency_keeps_the_last_epoch_and_a_stop(tmp_path, model, batches
     from engine import create_trainer
 
     trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
-    Checkpointing(tmp_path, {"model": model, "trainer": trainer}, n_latest=10).attach(trainer, every=3)
+    Checkpointing(tmp_path, {"model": model, "trainer": trainer}, n_latest=10, every=3).attach(trainer)
     trainer.run(batches, max_epochs=7)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_21.pt", "checkpoint_42.pt", "checkpoint_49.pt"]
 
     stopped = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
     # Terminating before the checkpoint handler runs, as EarlyStopping does during validation.
     stopped.add_event_handler(Events.EPOCH_COMPLETED(once=2), lambda e: e.terminate())
-    Checkpointing(tmp_path / "stop", {"model": model, "trainer": stopped}).attach(stopped, every=3)
+    Checkpointing(tmp_path / "stop", {"model": model, "trainer": stopped}, every=3).attach(stopped)
     stopped.run(batches, max_epochs=7)
     assert [p.name for p in (tmp_path / "stop").iterdir()] == ["checkpoint_14.pt"]
 
@@ -152,12 +152,11 @@ def make_mid_epoch_run(tmp_path, stream):
     trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy)
     DataOrder(sampler, batch_size=8).attach(trainer)
     ticks = iter(range(10**6))
-    timer = EpochTimer(clock=lambda: float(next(ticks))).attach(trainer)
-    metrics = EpochMetrics({"accuracy": Accuracy()}, stream).attach(trainer)
-    logger = BatchLogger(stream, every=3).attach(trainer)
-    to_save = {"model": model, "optimizer": opt, "trainer": trainer, "rng": RNGState(),
-               "metrics": metrics, "batch_logger": logger, "timer": timer}  # fmt: skip
-    ckpt = Checkpointing(tmp_path, to_save).attach(trainer)
+    ckpt = Checkpointing(tmp_path, {"model": model, "optimizer": opt, "trainer": trainer, "rng": RNGState()}).attach(trainer)
+    # Attached after Checkpointing and not in to_save: their states reach the checkpoints by themselves.
+    EpochTimer(clock=lambda: float(next(ticks))).attach(trainer)
+    EpochMetrics({"accuracy": Accuracy()}, stream).attach(trainer)
+    BatchLogger(stream, every=3).attach(trainer)
     return trainer, loader, model, ckpt
 
 
@@ -167,10 +166,12 @@ def test_resume_from_mid_epoch_is_bit_exact_with_the_same_records(tmp_path, coll
 
     broken = type(collector)()
     first, loader, _, ckpt = make_mid_epoch_run(tmp_path / "broken", broken)
-    stop = Preemption(ckpt.save_latest).attach(first)
+    stop = Preemption().attach(first)
     first.add_event_handler(Events.ITERATION_STARTED(once=7), lambda _: stop.request())  # epoch 2, batch 2 of 5
     first.run(loader, max_epochs=3)
     assert first.state.iteration == 7 and Checkpointing.find_latest(tmp_path / "broken").name == "checkpoint_7.pt"
+    saved = torch.load(tmp_path / "broken" / "checkpoint_7.pt", weights_only=True)
+    assert {"batch_logger", "epoch_timer", "training_metrics"} <= set(saved)
     torch.rand(5)
 
     resumed, loader, resumed_model, ckpt = make_mid_epoch_run(tmp_path / "broken", broken)

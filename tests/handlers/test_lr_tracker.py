@@ -3,7 +3,7 @@ import torch
 from ignite.engine import Events
 from ignite.handlers import LRScheduler
 
-from engine import create_trainer
+from engine import TrainEvents, create_trainer
 from handlers import LRTracker
 
 
@@ -15,16 +15,16 @@ def test_tracks_every_param_group_at_epoch_start_and_every_n(model, batches, col
     LRTracker(opt, collector, every=5).attach(trainer)
     trainer.run(batches, max_epochs=2)
     points = [(r["epoch"], r["iteration"], r["samples"]) for r in collector.phase("lr")]
-    assert points == [(1, 1, 0), (1, 5, 20), (2, 8, 26), (2, 10, 38)]
+    assert points == [(1, 1, 4), (1, 5, 20), (2, 8, 30), (2, 10, 38)]  # each at its step, after its batch
     assert all(r["lr"] == [0.1, 0.01] for r in collector.records)
 
 
 def test_records_the_lr_a_scheduler_set_for_the_epoch(model, batches, collector):
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy)
+    LRTracker(opt, collector, every=None).attach(trainer)  # attached before the scheduler: still reads its LR
     scheduler = LRScheduler(torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
-    trainer.add_event_handler(Events.EPOCH_STARTED, scheduler)  # the scheduler first, then the tracker
-    LRTracker(opt, collector, every=None).attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_STARTED, scheduler)
     trainer.run(batches, max_epochs=3)
     assert [r["lr"] for r in collector.records] == [[1.0], [0.5], [0.25]]
 
@@ -36,11 +36,11 @@ def test_records_the_first_step_lr_of_a_per_iteration_schedule(model, batches, c
 
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy)
+    LRTracker(opt, collector, every=None).attach(trainer)  # before the schedule, which runs at ITERATION_STARTED
     multiplier = partial(lr_multiplier, mode="step", steps_per_epoch=7, epochs=3, milestones=[1, 2], factor=0.5)
     LRSchedule(opt, multiplier).attach(trainer)
     used = []
-    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: used.append(opt.param_groups[0]["lr"]))
-    LRTracker(opt, collector, every=None).attach(trainer)
+    trainer.add_event_handler(TrainEvents.BEFORE_OPTIMIZER_STEP, lambda e: used.append(opt.param_groups[0]["lr"]))
     trainer.run(batches, max_epochs=3)
     assert [r["lr"] for r in collector.records] == [[used[0]], [used[7]], [used[14]]] == [[1.0], [0.5], [0.25]]
 

@@ -59,7 +59,7 @@ def test_profile_logs_each_handlers_cost(tmp_path):
     assert main(["run", "lenet", "--test-run", "--epochs", "2", "--profile", "--no-progress", "-o", str(tmp_path)]) == 0
     log = (tmp_path / "train.log").read_text()
     assert "Handler costs (--profile)" in log and "Per iteration: handlers" in log
-    assert "BatchLogger._emit" in log and "Checkpointing.save_latest" in log
+    assert "BatchLogger._on_iteration" in log and "Checkpointing._on_save" in log and "EPOCH_REPORT" in log
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -71,11 +71,13 @@ def test_no_host_device_sync_between_log_points(tmp_path):
 
     from ignite.engine import Engine, Events
 
+    from engine import FlintEvents
     from recipes.train import train
 
     cfg = Config(recipe="lenet", dataset="digits", epochs=10, log_interval=50, device="cuda", progress=False,
                  output_dir=str(tmp_path), data_on_device=True, amp=True)  # fmt: skip
-    iteration_events = {Events.ITERATION_STARTED, Events.ITERATION_COMPLETED, Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED}
+    iteration_events = {Events.ITERATION_STARTED, Events.ITERATION_COMPLETED, Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED,
+                        FlintEvents.ITERATION_REPORT}  # fmt: skip
     hot: list[str] = []
 
     def attribute(message, category, filename, lineno, file=None, line=None):
