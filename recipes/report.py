@@ -76,9 +76,11 @@ def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except ValueError as e:
-                problem = f"not valid JSON ({e.msg if isinstance(e, json.JSONDecodeError) else e})"
+                record = json.loads(line.rstrip("\n"))
+            except json.JSONDecodeError as e:  # e.msg may end in "at": the position follows
+                problem = f"not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
+            except (ValueError, RecursionError) as e:  # e.g. nesting too deep to parse
+                problem = f"not valid JSON ({type(e).__name__})"
             else:
                 problem = _problem(record)
             if problem:
