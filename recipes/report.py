@@ -164,7 +164,8 @@ def _launches(records: list[dict]) -> list[list[dict]]:
 class _Timing:
     avg_epoch_time: float | None
     samples_per_sec: float | None
-    note: str  # which epochs the average counts, or why the throughput is unknown
+    note: str  # which epochs the average counts
+    rate_note: str  # what the throughput counts, or why it is unknown
 
 
 def _timing(training: list[dict], launches: list[list[dict]], compiled: bool) -> _Timing:
@@ -188,11 +189,11 @@ def _timing(training: list[dict], launches: list[list[dict]], compiled: bool) ->
     elif timed:
         basis = timed
         if compiled:
-            note = "includes the torch.compile: every timed epoch was the first of its launch"
+            note = "first epoch of a launch: includes the torch.compile"
         else:
             note = "first epoch of a launch: includes warm-up"
     else:
-        return _Timing(None, None, "no epoch time recorded")
+        return _Timing(None, None, "no epoch time recorded", "no epoch time recorded")
     avg = sum(r["epoch_time"] for r in basis) / len(basis)
     samples_at = {r["epoch"]: r.get("samples") for r in training}
     samples_at.setdefault(0, 0)
@@ -202,10 +203,11 @@ def _timing(training: list[dict], launches: list[list[dict]], compiled: bool) ->
         if not (_number(before) and _number(after)):
             break
         counts.append(after - before)
-    rate = None
-    if len(counts) == len(basis) and not (compiled and not steady):
-        rate = sum(counts) / sum(r["epoch_time"] for r in basis)
-    return _Timing(avg, rate, note)
+    if compiled and not steady:
+        return _Timing(avg, None, note, "every timed epoch includes the torch.compile")
+    if len(counts) < len(basis):
+        return _Timing(avg, None, note, "the training records have no sample counts")
+    return _Timing(avg, sum(counts) / sum(r["epoch_time"] for r in basis), note, "training")
 
 
 def summarise(records: list[dict], monitor: tuple[str, str] | None = None, compiled: bool = False) -> dict[str, Any]:
@@ -250,6 +252,7 @@ def summarise(records: list[dict], monitor: tuple[str, str] | None = None, compi
         "avg_epoch_time": timing.avg_epoch_time,
         "samples_per_sec": timing.samples_per_sec,
         "timing": timing.note,
+        "throughput": timing.rate_note,
     }
 
 
@@ -322,9 +325,9 @@ def _table(summary: dict[str, Any], lr: list[float] | None) -> str:
         rows.append(("average epoch time", f"{summary['avg_epoch_time']:.3f} s ({summary['timing']})"))
     rate = summary["samples_per_sec"]
     if rate is not None:
-        rows.append(("throughput", f"{rate:,.0f} samples/s (training)"))
+        rows.append(("throughput", f"{rate:,.0f} samples/s ({summary['throughput']})"))
     else:
-        rows.append(("throughput", f"unknown ({summary['timing']})"))
+        rows.append(("throughput", f"unknown ({summary['throughput']})"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 

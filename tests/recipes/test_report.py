@@ -37,7 +37,7 @@ def test_summary_of_a_run():
     assert summary == {
         "status": "completed", "epochs": 3, "metric": "accuracy", "mode": "max", "best_epoch": 2, "best_value": 0.90,
         "last_value": 0.85, "resumes": [], "avg_epoch_time": 3.0, "samples_per_sec": pytest.approx(100 / 3.0),
-        "timing": "without the first epoch",
+        "timing": "without the first epoch", "throughput": "training",
     }  # fmt: skip
 
 
@@ -70,7 +70,8 @@ def test_a_one_epoch_run_and_compiled_runs_label_their_timing_and_never_show_a_c
     assert (summary["avg_epoch_time"], summary["samples_per_sec"]) == (0.5, 128.0)
     assert summary["timing"] == "first epoch of a launch: includes warm-up"
     compiled = summarise(one, compiled=True)  # 64 samples over a 30 s compile is no throughput
-    assert compiled["samples_per_sec"] is None and "includes the torch.compile" in compiled["timing"]
+    assert compiled["samples_per_sec"] is None and compiled["throughput"] == "every timed epoch includes the torch.compile"
+    assert compiled["timing"] == "first epoch of a launch: includes the torch.compile"
     # a compiled run resumed for its second epoch: both epochs open a launch, both include the compile
     resumed = [*one, {"phase": "resume", "epoch": 1, "iteration": 1, "samples": 64}, {"phase": "training", "epoch": 2, "samples": 128, "epoch_time": 20.0}]
     assert summarise(resumed, compiled=True)["samples_per_sec"] is None
