@@ -257,20 +257,26 @@ def summarise(records: list[dict], monitor: tuple[str, str] | None = None, compi
 
 
 def _lr_series(records: list[dict], x_key: str) -> list[tuple[float, list[float]]]:
-    """(x, LRs) points from the lr records and the training records' epoch-end LRs."""
-    points: dict[float, list[float]] = {}
+    """(x, LRs) points from the lr records and the training records' epoch-end LRs, in order.
+
+    An epoch's end and the next epoch's start share an x: both are kept, end first, so that a step
+    schedule is drawn as a step. A record written again (an attempt that died, then a resume)
+    replaces the earlier one at its x.
+    """
+    points: dict[tuple[float, int], list[float]] = {}
     for r in records:
         lr = r.get("lr")
         if r["phase"] not in ("lr", "training") or not isinstance(lr, list) or not lr or not all(_number(v) for v in lr):
             continue
         x = r.get(x_key)
-        if not _number(x):
-            continue
-        if r["phase"] == "training" and x in points:  # an epoch end shares its x with the next epoch's start
-            continue
-        points[x] = lr
+        if _number(x):
+            points[(x, 0 if r["phase"] == "training" else 1)] = lr
     width = max((len(v) for v in points.values()), default=0)
-    return sorted((x, v) for x, v in points.items() if len(v) == width)
+    series: list[tuple[float, list[float]]] = []
+    for (x, _), lr in sorted(points.items()):
+        if len(lr) == width and (not series or series[-1] != (x, lr)):
+            series.append((x, lr))
+    return series
 
 
 def _lr_groups(points: list[tuple[float, list[float]]]) -> list[tuple[str, list[float]]]:
@@ -394,7 +400,9 @@ def plot_data(records: list[dict], summary: dict[str, Any]) -> Plot:
     batches = [r for r in records if r["phase"] == "batch"]
     loss = [("batch (interval mean)", series(batches, "loss")), ("training", series(training, "loss")),
             ("validation", series(validation, "loss"))]  # fmt: skip
-    panels = [Panel("loss", loss, log_y=all(y > 0 for _, points in loss for _, y in points))]
+    losses = [y for _, points in loss for _, y in points]
+    # a log scale for a loss that spans a wide range; a narrow one reads better on a linear scale
+    panels = [Panel("loss", loss, log_y=bool(losses) and min(losses) > 0 and max(losses) / min(losses) >= 3)]
     metrics = dict.fromkeys([metric] if metric != "loss" else [])
     for r in training + validation:
         metrics.update(dict.fromkeys(k for k, v in r.items() if k not in _NOT_METRICS and _number(v)))
@@ -446,7 +454,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FixedLocator
 
     run_dir = Path(run_dir)
     records = read_records(run_dir)
@@ -456,6 +464,13 @@ def write_report(run_dir: str | Path) -> tuple[Path, str]:
     metric = summary["metric"]
     epochs_at = [0.0] + [float(e) for e, _ in plot.epoch_ends]
     x_at = [0.0] + [float(x) for _, x in plot.epoch_ends]
+
+    def line(v: Any, xs: list[float], ys: list[float]) -> Any:
+        """Piecewise linear through (xs, ys), extended past both ends: the top axis needs an invertible map."""
+        v = np.asarray(v, dtype=float)
+        first, last = (ys[1] - ys[0]) / (xs[1] - xs[0]), (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+        inside = np.interp(v, xs, ys)
+        return np.where(v < xs[0], ys[0] + (v - xs[0]) * first, np.where(v > xs[-1], ys[-1] + (v - xs[-1]) * last, inside))
     ncols = min(3, max(1, len(plot.panels)))
     nrows = max(1, math.ceil(len(plot.panels) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.4 * nrows), squeeze=False)
@@ -477,11 +492,11 @@ def write_report(run_dir: str | Path) -> tuple[Path, str]:
         ax.set_xlabel(plot.x_label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-        if plot.epoch_ends:
-            top = ax.secondary_xaxis(
-                "top", functions=(lambda x: np.interp(x, x_at, epochs_at), lambda e: np.interp(e, epochs_at, x_at))
-            )
-            top.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
+        if plot.epoch_ends and all(b > a for a, b in zip(x_at, x_at[1:])):
+            top = ax.secondary_xaxis("top", functions=(lambda x: line(x, x_at, epochs_at), lambda e: line(e, epochs_at, x_at)))
+            step = math.ceil(len(plot.epoch_ends) / 8)  # at most about 8 epoch ticks, the last one always
+            ticks = [e for e, _ in plot.epoch_ends][::-1][::step][::-1]
+            top.xaxis.set_major_locator(FixedLocator(ticks))
             top.set_xlabel("epoch", fontsize="small")
         ax.set_title(panel.title)
     best = "-" if summary["best_value"] is None else f"{summary['best_value']:.4f} at epoch {summary['best_epoch']}"
