@@ -265,7 +265,7 @@ def _lr_series(records: list[dict], x_key: str) -> list[tuple[float, list[float]
     """
     points: dict[tuple[float, int], list[float]] = {}
     for r in records:
-        lr = r.get("lr")
+        lr = [r["lr"]] if _number(r.get("lr")) else r.get("lr")  # a loop of your own may write one number
         if r["phase"] not in ("lr", "training") or not isinstance(lr, list) or not lr or not all(_number(v) for v in lr):
             continue
         x = r.get(x_key)
@@ -462,8 +462,9 @@ def write_report(run_dir: str | Path) -> tuple[Path, str]:
     summary = summarise(records, _monitor_of(config), bool(config.get("compile")))
     plot = plot_data(records, summary)
     metric = summary["metric"]
-    epochs_at = [0.0] + [float(e) for e, _ in plot.epoch_ends]
-    x_at = [0.0] + [float(x) for _, x in plot.epoch_ends]
+    anchors = ([] if plot.epoch_ends and plot.epoch_ends[0][0] <= 0 else [(0, 0)]) + plot.epoch_ends  # epoch 0 at x 0
+    epochs_at, x_at = [float(e) for e, _ in anchors], [float(x) for _, x in anchors]
+    top_axis = len(anchors) > 1 and all(b > a for v in (epochs_at, x_at) for a, b in zip(v, v[1:]))
 
     def line(v: Any, xs: list[float], ys: list[float]) -> Any:
         """Piecewise linear through (xs, ys), extended past both ends: the top axis needs an invertible map."""
@@ -492,7 +493,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, str]:
         ax.set_xlabel(plot.x_label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-        if plot.epoch_ends and all(b > a for a, b in zip(x_at, x_at[1:])):
+        if top_axis:
             top = ax.secondary_xaxis("top", functions=(lambda x: line(x, x_at, epochs_at), lambda e: line(e, epochs_at, x_at)))
             step = math.ceil(len(plot.epoch_ends) / 8)  # at most about 8 epoch ticks, the last one always
             ticks = [e for e, _ in plot.epoch_ends][::-1][::step][::-1]
