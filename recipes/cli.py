@@ -106,10 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="list the recipes")
     report = commands.add_parser("report", help="plot a run's curves to RUN_DIR/report.png and print its results")
     report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     export = commands.add_parser("export", help="export a trained model")
     export.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory (its best checkpoint) or a checkpoint")
     export.add_argument("--format", choices=FORMATS, required=True, help="onnx, torchscript or state_dict")
     export.add_argument("-o", "--output", help="file to write (default RUN_DIR/model.<format suffix>)")
+    export.add_argument("--debug", action="store_true", help="show tracebacks and the exporter's log")
     run = commands.add_parser("run", help="train a recipe", argument_default=argparse.SUPPRESS)
     run.add_argument("recipe", choices=sorted(RECIPES), help="recipe name (see `flint list`)")
     run.add_argument("--dataset", help="dataset; default: the recipe's first")
@@ -336,13 +338,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 others = ", ".join(list(recipe.datasets)[1:])
                 print(f"{recipe.name:<7} {recipe.description} [dataset: {recipe.default_dataset}; also: {others}]")
             return EXIT_OK
+        if args.command in ("report", "export"):
+            _setup_console_logging(debug)
+            if not debug:  # stdout carries the result; the terminal shows warnings only (exporters log progress)
+                for handler in logging.getLogger().handlers:
+                    if isinstance(handler, _ConsoleHandler):
+                        handler.setLevel(logging.WARNING)
         if args.command == "report":
             path, table = write_report(args.run_dir)
             print(table)
             print(f"curves: {path}")
             return EXIT_OK
         if args.command == "export":
-            _setup_console_logging(debug)
             print(export_model(args.path, args.format, args.output))
             return EXIT_OK
         cfg = resolve_config(args)

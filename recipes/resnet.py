@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import resnet18
 
 from recipes.data import fake_images, torchvision_dataset
 from recipes.registry import Recipe
@@ -19,6 +18,8 @@ def cifar_resnet18(num_classes: int = 10) -> nn.Module:
         >>> cifar_resnet18()(torch.zeros(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
+    from torchvision.models import resnet18  # imported here: torchvision's models cost ~0.7 s to import
+
     model = resnet18(num_classes=num_classes)
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()

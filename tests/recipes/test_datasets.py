@@ -3,13 +3,16 @@
 import json
 import pickle
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from recipes.cli import main
-from recipes.data import DatasetMissing, torchvision_dataset
+from tests.conftest import REPO
+from recipes.data import DIGITS_MEAN_STD, DatasetCorrupt, DatasetMissing, dataset_info, digits, torchvision_dataset
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -64,6 +67,125 @@ def test_cifar10_python_batches_load_with_augmentation_on_training_only(tmp_path
     views = {tuple(train[0][0].flatten()[:64].tolist()) for _ in range(8)}
     assert train[0][0].shape == (3, 32, 32) and len(views) > 1  # random crop and flip
     assert torch.equal(test[0][0], test[0][0]) and test[5][1] == 5
+
+
+def _truncate(path, keep):
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def _relabel(path, labels):
+    write_idx(path, np.asarray(labels))
+
+
+MNIST_DAMAGE = {
+    # damage(raw folder) -> the expected message after "MNIST file(s) <raw>/"
+    "truncated images": (
+        lambda raw: _truncate(raw / "train-images-idx3-ubyte", 1000),
+        "file {raw}/train-images-idx3-ubyte is truncated: 1000 of 31376 bytes",
+    ),
+    "truncated header": (
+        lambda raw: _truncate(raw / "t10k-labels-idx1-ubyte", 5),
+        "file {raw}/t10k-labels-idx1-ubyte is truncated: 5 bytes, shorter than its 8-byte header",
+    ),
+    "empty": (lambda raw: _truncate(raw / "train-labels-idx1-ubyte", 0), "file {raw}/train-labels-idx1-ubyte is truncated: 0 bytes"),
+    "not idx": (
+        lambda raw: (raw / "train-images-idx3-ubyte").write_bytes(b"<html>404 Not Found</html>" * 2000),
+        "file {raw}/train-images-idx3-ubyte is not an idx file of images: it starts with 0x3c68746d, not 0x00000803",
+    ),
+    "too long": (
+        lambda raw: (raw / "t10k-images-idx3-ubyte").write_bytes((raw / "t10k-images-idx3-ubyte").read_bytes() + b"x" * 7),
+        "file {raw}/t10k-images-idx3-ubyte is 7 bytes longer than its header's 9424 bytes",
+    ),
+    "count mismatch": (
+        lambda raw: _relabel(raw / "train-labels-idx1-ubyte", np.arange(39) % 10),
+        "files {raw}/train-images-idx3-ubyte and {raw}/train-labels-idx1-ubyte do not match: 40 images, 39 labels",
+    ),
+    "label out of range": (
+        lambda raw: _relabel(raw / "t10k-labels-idx1-ubyte", [0] * 11 + [12]),
+        "files in {raw} (t10k) hold label 12; the classes are 0-9",
+    ),
+    "wrong image size": (
+        lambda raw: write_idx(raw / "train-images-idx3-ubyte", np.zeros((40, 32, 32))),
+        "file {raw}/train-images-idx3-ubyte holds 32x32 images, not 28x28",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", MNIST_DAMAGE)
+@pytest.mark.parametrize("name,folder,title", [("mnist", "MNIST", "MNIST"), ("fashion-mnist", "FashionMNIST", "Fashion-MNIST")])
+def test_damaged_mnist_files_fail_at_load_time_naming_the_file(tmp_path, name, folder, title, damage):
+    write_mnist(tmp_path, folder)
+    raw = tmp_path / folder / "raw"
+    change, expected = MNIST_DAMAGE[damage]
+    change(raw)
+    with pytest.raises(DatasetCorrupt) as e:
+        torchvision_dataset(name, str(tmp_path), download=False)
+    assert str(e.value).startswith(f"{title} " + expected.format(raw=raw))
+    assert "\n" not in str(e.value)
+
+
+def test_damaged_cifar10_batches_fail_at_load_time_naming_the_file(tmp_path, cifar_files_trusted):
+    folder = write_cifar10(tmp_path) / "cifar-10-batches-py"
+    _truncate(folder / "data_batch_3", 100)
+    with pytest.raises(DatasetCorrupt, match=f"^CIFAR-10 file {folder / 'data_batch_3'} is truncated or not a python batch"):
+        torchvision_dataset("cifar10", str(tmp_path), download=False)
+    batch = {"data": np.zeros((8, 3072), dtype=np.uint8), "labels": list(range(7))}  # one label short
+    (folder / "data_batch_3").write_bytes(pickle.dumps(batch))
+    with pytest.raises(DatasetCorrupt, match=f"^CIFAR-10 files in {folder / 'data_batch_3'} do not match: 8 images, 7 labels$"):
+        torchvision_dataset("cifar10", str(tmp_path), download=False)
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": np.zeros((8, 3072), dtype=np.uint8), "labels": [10] * 8}))
+    (folder / "data_batch_3").write_bytes(pickle.dumps({**batch, "labels": list(range(8))}))
+    with pytest.raises(DatasetCorrupt, match=f"^CIFAR-10 files in {folder / 'test_batch'} hold label 10; the classes are 0-9$"):
+        torchvision_dataset("cifar10", str(tmp_path), download=False)
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": np.zeros((8, 3000), dtype=np.uint8), "labels": [1] * 8}))
+    with pytest.raises(DatasetCorrupt, match=r"test_batch holds data of shape \(8, 3000\), not \(images, 3072\)$"):
+        torchvision_dataset("cifar10", str(tmp_path), download=False)
+
+
+def test_cifar10_files_that_are_not_the_release_are_named_by_their_md5(tmp_path):
+    folder = write_cifar10(tmp_path) / "cifar-10-batches-py"  # without the fixture: torchvision checks MD5 sums
+    with pytest.raises(DatasetCorrupt, match=f"^CIFAR-10 file {folder / 'data_batch_1'} is corrupt: its MD5 sum is not"):
+        torchvision_dataset("cifar10", str(tmp_path), download=False)
+
+
+def test_a_damaged_file_through_the_cli_is_one_line_exit_1_before_training(tmp_path, flint):
+    data, out = write_mnist(tmp_path / "data"), tmp_path / "run"
+    images = data / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    _truncate(images, 1000)
+    result = flint("run", "lenet", "--dataset", "mnist", "--data-dir", str(data), "--epochs", "1", "-o", str(out))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"flint: error: MNIST file {images} is truncated: 1000 of 31376 bytes"
+    assert not (out / "metrics.jsonl").exists()  # it failed before training
+
+
+def test_dataset_info_gives_the_normalisation_and_class_names():
+    train, _ = digits()
+    x = torch.stack([train[i][0] for i in range(len(train))])
+    assert abs(x.mean()) < 1e-5 and abs(x.std() - 1) < 1e-5  # digits() standardised the training split
+    from sklearn.datasets import load_digits
+    import torch.nn.functional as F
+
+    raw = torch.tensor(load_digits().images, dtype=torch.float32).unsqueeze(1) / 16
+    raw = F.interpolate(raw, size=(28, 28), mode="bilinear", align_corners=False)
+    restored = x * DIGITS_MEAN_STD[1] + DIGITS_MEAN_STD[0]  # undoing the published standardisation
+    order = torch.randperm(1797, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(restored, raw[order[359:]], atol=1e-5, rtol=0)
+    info = dataset_info("digits")
+    assert (info.mean, info.std, info.classes) == ((DIGITS_MEAN_STD[0],), (DIGITS_MEAN_STD[1],), tuple("0123456789"))
+    from torchvision.datasets import FashionMNIST
+
+    assert list(dataset_info("fashion-mnist").classes) == FashionMNIST.classes
+    assert dataset_info("cifar10").std == (0.2470, 0.2435, 0.2616) and dataset_info("fake", "regression").classes is None
+
+
+def test_importing_the_recipes_loads_no_heavy_optional_package():
+    code = (
+        "import recipes.resnet, recipes.data, recipes.report, recipes.export; import sys; "
+        "print(sorted(m for m in ('torchvision', 'matplotlib', 'onnx', 'sklearn') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_a_missing_dataset_names_the_directory_and_the_flag(tmp_path):
