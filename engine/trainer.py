@@ -153,7 +153,8 @@ def create_trainer(
             torch._foreach_div_([p.grad for p in params], float(state.cycle_samples))
         state.cycle_batches = state.cycle_samples = 0
         state.optimizer_step += 1
-        engine.fire_event(TrainEvents.BEFORE_OPTIMIZER_STEP)
+        # Ignite's fire_event first finds the event in a list, comparing with Python's __eq__: ~95 calls.
+        engine._fire_event(TrainEvents.BEFORE_OPTIMIZER_STEP)
         if clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
         if scaling:
@@ -162,7 +163,7 @@ def create_trainer(
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        engine.fire_event(TrainEvents.OPTIMIZER_STEPPED)
+        engine._fire_event(TrainEvents.OPTIMIZER_STEPPED)
 
     def update(engine: Engine, batch: Any) -> dict[str, Any]:
         if not model.training:

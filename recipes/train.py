@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,10 @@ from recipes.optim import make_loss, make_optimizer, param_groups
 from recipes.perf import channels_last_batch, peak_flops, profile_table, train_flops_per_sample
 from recipes.registry import Recipe
 
-__all__ = ["train", "build_optimizer", "resolve_device", "task_metrics", "config_changes", "resume_point", "RunOutcome"]
+__all__ = [
+    "train", "build_job", "run_job", "Job", "attach_all", "build_optimizer", "resolve_device", "task_metrics", "config_changes",
+    "resume_point", "RunOutcome",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +287,51 @@ def train(cfg: Config, recipe: Recipe) -> str:
         log_file.close()
 
 
+@dataclass
+class Job:
+    """A training run wired and ready: its engines and what the run and its summary read."""
+
+    cfg: Config
+    out: Path
+    device: torch.device
+    model: nn.Module
+    trainer: Engine
+    evaluator: Engine
+    train_loader: Any
+    stream: RecordStream
+    checkpoints: Checkpointing
+    timer: EpochTimer
+    preemption: Preemption
+    interrupt: InterruptAt | None
+    stopper: EarlyStopping | None
+    monitor: str
+    flops_per_sample: float | None
+    profiler: Any = None
+
+    def summary(self, status: str) -> dict[str, Any]:
+        """The ``"summary"`` record of a run that ended with ``status``."""
+        state: Any = self.trainer.state
+        return {
+            "phase": "summary",
+            "status": status,
+            "epochs": state.epoch,
+            "samples": getattr(state, "samples", 0),
+            "best_epoch": self.checkpoints.best.epoch,
+            f"best_{self.monitor}": self.checkpoints.best.value,
+            "avg_epoch_time": self.timer.average,
+            "stopped_early": self.stopper is not None and self.stopper.stopped,
+            **_throughput(self.trainer, self.timer.average, self.flops_per_sample, peak_flops(self.device, self.cfg.amp)),
+        }
+
+
 def _train(cfg: Config, recipe: Recipe, out: Path, resume: Path | str | None) -> str:
+    return run_job(build_job(cfg, recipe, out), resume)
+
+
+def build_job(cfg: Config, recipe: Recipe, out: Path, extra_handlers: Sequence[Any] = ()) -> Job:
+    """Data, model, engines, reporting and safety of ``cfg``'s run, wired on this rank; nothing run yet.
+
+    ``extra_handlers`` are attached beside the recipe's own (see :func:`attach_all`)."""
     seed_everything(cfg.seed)  # the same on every rank: same initial weights, dropout masks
     device = torch.device(cfg.device)
     rank, world = idist.get_rank(), idist.get_world_size()
@@ -381,7 +428,7 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume: Path | str | None) ->
     interrupt = InterruptAt(cfg.interrupt_at) if cfg.interrupt_at else None
     preemption = Preemption(agree=_any_rank())  # SIGTERM/SIGINT: stop at the next update, saved, exit 3
     handlers += [LossGuard(every=cfg.log_interval), checkpoints, preemption, *[h for h in (stopper, interrupt) if h]]
-    attach_all(handlers, trainer, evaluator)
+    attach_all([*handlers, *extra_handlers], trainer, evaluator)
     profiler = None
     if cfg.profile:
         from ignite.handlers import HandlersTimeProfiler
@@ -394,44 +441,37 @@ def _train(cfg: Config, recipe: Recipe, out: Path, resume: Path | str | None) ->
 
         trainer.add_event_handler(Events.EXCEPTION_RAISED, reraise)
 
-    # --- run: resume, train, and close with a summary -------------------------------------------
-    def summary(status: str) -> dict[str, Any]:
-        return {
-            "phase": "summary",
-            "status": status,
-            "epochs": trainer.state.epoch,
-            "samples": getattr(trainer.state, "samples", 0),
-            "best_epoch": checkpoints.best.epoch,
-            f"best_{monitor}": checkpoints.best.value,
-            "avg_epoch_time": timer.average,
-            "stopped_early": stopper is not None and stopper.stopped,
-            **_throughput(trainer, timer.average, flops_per_sample, peak_flops(device, cfg.amp)),
-        }
+    return Job(cfg, out, device, model, trainer, evaluator, train_loader, stream, checkpoints, timer, preemption, interrupt,
+               stopper, monitor, flops_per_sample, profiler)  # fmt: skip
 
-    with RunOutcome(stream, checkpoints, summary) as outcome:
-        loaded = _load(checkpoints, resume, device)
+
+def run_job(job: Job, resume: Path | str | None) -> str:
+    """Resume ``job`` from ``resume`` (see :func:`resume_point`), train it and close it with a summary record."""
+    trainer, cfg = job.trainer, job.cfg
+    with RunOutcome(job.stream, job.checkpoints, job.summary) as outcome:
+        loaded = _load(job.checkpoints, resume, job.device)
         _same_iteration_on_every_rank(trainer)
         if loaded is not None:
             done = trainer.state.epoch >= cfg.epochs  # Ignite would start over on a finished state
-            if done or (stopper is not None and stopper.stopped):
+            if done or (job.stopper is not None and job.stopper.stopped):
                 how = f"completed {trainer.state.epoch} epochs" if done else f"stopped early after epoch {trainer.state.epoch}"
-                logger.info("The run in %s already %s; nothing to do", out, how)
+                logger.info("The run in %s already %s; nothing to do", job.out, how)
                 outcome.status = None
                 return "completed"
             position = {"epoch": trainer.state.epoch, "iteration": trainer.state.iteration}
-            stream.emit({"phase": "resume", **position, "samples": trainer.state.samples, "checkpoint": str(loaded)})  # type: ignore[attr-defined]
+            job.stream.emit({"phase": "resume", **position, "samples": trainer.state.samples, "checkpoint": str(loaded)})  # type: ignore[attr-defined]
         try:
-            with preemption.signal_handlers():
-                trainer.run(train_loader, max_epochs=cfg.epochs)
+            with job.preemption.signal_handlers():
+                trainer.run(job.train_loader, max_epochs=cfg.epochs)
         except NonFiniteLoss as e:
-            checkpoints.wait()  # an earlier save may still be finishing in the background
-            last = Checkpointing.find_latest(out / "checkpoints")
+            job.checkpoints.wait()  # an earlier save may still be finishing in the background
+            last = Checkpointing.find_latest(job.checkpoints.dirname)
             raise NonFiniteLoss(f"{e}; stopped without saving; the last good checkpoint is {last or 'none'}") from None
-        stopped = preemption.triggered or (interrupt is not None and interrupt.triggered)
+        stopped = job.preemption.triggered or (job.interrupt is not None and job.interrupt.triggered)
         outcome.status = "interrupted" if stopped else "completed"
-        if profiler is not None and rank == 0:
-            logger.info("Handler costs (--profile):\n%s", profile_table(profiler, trainer))
-    return outcome.status
+        if job.profiler is not None and idist.get_rank() == 0:
+            logger.info("Handler costs (--profile):\n%s", profile_table(job.profiler, trainer))
+    return outcome.status  # type: ignore[return-value]
 
 
 def _load(checkpoints: Checkpointing, resume: Path | str | None, device: torch.device) -> Path | None:
