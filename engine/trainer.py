@@ -20,7 +20,7 @@ from ignite.engine import Engine as IgniteEngine
 from ignite.engine import Events
 from ignite.engine import _prepare_batch as _ignite_prepare_batch
 
-from engine.engine import Engine, FlintEvents, TrainEvents
+from engine.engine import Engine, FlintEvents, TrainEvents, register_state
 
 __all__ = ["create_trainer", "batch_size_of", "samples_seen", "is_last_update_of_epoch", "epoch_loss_total"]
 
@@ -68,6 +68,37 @@ def _resolve_device(model: torch.nn.Module, device: str | torch.device | None) -
     return torch.device(device)
 
 
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP's (or DataParallel's) and ``torch.compile``'s wrappers, however nested."""
+    while True:
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+class _RankLossSums:
+    """Every rank's running loss in the checkpoint, which one rank writes: each rank resumes with its own.
+
+    ``state.loss_sum`` is this rank's sum; the trainer's state dict holds only the saving rank's.
+    ``state_dict`` gathers them (call it on every rank, as Ignite's ``Checkpoint`` does); with another
+    number of ranks, rank 0 takes the total, so the epoch's loss stays whole.
+    """
+
+    def __init__(self, trainer: Engine) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss_sum": idist.all_gather(self.trainer.state.loss_sum.reshape(1))}  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        sums, rank = state["loss_sum"], idist.get_rank()
+        own = sums[rank] if len(sums) == idist.get_world_size() else (sums.sum() if rank == 0 else torch.zeros_like(sums[0]))
+        self.trainer.state.loss_sum = own.clone()  # type: ignore[attr-defined]
+
+
 def _autocast_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.float16
@@ -107,7 +138,13 @@ def create_trainer(
     checks it (one in-place add per step instead of one per handler): ``engine.state.loss_sum`` is
     the sum of each batch's loss times its size on this rank, ``engine.state.epoch_samples`` the
     samples of the epoch on all ranks; both restart at each epoch (not when resuming mid-epoch) and
-    are saved by ``engine.state_dict()``. Read them with :func:`epoch_loss_total`.
+    are saved by ``engine.state_dict()``; under ``ignite.distributed`` every rank's ``loss_sum`` is
+    also registered (``engine.register_state``, key ``loss_sums``), so each rank resumes with its own.
+    Read them with :func:`epoch_loss_total`.
+
+    The model is put back in train mode when it, or the module inside its DDP or ``torch.compile``
+    wrapper, is not: an evaluator running the plain module of a DDP-wrapped model leaves the
+    wrapper's own flag set.
 
     Args:
         model: the network; move it to ``device`` yourself.
@@ -141,6 +178,9 @@ def create_trainer(
     world = idist.get_world_size()  # data-parallel ranks see equal batches: samples seen are global
 
     scaling = scaler.is_enabled()
+    # An evaluator may run the plain module while this trains a wrapper of it (DDP): its eval() then
+    # leaves the wrapper's own flag True, so the wrapped module's flag is the one to check as well.
+    inner = _unwrapped(model)
 
     def optimizer_step(engine: Engine) -> None:
         if scaling:
@@ -166,7 +206,7 @@ def create_trainer(
         engine._fire_event(TrainEvents.OPTIMIZER_STEPPED)
 
     def update(engine: Engine, batch: Any) -> dict[str, Any]:
-        if not model.training:
+        if not (model.training and inner.training):
             model.train()
         if prepare_batch is None:  # two tensors: Tensor.to (Ignite's general _prepare_batch costs twice as much)
             x, y = batch
@@ -211,6 +251,8 @@ def create_trainer(
         },
     )
     trainer.state_dict_user_keys.extend(["samples", "optimizer_step", "loss_sum", "epoch_samples"])
+    if world > 1:
+        register_state(trainer, "loss_sums", _RankLossSums(trainer))
 
     @trainer.on(Events.STARTED)
     def _start(engine: Engine) -> None:

@@ -219,7 +219,8 @@ class Checkpointing:
         """Restore every object (and the handlers' own state) from the checkpoint at ``path``.
 
         Loads with ``weights_only=True`` only; raises :class:`CheckpointError` naming the file if it
-        cannot be read or lacks an object of ``to_save``.
+        cannot be read or lacks an object of ``to_save``. A registered handler state the file does
+        not hold (a handler the saving run did not have) is logged and left as it is.
         """
         path = Path(path)
         try:
@@ -230,9 +231,12 @@ class Checkpointing:
         if not isinstance(state, Mapping):
             raise CheckpointError(f"cannot load checkpoint {path}: not a checkpoint dictionary", corrupt=True)
         objects = self._objects()
-        missing = [k for k in objects if k not in state and k not in ("best_score", "best_checkpointer")]
+        missing = [k for k in self.to_save if k not in state]
         if missing:
             raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")
+        for key in [k for k in objects if k not in state and k not in ("best_score", "best_checkpointer")]:
+            # a handler attached now that the run saving it did not have (or an earlier Flint's layout)
+            logger.warning("Checkpoint %s holds no state for %s: it starts afresh", path, key)
         Checkpoint.load_objects({k: v for k, v in objects.items() if k in state}, state)
         if "checkpointer" in state:
             self.latest.load_state_dict(state["checkpointer"])

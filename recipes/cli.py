@@ -298,10 +298,28 @@ def _spawn(cfg: Config, debug: bool) -> str:
     return str(reports[0].status)
 
 
+def _check_restartable() -> None:
+    """Refuse ``torchrun --max-restarts`` with the store torchrun shares across restarts.
+
+    torchrun's TCPStore (``TORCHELASTIC_USE_AGENT_STORE``) keeps the previous workers' process-group
+    keys, so restarted workers may read dead peers' addresses: they hang in, or fail, the process
+    group's creation (measured with torch 2.14; pytorch/pytorch#135712). With
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` a c10d rendezvous gives each attempt a fresh store.
+    """
+    restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
+    if restarts != "0" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        raise UsageError(
+            f"torchrun --max-restarts {restarts}: restarted workers would find the previous ones' addresses in "
+            "torchrun's shared store and hang; run torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 and --standalone "
+            "or --rdzv-backend c10d"
+        )
+
+
 def _under_torchrun(cfg: Config) -> str:
     """One worker of a torchrun launch: the process group comes from torchrun's environment."""
     import ignite.distributed as idist
 
+    _check_restartable()
     status: list[str] = []
 
     def job(local_rank: int) -> None:

@@ -444,7 +444,7 @@ def ratio_interval(a_reps: list[Timed], b_reps: list[Timed], level: float = 0.9,
 def verdict(interval: tuple[float, float], target: float = TARGET) -> str:
     """Whether a ratio's interval clears the issue's target.
 
-    >>> verdict((0.981, 0.995)), verdict((0.95, 0.975)), verdict((0.975, 0.99))
+    >>> verdict((0.971, 0.995)), verdict((0.95, 0.965)), verdict((0.965, 0.99))
     ('met', 'not met', 'undecided (more --repeats narrow the interval)')
     """
     if interval[0] >= target:

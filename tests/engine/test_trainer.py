@@ -192,6 +192,30 @@ def test_model_is_back_in_train_mode_after_evaluation(model, batches):
     assert all(modes)
 
 
+def test_a_wrapped_model_is_back_in_train_mode_after_an_evaluator_ran_the_plain_module(model, batches):
+    # As under DDP: the trainer runs the wrapper, the evaluator the plain module; eval() on the plain
+    # module leaves the wrapper's own flag True (DataParallel on CPU wraps the same way, with .module).
+    wrapper = torch.nn.DataParallel(model)
+    trainer = create_trainer(wrapper, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    evaluator = create_evaluator(model)
+    modes = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: modes.append(model.training))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=2), lambda e: evaluator.run(batches[:1]))
+    trainer.run(batches, max_epochs=1)
+    assert len(modes) == 7 and all(modes) and wrapper.training
+
+
+def test_each_rank_resumes_with_its_own_running_loss_and_another_world_size_with_the_total(model, batches):
+    from engine.trainer import _RankLossSums
+
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    trainer.run(batches, max_epochs=1)
+    sums = _RankLossSums(trainer)
+    assert torch.equal(sums.state_dict()["loss_sum"], trainer.state.loss_sum.reshape(1))  # one rank: its own
+    sums.load_state_dict({"loss_sum": torch.tensor([1.5, 2.25])})  # saved by two ranks, loaded by one
+    assert trainer.state.loss_sum.ndim == 0 and float(trainer.state.loss_sum) == 3.75
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5])
 def test_bad_accumulation_steps_fail_fast(model, bad):
     with pytest.raises(ValueError, match=f"accumulation_steps should be a positive integer, got {bad}"):

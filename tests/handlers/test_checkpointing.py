@@ -209,3 +209,13 @@ def test_a_readable_checkpoint_of_another_run_is_an_error_not_set_aside(tmp_path
     with pytest.raises(CheckpointError, match="lacks extra"):
         other.load_latest_valid()
     assert [p.name for p in tmp_path.glob("checkpoint_*")] == ["checkpoint_5.pt"]  # kept as it was
+
+
+def test_a_handler_the_saving_run_did_not_have_starts_afresh_with_a_warning(tmp_path, caplog, collector):
+    trainer, loader, _, _, _ = make_run(tmp_path)
+    trainer.run(loader, max_epochs=1)
+    again, _, _, _, ckpt = make_run(tmp_path)
+    logger = BatchLogger(collector, every=2).attach(again)  # registers its state; the checkpoint has none
+    ckpt.load(Checkpointing.find_latest(tmp_path))
+    assert again.state.iteration == 5 and logger.state_dict() == {"loss_total": 0.0, "samples": 0}
+    assert "holds no state for batch_logger: it starts afresh" in caplog.text

@@ -74,25 +74,23 @@ engine.run([0] * 10**6)
 
 
 def test_a_writer_killed_at_random_moments_leaves_only_complete_checkpoints(tmp_path):
-    # A process saves 8 MB checkpoints in rotation as fast as it can; most kills land mid-write.
+    # A process saves 8 MB checkpoints in rotation as fast as it can; each is killed once its
+    # writing is seen to be under way (the k-th temp file of the attempt: a different moment each time).
     import os
-    import random
     import subprocess
     import sys
-    import time
 
     from tests.conftest import REPO
 
-    rng = random.Random(0)
     payload = torch.arange(2_000_000, dtype=torch.float32)
     killed_mid_write = 0
     for attempt in range(5):
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), f"run{attempt}"], env=env)
-        while not list(tmp_path.glob(f"run{attempt}_*.pt")):  # past the imports: writing
+        seen: set[str] = set()
+        while len(seen) <= attempt:  # poll (no sleep): the temp files of this attempt's writes
             assert proc.poll() is None
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.5))
+            seen.update(p.name for p in tmp_path.glob(f".run{attempt}_*.tmp"))
         proc.kill()
         proc.wait()
         killed_mid_write += any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
