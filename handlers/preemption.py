@@ -31,8 +31,9 @@ class Preemption:
     an epoch's last iteration or during validation takes effect at the epoch's ``FlintEvents.SAVE``,
     after its records and validation. A second signal raises ``KeyboardInterrupt`` where the
     program is; one within ``grace`` seconds of the first is the same event delivered twice (to the
-    process group and forwarded by a parent) and is ignored. :meth:`request` does what a signal
-    does, for code and tests.
+    process group and forwarded by a parent) and is ignored, and so is any once the trainer is
+    stopping (``triggered``) or the run is settled (:meth:`settle`). :meth:`request` does what a
+    signal does, for code and tests.
 
     In data-parallel training every rank must stop at the same iteration, or the others wait forever
     in their next collective: pass ``agree``, called by every rank at every possible stop with its
@@ -63,18 +64,31 @@ class Preemption:
         self._requested_at = 0.0
         self.requested: int | None = None  # the signal number received, 0 for request()
         self.triggered = False
+        self.settled = False  # see settle()
 
     def attach(self, engine: Engine) -> Preemption:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
         engine.add_event_handler(when(engine, FlintEvents.SAVE), self._maybe_stop)
         return self
 
+    def settle(self) -> None:
+        """The run's outcome is decided (trained, or stopped): from now on signals are ignored, so that
+        closing it (the summary, the last checkpoint's write) is never cut short."""
+        self.settled = True
+
     def request(self, signum: int = 0, frame: FrameType | None = None) -> None:
-        """Ask for a stop at the next update boundary; a second request raises KeyboardInterrupt."""
+        """Ask for a stop at the next update boundary; a second request raises KeyboardInterrupt.
+
+        Ignored once the stop is under way (``triggered``: the trainer stops and saves) or the run is
+        :meth:`settle`d."""
+        if self.triggered or self.settled:
+            return  # logged by nothing: a handler writing to a stream the program writes to can fail
         if self.requested is not None:
             if signum and time.monotonic() - self._requested_at < self.grace:
                 return  # the same signal, delivered twice
-            raise KeyboardInterrupt(f"signal {signum} received again: aborting without a checkpoint")
+            error = KeyboardInterrupt(f"signal {signum} received again: aborting without a checkpoint")
+            error.signum = signum or signal.SIGINT  # type: ignore[attr-defined]  # for the exit status, 128 + signum
+            raise error
         self.requested, self._requested_at = signum, time.monotonic()  # logged by the engine, not here:
         # a signal handler that writes to a stream the program is writing to can fail (reentrant call)
 

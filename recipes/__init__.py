@@ -1,8 +1,11 @@
-"""Flint's recipes: ready training jobs run with ``flint run NAME`` (or ``python -m recipes run NAME``)."""
+"""Flint's recipes: ready training jobs (``flint run NAME``), your own (``flint run file.py``), and :func:`fit` in Python.
 
-from recipes import ffnn, lenet, mlp, resnet
-from recipes.registry import Recipe
+Importing this package imports no torch: the command line starts at once.
+"""
 
-__all__ = ["RECIPES", "Recipe"]
+from recipes.fit import fit
+from recipes.registry import Recipe, builtin_recipes, load_recipe
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (lenet.RECIPE, mlp.RECIPE, resnet.RECIPE, ffnn.RECIPE)}
+__all__ = ["RECIPES", "Recipe", "fit", "load_recipe"]
+
+RECIPES: dict[str, Recipe] = builtin_recipes()

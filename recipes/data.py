@@ -17,7 +17,8 @@ from torch.utils.data import Dataset, TensorDataset
 from engine.sampler import EpochSampler
 
 __all__ = [
-    "digits", "fake_images", "fake_regression", "torchvision_dataset", "DatasetMissing", "DatasetCorrupt", "FirstBatches",
+    "digits", "seed001_data", "seed001_split", "digits_for", "seed001_for", "torchvision_for", "fake_images_for",
+    "fake_regression_for", "fake_images", "fake_regression", "torchvision_dataset", "DatasetMissing", "DatasetCorrupt", "FirstBatches",
     "DOWNLOADABLE", "DeviceTensorLoader", "random_crop_flip", "DEVICE_AUGMENT", "DatasetInfo", "dataset_info", "DIGITS_MEAN_STD",
 ]  # fmt: skip
 
@@ -103,6 +104,48 @@ def fake_regression(
     return TensorDataset(x[:train_size], y[:train_size]), TensorDataset(x[train_size:], y[train_size:])
 
 
+
+
+def seed001_data(labels: torch.Tensor) -> TensorDataset:
+    """Seed 001's regression data: for each label x, the input ``[0, log x, 5x]``."""
+    labels = labels.to(torch.float32).reshape(-1, 1)
+    inputs = torch.cat([torch.zeros_like(labels), torch.log(labels), labels * 5], dim=1)
+    return TensorDataset(inputs, labels)
+
+
+def seed001_split() -> tuple[TensorDataset, TensorDataset]:
+    """Seed 001's 63 samples x = 1..63 for training; the 62 midpoints x = 1.5..62.5 for validation.
+
+    Example:
+        >>> train, val = seed001_split()
+        >>> len(train), len(val), train[0][0].tolist(), val[0][1].tolist()
+        (63, 62, [0.0, 0.0, 5.0], [1.5])
+    """
+    return seed001_data(torch.arange(1, 64)), seed001_data(torch.arange(1, 63) + 0.5)
+
+
+# The built-in recipes' datasets as ``Recipe.datasets`` calls them, with the run's config last
+# (through ``recipes.registry.lazy``, so that naming them imports nothing).
+
+
+def digits_for(cfg: Any) -> tuple[Dataset, Dataset]:
+    return digits()
+
+
+def seed001_for(cfg: Any) -> tuple[Dataset, Dataset]:
+    return seed001_split()
+
+
+def torchvision_for(name: str, cfg: Any) -> tuple[Dataset, Dataset]:
+    return torchvision_dataset(name, cfg.data_dir, cfg.download, not cfg.data_on_device)
+
+
+def fake_images_for(shape: tuple[int, int, int], cfg: Any) -> tuple[Dataset, Dataset]:
+    return fake_images(shape)
+
+
+def fake_regression_for(in_features: int, cfg: Any) -> tuple[Dataset, Dataset]:
+    return fake_regression(in_features)
 
 # Per-channel statistics of the training sets, for Normalize; the keys are the downloadable datasets.
 _STATS = {

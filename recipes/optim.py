@@ -8,18 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recipes.config import UsageError
+from recipes.config import DEFAULT_LOSS, LOSSES, OPTIMIZERS, REFUSED_OPTIMIZERS, UsageError
 
 __all__ = ["OPTIMIZERS", "REFUSED_OPTIMIZERS", "LOSSES", "DEFAULT_LOSS", "make_optimizer", "make_loss", "param_groups"]
-
-OPTIMIZERS = (
-    "sgd", "adam", "adamw", "adamax", "adagrad", "adadelta", "rmsprop", "rprop", "asgd", "nadam", "radam",
-)  # fmt: skip
-REFUSED_OPTIMIZERS = {
-    "lbfgs": "L-BFGS re-evaluates the loss several times per step through a closure, "
-    "and Flint's trainer takes one step per update cycle",
-}
-
 
 def param_groups(
     model: nn.Module, lr: float, lr_mult: dict[str, float], wd: float = 0.0, wd_all: bool = False
@@ -90,21 +81,16 @@ class _OneHotBCEWithLogits(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, F.one_hot(y, logits.shape[1]).to(logits.dtype))
 
 
-DEFAULT_LOSS = {"classification": "cross-entropy", "regression": "mse"}
-LOSSES: dict[str, dict[str, Callable[[float], nn.Module]]] = {
-    "classification": {
-        "cross-entropy": lambda smoothing: nn.CrossEntropyLoss(label_smoothing=smoothing),
-        "nll": lambda _: _NLLOnLogits(),
-        "bce-with-logits": lambda _: _OneHotBCEWithLogits(),
-        "multi-margin": lambda _: nn.MultiMarginLoss(),
-    },
-    "regression": {
-        "mse": lambda _: nn.MSELoss(),
-        "l1": lambda _: nn.L1Loss(),
-        "smooth-l1": lambda _: nn.SmoothL1Loss(),
-        "huber": lambda _: nn.HuberLoss(),
-    },
-}
+_LOSSES: dict[str, Callable[[float], nn.Module]] = {
+    "cross-entropy": lambda smoothing: nn.CrossEntropyLoss(label_smoothing=smoothing),
+    "nll": lambda _: _NLLOnLogits(),
+    "bce-with-logits": lambda _: _OneHotBCEWithLogits(),
+    "multi-margin": lambda _: nn.MultiMarginLoss(),
+    "mse": lambda _: nn.MSELoss(),
+    "l1": lambda _: nn.L1Loss(),
+    "smooth-l1": lambda _: nn.SmoothL1Loss(),
+    "huber": lambda _: nn.HuberLoss(),
+}  # the names, by task, are recipes.config.LOSSES
 
 
 def make_loss(task: str, name: str, label_smoothing: float = 0.0) -> nn.Module:
@@ -119,4 +105,4 @@ def make_loss(task: str, name: str, label_smoothing: float = 0.0) -> nn.Module:
         raise UsageError(f"--loss {name!r} does not fit {task}; choose from {', '.join(choices)}")
     if label_smoothing and name != "cross-entropy":
         raise UsageError(f"--label-smoothing applies to --loss cross-entropy, not {name}")
-    return choices[name](label_smoothing)
+    return _LOSSES[name](label_smoothing)

@@ -1,32 +1,172 @@
-"""What a recipe is: a model, the datasets it trains on, and its default options."""
+"""What a recipe is (a model, the datasets it trains on, its default options), and where recipes come from.
+
+A recipe is named by ``flint run`` (and kept in ``config.json``) as one of:
+
+- a built-in name (``lenet``, ``mlp``, ``resnet``, ``ffnn``);
+- the name of an installed package's entry point in the group ``flint.recipes``;
+- ``path/to/file.py`` (the file's ``RECIPE``) or ``path/to/file.py:NAME``;
+- ``package.module:NAME``.
+
+Nothing here imports torch: ``flint list`` and ``flint --help`` stay instant, and the built-ins
+import their models and data only when a run builds them (:func:`lazy`).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-from torch.utils.data import Dataset
+from recipes.config import TASKS, UsageError
 
 if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.data import Dataset
+
     from recipes.config import Config
 
-__all__ = ["Recipe", "TASKS"]
+__all__ = ["Recipe", "TASKS", "BUILTIN", "lazy", "load_recipe", "resolve_spec", "builtin_recipes", "entry_point_names"]
 
-TASKS = ("classification", "regression")
+BUILTIN = ("lenet", "mlp", "resnet", "ffnn")  # each is recipes.<name>.RECIPE
+ENTRY_POINT_GROUP = "flint.recipes"
 
 
 @dataclass(frozen=True)
 class Recipe:
-    name: str  # what `flint run NAME` takes
+    """A training job's ingredients: ``flint run`` and :func:`recipes.fit` add the loop.
+
+    Example:
+        >>> recipe = Recipe("tiny", "a tiny model", build_model=dict, datasets={"mine": lambda cfg: ([], [])})
+        >>> recipe.default_dataset, recipe.task
+        ('mine', 'classification')
+    """
+
+    name: str  # what `flint run NAME` takes, and the default output dir runs/NAME
     description: str  # one line for `flint list`
     build_model: Callable[[], nn.Module]  # a fresh, randomly initialised model
     datasets: Mapping[str, Callable[[Config], tuple[Dataset, Dataset]]]  # name -> (train, val); first is default
     defaults: Mapping[str, Any] = field(default_factory=dict)  # Config fields this recipe sets differently
-    task: str = "classification"  # one of TASKS: decides the metrics and the monitored one
+    task: str = "classification"  # one of TASKS: decides the loss, the metrics and the monitored one
     input_shape: tuple[int, ...] = (1, 28, 28)  # one sample's shape, for export
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"Argument task should be one of {', '.join(TASKS)}, got {self.task!r}")
+        if not self.datasets:
+            raise ValueError(f"Recipe {self.name!r} needs at least one dataset")
 
     @property
     def default_dataset(self) -> str:
         return next(iter(self.datasets))
+
+
+@dataclass(frozen=True)
+class _Lazy:
+    target: str
+    args: tuple[Any, ...]
+
+    def __call__(self, *args: Any) -> Any:
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)(*self.args, *args)
+
+
+def lazy(target: str, *args: Any) -> Callable[..., Any]:
+    """A callable that imports ``"module:attr"`` only when called, then calls it with ``args`` and its own.
+
+    The built-in recipes name their models and datasets so: listing them imports no torch. It pickles
+    (spawned data-parallel workers get it), unlike a lambda.
+
+    Example:
+        >>> lazy("math:pow", 2)(10)
+        1024.0
+    """
+    return _Lazy(target, args)
+
+
+def builtin_recipes() -> dict[str, Recipe]:
+    """The built-in recipes by name (importing them imports no torch)."""
+    return {name: importlib.import_module(f"recipes.{name}").RECIPE for name in BUILTIN}
+
+
+def entry_point_names() -> dict[str, str]:
+    """Installed packages' recipes: entry-point name -> ``module:attr``, without importing them."""
+    return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _is_file_spec(spec: str) -> bool:
+    path = spec.rsplit(":", 1)[0] if spec.count(":") == 1 and not spec.endswith(".py") else spec
+    return path.endswith(".py") or "/" in path or "\\" in path
+
+
+def resolve_spec(spec: str) -> str:
+    """``spec`` as it should be kept in ``config.json``: a recipe file by its absolute path, the rest as given."""
+    if spec in BUILTIN or not _is_file_spec(spec):
+        return spec
+    path, sep, name = spec.rpartition(":") if not spec.endswith(".py") else (spec, "", "")
+    return f"{Path(path).resolve()}{sep}{name}"
+
+
+def load_recipe(spec: str) -> Recipe:
+    """The recipe ``spec`` names (see the module's docstring); :class:`UsageError` in one line if there is none."""
+    if spec in BUILTIN:
+        return builtin_recipes()[spec]
+    if _is_file_spec(spec):
+        return _from_file(spec)
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise UsageError(f"recipe {spec}: cannot import {module_name}: {e}") from None
+        return _pick(module, attr, spec)
+    points = {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    if spec in points:
+        try:
+            found = points[spec].load()
+        except Exception as e:
+            raise UsageError(f"recipe {spec}: its entry point {points[spec].value} cannot be loaded: {type(e).__name__}: {e}") from None
+        if not isinstance(found, Recipe):
+            raise UsageError(f"recipe {spec}: its entry point {points[spec].value} is a {type(found).__name__}, not a recipes.Recipe")
+        return found
+    names = [*BUILTIN, *sorted(points)]
+    raise UsageError(f"unknown recipe {spec!r}: choose from {', '.join(names)}, or give path/to/file.py[:NAME] or package.module:NAME")
+
+
+def _from_file(spec: str) -> Recipe:
+    path_text, _, attr = spec.rpartition(":") if not spec.endswith(".py") else (spec, "", "")
+    path = Path(path_text)
+    if not path.is_file():
+        raise UsageError(f"recipe {spec}: no such file {path}")
+    # A unique module name per file; its folder is importable while it loads, as for a script.
+    name = "flint_recipe_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise UsageError(f"recipe {spec}: {path} is not a Python file")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # dataclasses and pickling look a module up by name
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        where = f" (line {e.lineno})" if isinstance(e, SyntaxError) else ""
+        raise UsageError(f"recipe {spec}: {path} failed to load{where}: {type(e).__name__}: {e}") from None
+    finally:
+        sys.path.remove(str(path.resolve().parent))
+    return _pick(module, attr or "RECIPE", spec)
+
+
+def _pick(module: Any, attr: str, spec: str) -> Recipe:
+    found = getattr(module, attr, None)
+    if isinstance(found, Recipe):
+        return found
+    recipes = sorted(k for k, v in vars(module).items() if isinstance(v, Recipe))
+    has = f"it defines {', '.join(recipes)}" if recipes else "it defines no recipes.Recipe"
+    what = "no Recipe" if found is None else f"a {type(found).__name__}, not a recipes.Recipe"
+    raise UsageError(f"recipe {spec}: {attr} is {what}; {has}")

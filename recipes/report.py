@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recipes.config import UsageError
+from recipes.config import UsageError, parse_monitor
 
-__all__ = ["read_records", "read_config", "parse_monitor", "summarise", "plot_data", "write_report", "Panel", "Plot", "CORE_PHASES"]
+__all__ = ["read_records", "read_config", "monitor_of", "summarise", "plot_data", "write_report", "Panel", "Plot", "CORE_PHASES"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,27 +108,15 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     return config
 
 
-def parse_monitor(text: Any) -> tuple[str, str]:
-    """``"NAME:min"`` or ``"NAME:max"`` as (NAME, mode).
-
-    Example:
-        >>> parse_monitor("loss:min"), parse_monitor("top5:max")
-        (('loss', 'min'), ('top5', 'max'))
-    """
-    name, _, mode = str(text).rpartition(":")
-    if not name or mode not in ("min", "max"):
-        raise ValueError(f"monitor {text!r} is not NAME:min or NAME:max")
-    return name, mode
-
-
-def _monitor_of(config: dict[str, Any]) -> tuple[str, str] | None:
-    if config.get("monitor") in (None, ""):
+def monitor_of(config: dict[str, Any]) -> tuple[str, str] | None:
+    """``config.json``'s ``monitor`` (``NAME[:min|max]``) as ``(NAME, mode)``; None for the default or a bad value (warned)."""
+    text = config.get("monitor")
+    if not text:
         return None
-    try:
-        return parse_monitor(config["monitor"])
-    except ValueError as e:
-        logger.warning("config.json: %s; using the default (accuracy, else loss)", e)
+    if not isinstance(text, str) or not text.partition(":")[0] or text.partition(":")[2] not in ("", "min", "max"):
+        logger.warning("config.json: monitor %r is not NAME[:min|max]; using the default (accuracy, else loss)", text)
         return None
+    return parse_monitor(text, "classification")  # a name given: its direction does not depend on the task
 
 
 def _latest_per_epoch(records: Iterable[dict], phase: str) -> list[dict]:
@@ -459,7 +447,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, str]:
     run_dir = Path(run_dir)
     records = read_records(run_dir)
     config = read_config(run_dir)
-    summary = summarise(records, _monitor_of(config), bool(config.get("compile")))
+    summary = summarise(records, monitor_of(config), bool(config.get("compile")))
     plot = plot_data(records, summary)
     metric = summary["metric"]
     anchors = ([] if plot.epoch_ends and plot.epoch_ends[0][0] <= 0 else [(0, 0)]) + plot.epoch_ends  # epoch 0 at x 0

@@ -7,6 +7,7 @@ a fixed sequence (``engine.FlintEvents``), and every stateful one reaches the ch
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -29,7 +30,7 @@ from ignite.metrics import Accuracy, Loss, MeanAbsoluteError, Metric
 from torch import nn
 from torch.utils.data import DataLoader
 
-from engine import EpochSampler, RNGState, create_evaluator, create_trainer, epoch_loss_total, seed_everything
+from engine import EpochSampler, RNGState, create_evaluator, create_trainer, epoch_loss_total, register_state, seed_everything
 from engine.metrics import TopOneAccuracy
 from handlers import (
     ETA,
@@ -55,15 +56,16 @@ from handlers import (
     current_lrs,
     lr_multiplier,
 )
-from recipes.config import Config, UsageError, check_global_batch
+from recipes.config import Config, StopSignal, UsageError, check_global_batch, parse_monitor
 from recipes.data import DEVICE_AUGMENT, DeviceTensorLoader, FirstBatches
 from recipes.optim import make_loss, make_optimizer, param_groups
 from recipes.perf import channels_last_batch, peak_flops, profile_table, train_flops_per_sample
 from recipes.registry import Recipe
+from recipes.rundir import RunConfig, RunDirLock, config_changes, write_atomically
 
 __all__ = [
-    "train", "build_job", "run_job", "Job", "attach_all", "build_optimizer", "resolve_device", "task_metrics", "config_changes",
-    "resume_point", "RunOutcome",
+    "train", "build_job", "run_job", "Job", "attach_all", "build_optimizer", "resolve_device", "task_metrics", "resume_point",
+    "RunOutcome", "StopSignal",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -77,35 +79,48 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+def check_with_torch(cfg: Config, recipe: Recipe) -> None:
+    """The checks :func:`recipes.config.resolve_config` leaves for torch, and ``cfg.device`` resolved ("auto").
+
+    Raises ``UsageError``: no CUDA device, fewer than ``--nproc-per-node``, a ``--lr-mult`` name no
+    parameter has (the model is built on the meta device: no memory, no weights)."""
+    cfg.device = str(resolve_device(cfg.device))
+    if cfg.device.startswith("cuda") and cfg.nproc_per_node > torch.cuda.device_count():
+        raise UsageError(f"--nproc-per-node {cfg.nproc_per_node}: only {torch.cuda.device_count()} CUDA devices here")
+    if cfg.lr_mult:
+        with torch.device("meta"):
+            param_groups(recipe.build_model(), cfg.lr, cfg.lr_mult)
+
+
+OptimizerFactory = Callable[[list[dict]], torch.optim.Optimizer]
+
+
+def build_optimizer(cfg: Config, model: nn.Module, factory: type | OptimizerFactory | None = None) -> torch.optim.Optimizer:
+    """The optimizer over ``model``'s param groups (``--lr-mult``, ``--wd``): the named one, or ``factory``'s.
+
+    ``factory`` is an optimizer class, called as ``factory(groups, lr=cfg.lr)``, or any callable
+    taking the param groups (each carries its own ``lr`` and ``weight_decay``)."""
     groups = param_groups(model, cfg.lr, cfg.lr_mult, cfg.wd, cfg.wd_all)
-    return make_optimizer(cfg.optimizer, groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-
-
-# Options a resumed run may change: they do not alter what is trained or how.
-RESUMABLE_CHANGES = (
-    "epochs", "resume", "interrupt_at", "progress", "progress_file", "device", "output_dir", "log_interval", "data_dir",
-    "download", "profile", "nproc_per_node",
-)  # fmt: skip
-
-
-def config_changes(saved: dict, cfg: Config) -> list[str]:
-    """``name=old, now new`` for each option that differs from the saved run's and may not change."""
-    new = asdict(cfg)
-    return [
-        f"{key}={saved[key]!r}, now {new[key]!r}"
-        for key in new
-        if key in saved and key not in RESUMABLE_CHANGES and saved[key] != new[key]
-    ]
+    if factory is None:
+        return make_optimizer(cfg.optimizer, groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if isinstance(factory, type):
+        return factory(groups, lr=cfg.lr)
+    return factory(groups)
 
 
 def resume_point(cfg: Config) -> Path | str | None:
-    """The checkpoint ``cfg`` resumes from, ``"latest"`` for the newest valid one, or None for a new run.
+    """The checkpoint ``cfg`` resumes from, ``"latest"`` for the newest valid one in its output dir, or None.
 
+    ``--resume PATH`` takes a checkpoint file, or a run (or checkpoints) directory's newest one.
     Refuses (``UsageError``) to mix a new run into an old one, and a resume that changes what is trained."""
     out = Path(cfg.output_dir)
     if cfg.resume is not None and (out / "config.json").is_file():
-        changed = config_changes(json.loads((out / "config.json").read_text(encoding="utf-8")), cfg)
+        try:
+            saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:  # an empty or half-written file of an older Flint
+            logger.warning("Ignoring %s: %s", out / "config.json", e)
+            saved = {}
+        changed = config_changes(saved, asdict(cfg))
         if changed:
             raise UsageError(f"--resume: the run in {out} was started with {'; '.join(changed)}; resume it unchanged")
     found = Checkpointing.find_latest(out / "checkpoints")
@@ -115,8 +130,13 @@ def resume_point(cfg: Config) -> Path | str | None:
         return None
     if cfg.resume:
         path = Path(cfg.resume)
+        if path.is_dir():
+            newest = Checkpointing.find_latest(path / "checkpoints") or Checkpointing.find_latest(path)
+            if newest is None:
+                raise UsageError(f"--resume {cfg.resume}: no checkpoint_<iteration>.pt in that directory or its checkpoints/")
+            return newest
         if not path.is_file():
-            raise UsageError(f"--resume {cfg.resume}: no such checkpoint file")
+            raise UsageError(f"--resume {cfg.resume}: no such checkpoint file or run directory")
         return path
     if found is None:
         if list((out / "checkpoints").glob("*.corrupt")):
@@ -128,19 +148,47 @@ def resume_point(cfg: Config) -> Path | str | None:
     return "latest"
 
 
-def task_metrics(task: str, loss_fn: nn.Module, device: torch.device) -> tuple[dict, dict, str, str]:
+def _nothing_left(cfg: Config, resume: Path | str | None) -> str | None:
+    """Before anything is written: why the checkpoint to resume from needs no more training, or None.
+
+    Also refuses (``UsageError``) a checkpoint trained under options that change what is trained."""
+    if resume is None:
+        return None
+    candidates = Checkpointing.find_all(Path(cfg.output_dir) / "checkpoints") if resume == "latest" else [Path(resume)]
+    for path in candidates:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # unreadable: the resume itself reports it (or sets it aside and takes the previous one)
+            continue
+        if not isinstance(state, dict):
+            return None
+        if "config" in state:
+            RunConfig(asdict(cfg), f"checkpoint {path}").load_state_dict(state["config"])
+        trainer = state.get("trainer", {})  # Ignite's state dict: the iteration and the epoch's length
+        epoch = int(trainer.get("iteration", 0)) // int(trainer.get("epoch_length") or 1) if "iteration" in trainer else int(trainer.get("epoch", 0))
+        stopper = state.get("early_stopping")
+        if epoch >= cfg.epochs:
+            return f"completed {epoch} epochs"
+        if cfg.early_stopping and isinstance(stopper, dict) and stopper.get("counter", 0) >= cfg.early_stopping:
+            return f"stopped early after epoch {epoch}"
+        return None
+    return None
+
+
+def task_metrics(task: str, loss_fn: Callable, device: torch.device, monitor: str = "") -> tuple[dict, dict, str, str]:
     """(training metrics, validation metrics, monitored metric, "max"|"min") for a recipe's task.
 
-    Classification reports accuracy and keeps the best accuracy; regression reports the mean
-    absolute error and keeps the lowest loss. All accumulate on ``device``. Validation also reports
-    the loss; training's comes from the trainer's own running sum (``engine.epoch_loss_total``).
+    Classification reports accuracy, regression the mean absolute error; validation also the loss
+    (training's comes from the trainer's own running sum, ``engine.epoch_loss_total``). All
+    accumulate on ``device``. ``monitor`` (``NAME[:min|max]``, see ``recipes.config.parse_monitor``)
+    picks the best checkpoint: by default the best accuracy, or the lowest loss for regression.
     """
     classification = task == "classification"
     name = "accuracy" if classification else "mae"
     # Updated every training iteration: Flint's lean accuracy (engine.metrics) costs half of Ignite's.
     train: dict[str, Metric] = {name: TopOneAccuracy(device=device) if classification else MeanAbsoluteError(device=device)}
     val = {"loss": Loss(loss_fn, device=device), name: Accuracy(device=device) if classification else MeanAbsoluteError(device=device)}
-    return (train, val, "accuracy", "max") if task == "classification" else (train, val, "loss", "min")
+    return (train, val, *parse_monitor(monitor, task))
 
 
 def epoch_mean_loss(trainer: Any) -> float:
@@ -164,7 +212,7 @@ class RunOutcome:
 
     Use it as a context manager around the run and set ``status`` when it ends: ``"completed"`` or
     ``"interrupted"``. An exception leaving the block makes it ``"failed"`` (``"aborted"`` for
-    ``KeyboardInterrupt``, a second stop signal). On leaving, ``summary(status)`` is emitted (unless
+    ``KeyboardInterrupt``, a second stop signal; None for :class:`StopSignal`). On leaving, ``summary(status)`` is emitted (unless
     ``status`` is None: nothing was run), background checkpoint writes are waited for and the sinks
     are closed, each step even if an earlier one failed. A failure there (a full disk) is raised if
     the run itself succeeded; otherwise the run's own error is the one that leaves, and the later
@@ -179,8 +227,8 @@ class RunOutcome:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
-        if kind is not None:
-            self.status = "aborted" if issubclass(kind, KeyboardInterrupt) else "failed"
+        if kind is not None:  # a stop signal before training: nothing ran, no summary
+            self.status = None if issubclass(kind, StopSignal) else "aborted" if issubclass(kind, KeyboardInterrupt) else "failed"
         closing = [self.checkpoints.wait, self.stream.close]
         if self.status is not None:
             closing.insert(0, lambda: self.stream.emit(self.summary(self.status)))  # type: ignore[arg-type]
@@ -252,39 +300,67 @@ def _throughput(trainer: Any, epoch_time: float | None, flops_per_sample: float 
     return out
 
 
-def train(cfg: Config, recipe: Recipe) -> str:
-    """Run one training job; returns ``"completed"`` or ``"interrupted"`` (a checkpoint was saved).
+def train(
+    cfg: Config,
+    recipe: Recipe,
+    handlers: Sequence[Any] = (),
+    loss_fn: Callable | None = None,
+    optimizer: type | OptimizerFactory | None = None,
+    lock: bool = True,
+) -> dict[str, Any]:
+    """Run one training job; returns its ``"summary"`` record, whose ``status`` is ``"completed"`` or
+    ``"interrupted"`` (stopped with a checkpoint saved: relaunch with ``resume``).
 
-    Raises ``NonFiniteLoss`` when the loss becomes NaN or infinite (status ``"failed"``) and
-    ``KeyboardInterrupt`` on a second stop signal (status ``"aborted"``)."""
-    # --- where the run lives (rank 0 writes the files; every rank checks first) -----------------
+    ``handlers`` are attached beside the recipe's own (:func:`attach_all`); ``loss_fn`` and
+    ``optimizer`` (a class or factory, see :func:`build_optimizer`) replace the named ones. With
+    ``lock``, rank 0 holds the output dir's lock (:class:`recipes.rundir.RunDirLock`) for the run.
+    Raises ``UsageError`` before anything is written for a bad resume, ``NonFiniteLoss`` when the
+    loss becomes NaN or infinite (status ``"failed"``), ``KeyboardInterrupt`` on a second stop signal
+    (status ``"aborted"``) and :class:`StopSignal` for one before training started."""
+    # --- where the run lives: every check first, then rank 0 writes the files -------------------
     out = Path(cfg.output_dir)
-    resume = resume_point(cfg)
     check_global_batch(cfg.batch_size, idist.get_world_size())  # also for callers that did not come through the CLI
-    idist.barrier()  # no rank may see rank 0's new files as "a run already there"
-    if idist.get_rank() > 0:
-        return _train(cfg, recipe, out, resume)
+    if cfg.progress_file is not None:
+        folder = Path(cfg.progress_file).resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UsageError(f"--progress-file {cfg.progress_file}: {folder} is not a writable directory")
+    rank = idist.get_rank()
+    resume_point(cfg)  # bad usage found before the lock creates the directory; again under it, where it counts
+    with RunDirLock(out) if lock and rank == 0 else contextlib.nullcontext():
+        resume = resume_point(cfg)
+        done = _nothing_left(cfg, resume)
+        if done is not None:
+            logger.info("The run in %s already %s; nothing to do", out, done)
+            return {"phase": "summary", "status": "completed", "nothing_to_do": done}
+        idist.barrier()  # no rank may see rank 0's new files as "a run already there"
+        if rank > 0:
+            return run_job(build_job(cfg, recipe, out, handlers, loss_fn, optimizer), resume)
+        log_file = _open_log(out)
+        try:
+            write_atomically(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+            logger.info("Run config: %s", json.dumps(asdict(cfg)))
+            if idist.get_world_size() > 1:
+                logger.info("Data-parallel on %d workers (%s): %d samples per worker batch", idist.get_world_size(),
+                            idist.backend(), cfg.batch_size // idist.get_world_size())  # fmt: skip
+            return run_job(build_job(cfg, recipe, out, handlers, loss_fn, optimizer), resume)
+        except Exception:
+            logger.debug("Run failed", exc_info=True)
+            raise
+        finally:
+            logging.getLogger().removeHandler(log_file)
+            log_file.close()
+
+
+def _open_log(out: Path) -> logging.Handler:
+    """``out/train.log``, every record at DEBUG and above of every logger, appended to."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
         log_file = logging.FileHandler(out / "train.log", encoding="utf-8")
     except OSError as e:
         raise OSError(f"cannot write to output dir {out}: {e.strerror or e}") from None
     log_file.setLevel(logging.DEBUG)
     log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(log_file)
-    try:
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
-        logger.info("Run config: %s", json.dumps(asdict(cfg)))
-        if idist.get_world_size() > 1:
-            logger.info("Data-parallel on %d workers (%s): %d samples per worker batch", idist.get_world_size(),
-                        idist.backend(), cfg.batch_size // idist.get_world_size())  # fmt: skip
-        return _train(cfg, recipe, out, resume)
-    except Exception:
-        logger.debug("Run failed", exc_info=True)
-        raise
-    finally:
-        logging.getLogger().removeHandler(log_file)
-        log_file.close()
+    return log_file
 
 
 @dataclass
@@ -324,33 +400,22 @@ class Job:
         }
 
 
-def _train(cfg: Config, recipe: Recipe, out: Path, resume: Path | str | None) -> str:
-    return run_job(build_job(cfg, recipe, out), resume)
+def make_loaders(cfg: Config, train_set: Any, val_set: Any, device: torch.device, world: int = 1, rank: int = 0) -> tuple[Any, Any, Any]:
+    """``(train loader, validation loader or None, train sampler)`` of ``cfg`` on this rank.
 
-
-def build_job(cfg: Config, recipe: Recipe, out: Path, extra_handlers: Sequence[Any] = ()) -> Job:
-    """Data, model, engines, reporting and safety of ``cfg``'s run, wired on this rank; nothing run yet.
-
-    ``extra_handlers`` are attached beside the recipe's own (see :func:`attach_all`)."""
-    seed_everything(cfg.seed)  # the same on every rank: same initial weights, dropout masks
-    device = torch.device(cfg.device)
-    rank, world = idist.get_rank(), idist.get_world_size()
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", idist.get_local_rank())
-        torch.cuda.set_device(device)
+    Batches come from an :class:`engine.EpochSampler` (each rank its shard), or with
+    ``--data-on-device`` from tensors on the device; validation batches hold ``max(batch, 256)``."""
     batch_size = cfg.batch_size // world  # --batch-size is global
-
-    # --- data: the order is a function of (seed, epoch), so a run resumed mid-epoch sees the same batches
-    train_set, val_set = recipe.datasets[cfg.dataset](cfg)
     pin = device.type == "cuda"
     val_batch = max(batch_size, 256)
-    shard = {"num_replicas": world, "rank": rank}  # with several workers each takes its shard
+    shard = {"num_replicas": world, "rank": rank}
     train_loader: Any
-    val_loader: Any
+    val_loader: Any = None
     if cfg.data_on_device:
         augment = DEVICE_AUGMENT.get(cfg.dataset)
         train_loader = DeviceTensorLoader(train_set, batch_size, shuffle=True, device=device, augment=augment, seed=cfg.seed, **shard)
-        val_loader = DeviceTensorLoader(val_set, val_batch, shuffle=False, device=device, **shard)
+        if val_set is not None:
+            val_loader = DeviceTensorLoader(val_set, val_batch, shuffle=False, device=device, **shard)
         sampler = train_loader.sampler
     else:
         loading: dict[str, Any] = {
@@ -359,10 +424,38 @@ def build_job(cfg: Config, recipe: Recipe, out: Path, extra_handlers: Sequence[A
         }  # fmt: skip
         sampler = EpochSampler(len(train_set), seed=cfg.seed, **shard)  # type: ignore[arg-type]
         train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, generator=sampler.generator, **loading)
-        val_sampler = EpochSampler(len(val_set), shuffle=False, pad=False, **shard)  # type: ignore[arg-type]
-        val_loader = DataLoader(val_set, batch_size=val_batch, sampler=val_sampler, **loading)
+        if val_set is not None:
+            val_sampler = EpochSampler(len(val_set), shuffle=False, pad=False, **shard)  # type: ignore[arg-type]
+            val_loader = DataLoader(val_set, batch_size=val_batch, sampler=val_sampler, **loading)
     if cfg.test_run:
-        train_loader, val_loader = FirstBatches(train_loader, 1), FirstBatches(val_loader, 1)
+        train_loader = FirstBatches(train_loader, 1)
+        val_loader = FirstBatches(val_loader, 1) if val_loader is not None else None
+    return train_loader, val_loader, sampler
+
+
+def build_job(
+    cfg: Config,
+    recipe: Recipe,
+    out: Path,
+    extra_handlers: Sequence[Any] = (),
+    loss_fn: Callable | None = None,
+    optimizer_factory: type | OptimizerFactory | None = None,
+) -> Job:
+    """Data, model, engines, reporting and safety of ``cfg``'s run, wired on this rank; nothing run yet.
+
+    ``extra_handlers`` are attached beside the recipe's own (see :func:`attach_all`); a dataset
+    whose validation part is None trains without validation (no best checkpoint, no early stopping)."""
+    seed_everything(cfg.seed)  # the same on every rank: same initial weights, dropout masks
+    device = resolve_device(cfg.device)
+    rank, world = idist.get_rank(), idist.get_world_size()
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", idist.get_local_rank())
+        torch.cuda.set_device(device)
+    batch_size, pin = cfg.batch_size // world, device.type == "cuda"  # --batch-size is global
+
+    # --- data: the order is a function of (seed, epoch), so a run resumed mid-epoch sees the same batches
+    train_set, val_set = recipe.datasets[cfg.dataset](cfg)
+    train_loader, val_loader, sampler = make_loaders(cfg, train_set, val_set, device, world, rank)
 
     # --- model, optimizer, loss --------------------------------------------------------------------
     model = recipe.build_model().to(device)
@@ -370,8 +463,8 @@ def build_job(cfg: Config, recipe: Recipe, out: Path, extra_handlers: Sequence[A
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     sample = train_loader.x[:1] if cfg.data_on_device else train_set[0][0].unsqueeze(0).to(device)  # type: ignore[index]
     flops_per_sample = train_flops_per_sample(model, sample)
-    optimizer = build_optimizer(cfg, model)
-    loss_fn = make_loss(recipe.task, cfg.loss, cfg.label_smoothing)
+    optimizer = build_optimizer(cfg, model, optimizer_factory)
+    loss_fn = loss_fn or make_loss(recipe.task, cfg.loss, cfg.label_smoothing)
     # Training runs through DDP (gradients averaged over ranks) when there are several workers;
     # evaluation runs the plain model on each rank's shard, and the metrics are all-reduced.
     net: Any = idist.auto_model(model) if world > 1 else model
@@ -385,11 +478,14 @@ def build_job(cfg: Config, recipe: Recipe, out: Path, extra_handlers: Sequence[A
     # --- engines: Flint's handlers attach in any order (engine.FlintEvents orders their work) -------
     prepare = channels_last_batch if cfg.channels_last else None
     trainer = create_trainer(
-        net, optimizer, loss_fn, device=device, accumulation_steps=cfg.update_cycle, amp=cfg.amp, non_blocking=pin,
-        prepare_batch=prepare,
+        net, optimizer, loss_fn, device=device, accumulation_steps=cfg.update_cycle, amp=cfg.amp,
+        clip_grad_norm=cfg.clip_grad_norm, prepare_batch=prepare, non_blocking=pin,
     )  # fmt: skip
     evaluator = create_evaluator(eval_net, device=device, amp=cfg.amp, non_blocking=pin, prepare_batch=prepare)
-    handlers: list[Any] = [DataOrder(sampler, batch_size), Validation(evaluator, val_loader)]  # the epoch's data order
+    register_state(trainer, "config", RunConfig(asdict(cfg)))  # a checkpoint refuses to resume under other options
+    handlers: list[Any] = [DataOrder(sampler, batch_size)]  # the epoch's data order
+    if val_loader is not None:
+        handlers.append(Validation(evaluator, val_loader, every=cfg.val_every))
     if cfg.lr_mode != "constant" or cfg.warmup_epochs:  # a constant LR needs no per-iteration work
         schedule = functools.partial(
             lr_multiplier, mode=cfg.lr_mode, steps_per_epoch=len(train_loader), epochs=cfg.epochs, milestones=cfg.lr_steps,
@@ -400,7 +496,7 @@ def build_job(cfg: Config, recipe: Recipe, out: Path, extra_handlers: Sequence[A
     # --- reporting: one record stream to log lines, metrics.jsonl and TensorBoard (rank 0; the others, no sinks)
     tb = TensorboardLogger(log_dir=str(out)) if rank == 0 else None
     stream = RecordStream([LoggingSink(logger), JsonlSink(out / "metrics.jsonl"), TensorBoardSink(tb.writer)] if tb else [])
-    train_metrics, val_metrics, monitor, mode = task_metrics(recipe.task, loss_fn, device)
+    train_metrics, val_metrics, monitor, mode = task_metrics(recipe.task, loss_fn, device, cfg.monitor)
     timer, eta = EpochTimer(), ETA(cfg.progress_file if rank == 0 else None)
     handlers += [
         timer,
@@ -409,7 +505,8 @@ def build_job(cfg: Config, recipe: Recipe, out: Path, extra_handlers: Sequence[A
         BatchLogger(stream, every=cfg.log_interval, optimizer=optimizer, metrics=train_metrics),
         LRTracker(optimizer, stream, every=cfg.log_interval),
     ]
-    EpochMetrics(val_metrics, stream, "validation", trainer=trainer).attach(evaluator)
+    if val_loader is not None:
+        EpochMetrics(val_metrics, stream, "validation", trainer=trainer).attach(evaluator)
     if tb is not None:
         handlers.append(NetSummaries(model, tb.writer))
     if cfg.progress and sys.stderr.isatty() and rank == 0:
@@ -423,8 +520,10 @@ def build_job(cfg: Config, recipe: Recipe, out: Path, extra_handlers: Sequence[A
 
     # --- safety: NaN guard, checkpoints (every stateful handler is in them by itself), stops -----
     to_save = {"model": model, "optimizer": optimizer, "trainer": trainer, "rng": RNGState(), "scaler": trainer.scaler}  # type: ignore[attr-defined]
-    checkpoints = Checkpointing(out / "checkpoints", to_save, n_latest=2, metric=monitor, mode=mode, every=cfg.save_frequency)
-    stopper = EarlyStopping(cfg.early_stopping, monitor, trainer, mode=mode) if cfg.early_stopping else None  # type: ignore[arg-type]
+    validating = val_loader is not None
+    checkpoints = Checkpointing(out / "checkpoints", to_save, n_latest=2, metric=monitor if validating else None, mode=mode,
+                                every=cfg.save_frequency)  # fmt: skip
+    stopper = EarlyStopping(cfg.early_stopping, monitor, trainer, mode=mode) if cfg.early_stopping and validating else None  # type: ignore[arg-type]
     interrupt = InterruptAt(cfg.interrupt_at) if cfg.interrupt_at else None
     preemption = Preemption(agree=_any_rank())  # SIGTERM/SIGINT: stop at the next update, saved, exit 3
     handlers += [LossGuard(every=cfg.log_interval), checkpoints, preemption, *[h for h in (stopper, interrupt) if h]]
@@ -445,33 +544,47 @@ def build_job(cfg: Config, recipe: Recipe, out: Path, extra_handlers: Sequence[A
                stopper, monitor, flops_per_sample, profiler)  # fmt: skip
 
 
-def run_job(job: Job, resume: Path | str | None) -> str:
-    """Resume ``job`` from ``resume`` (see :func:`resume_point`), train it and close it with a summary record."""
+def run_job(job: Job, resume: Path | str | None) -> dict[str, Any]:
+    """Resume ``job`` from ``resume`` (see :func:`resume_point`), train it and close it; the summary record.
+
+    SIGTERM and SIGINT go to ``job.preemption`` from the checkpoint's load to the last file closed.
+    One that came before training started ends the launch there: ``"interrupted"`` if a checkpoint
+    was loaded (the relaunch resumes from it), else :class:`StopSignal`. Once the run's outcome is
+    settled (trained, stopped and saved), further signals are ignored."""
     trainer, cfg = job.trainer, job.cfg
-    with RunOutcome(job.stream, job.checkpoints, job.summary) as outcome:
+    summary: dict[str, Any] = {}
+
+    def close(status: str) -> dict[str, Any]:
+        summary.update(job.summary(status))
+        return summary
+
+    with job.preemption.signal_handlers(), RunOutcome(job.stream, job.checkpoints, close) as outcome:
         loaded = _load(job.checkpoints, resume, job.device)
         _same_iteration_on_every_rank(trainer)
         if loaded is not None:
-            done = trainer.state.epoch >= cfg.epochs  # Ignite would start over on a finished state
-            if done or (job.stopper is not None and job.stopper.stopped):
-                how = f"completed {trainer.state.epoch} epochs" if done else f"stopped early after epoch {trainer.state.epoch}"
-                logger.info("The run in %s already %s; nothing to do", job.out, how)
-                outcome.status = None
-                return "completed"
             position = {"epoch": trainer.state.epoch, "iteration": trainer.state.iteration}
             job.stream.emit({"phase": "resume", **position, "samples": trainer.state.samples, "checkpoint": str(loaded)})  # type: ignore[attr-defined]
+        if loaded is not None and (trainer.state.epoch >= cfg.epochs or (job.stopper is not None and job.stopper.stopped)):
+            outcome.status = None  # checked before anything was written (_nothing_left); Ignite would start over
+            return {"phase": "summary", "status": "completed", "nothing_to_do": f"ended after epoch {trainer.state.epoch}"}
+        if job.preemption.requested is not None:  # during the setup: nothing trained, nothing new to save
+            job.preemption.settle()
+            if loaded is None:
+                raise StopSignal(job.preemption.requested or signal.SIGTERM)
+            outcome.status = "interrupted"
+            return summary
         try:
-            with job.preemption.signal_handlers():
-                trainer.run(job.train_loader, max_epochs=cfg.epochs)
+            trainer.run(job.train_loader, max_epochs=cfg.epochs)
         except NonFiniteLoss as e:
             job.checkpoints.wait()  # an earlier save may still be finishing in the background
             last = Checkpointing.find_latest(job.checkpoints.dirname)
             raise NonFiniteLoss(f"{e}; stopped without saving; the last good checkpoint is {last or 'none'}") from None
+        job.preemption.settle()  # the outcome is decided: a signal now would only lose what is being closed
         stopped = job.preemption.triggered or (job.interrupt is not None and job.interrupt.triggered)
         outcome.status = "interrupted" if stopped else "completed"
         if job.profiler is not None and idist.get_rank() == 0:
             logger.info("Handler costs (--profile):\n%s", profile_table(job.profiler, trainer))
-    return outcome.status  # type: ignore[return-value]
+    return summary
 
 
 def _load(checkpoints: Checkpointing, resume: Path | str | None, device: torch.device) -> Path | None:

@@ -16,9 +16,10 @@ from ignite.metrics import Accuracy
 
 from engine import create_evaluator
 from handlers import Checkpointing
-from recipes.cli import _free_port, main
+from recipes.cli import main
+from recipes.launch import _free_port
 from recipes.data import digits
-from recipes.lenet import LeNet
+from recipes.models import LeNet
 from tests.conftest import REPO, run_flint
 from tests.recipes.test_resilience import final_model, records, start_flint, trained, wait_for_record
 

@@ -12,7 +12,8 @@ import torch
 
 from recipes import RECIPES
 from recipes.cli import main
-from recipes.export import METADATA_FILE, best_checkpoint
+from recipes.export import METADATA_FILE
+from recipes.runs import best_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ class Unsafe:
 
 
 def bad_checkpoints(run, state):
-    """path -> (content writer, exit status, message after 'flint: error: export: ')."""
+    """path -> (content writer, exit status, message after 'flint: error: ')."""
     folder = run / "checkpoints"
     good = next(folder.glob("checkpoint_*.pt")).read_bytes()
     cases = {
@@ -180,7 +181,7 @@ def test_bad_checkpoint_files_are_one_line_naming_the_file(best_run, capsys):
         write(path)
         assert main(["export", str(path), "--format", "onnx"]) == status, path.name
         err = capsys.readouterr().err
-        assert err == f"flint: error: export: {message.format(p=path)}\n"
+        assert err == f"flint: error: {message.format(p=path)}\n"
         assert "weights_only=False" not in err and "weights_only` set to `False" not in err
 
 
@@ -190,7 +191,7 @@ def test_a_run_whose_best_checkpoint_is_damaged_names_it_and_exits_1(best_run, f
     best.write_bytes(b"PK\x03\x04" + b"\0" * 100)
     result = flint("export", str(run), "--format", "state_dict")
     assert result.returncode == 1
-    assert result.stderr == f"flint: error: export: checkpoint {best} is truncated or corrupt: its data ends early or is damaged (104 bytes)\n"
+    assert result.stderr == f"flint: error: checkpoint {best} is truncated or corrupt: its data ends early or is damaged (104 bytes)\n"
 
 
 def test_onnx_export_prints_only_the_path(runs, tmp_path, flint):
@@ -204,7 +205,7 @@ def test_onnx_export_prints_only_the_path(runs, tmp_path, flint):
 
 def test_bad_export_paths_are_one_line_exit_2(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nothing"), "--format", "onnx"]) == 2
-    assert capsys.readouterr().err == f"flint: error: export: {tmp_path / 'nothing'} is neither a run directory nor a checkpoint file\n"
+    assert capsys.readouterr().err == f"flint: error: {tmp_path / 'nothing'} is neither a run directory nor a checkpoint file\n"
     assert main(["export", str(tmp_path), "--format", "onnx"]) == 2
     assert "no checkpoint in" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--format", "tflite"]) == 2

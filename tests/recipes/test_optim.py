@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from recipes.config import UsageError
-from recipes.lenet import LeNet
+from recipes.models import LeNet
 from recipes.optim import LOSSES, OPTIMIZERS, make_loss, make_optimizer, param_groups
 
 

@@ -3,7 +3,7 @@ import torch
 
 from recipes import RECIPES
 from recipes.data import DOWNLOADABLE, digits
-from recipes.lenet import LeNet
+from recipes.models import LeNet
 from recipes.config import UsageError
 from recipes.optim import param_groups
 
@@ -48,7 +48,7 @@ def test_every_recipe_runs_a_batch_of_each_embedded_dataset(name):
 
 
 def test_ffnn_data_is_seed_001s():
-    from recipes.ffnn import seed001_split
+    from recipes.data import seed001_split
 
     train, val = seed001_split()
     x, y = train.tensors

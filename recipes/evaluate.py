@@ -1,0 +1,57 @@
+"""``flint evaluate``: a run's best checkpoint (or a given one) on its recipe's validation set, as training validated it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from typing import Any
+
+from recipes.config import Config, UsageError
+
+__all__ = ["evaluate"]
+
+
+def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: str = "auto") -> dict[str, Any]:
+    """The validation metrics of a checkpoint: the best of a run directory, or the file given.
+
+    The run's ``config.json`` (or the options the checkpoint carries) names its recipe and options;
+    the validation set, its batches and the metrics are built as training built them
+    (``recipes.train.make_loaders``, ``task_metrics``), so on the same device the numbers equal the
+    ``validation`` record of the checkpoint's epoch. ``dataset`` picks another of the recipe's datasets.
+
+    Returns:
+        ``{"checkpoint", "epoch", "dataset", "loss", <metric>}`` (``accuracy``, or ``mae`` for regression).
+
+    Raises:
+        UsageError: not a run or checkpoint (see :func:`recipes.runs.open_run`), or an unknown ``dataset``.
+    """
+    import torch
+
+    from engine import create_evaluator
+    from recipes.optim import make_loss
+    from recipes.perf import channels_last_batch
+    from recipes.runs import open_run
+    from recipes.train import make_loaders, resolve_device, task_metrics
+
+    run = open_run(path)
+    known = {f.name for f in fields(Config)}
+    cfg = Config(**{k: v for k, v in run.config.items() if k in known})
+    if dataset is not None:
+        if dataset not in run.recipe.datasets:
+            raise UsageError(f"--dataset {dataset!r}: {run.recipe.name} takes {', '.join(run.recipe.datasets)}")
+        cfg.dataset = dataset
+    where = resolve_device(device)
+    train_set, val_set = run.recipe.datasets[cfg.dataset](cfg)
+    if val_set is None:
+        raise UsageError(f"{cfg.dataset} of {run.recipe.name} has no validation set")
+    _, val_loader, _ = make_loaders(cfg, train_set, val_set, where)
+    model = run.model().to(where)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    loss_fn = make_loss(run.recipe.task, cfg.loss, cfg.label_smoothing)
+    _, metrics, _, _ = task_metrics(run.recipe.task, loss_fn, where)
+    prepare = channels_last_batch if cfg.channels_last else None
+    evaluator = create_evaluator(model, metrics, device=where, amp=cfg.amp, prepare_batch=prepare)
+    results = evaluator.run(val_loader).metrics
+    epoch = run.state.get("trainer", {}).get("epoch")
+    return {"checkpoint": str(run.checkpoint), "epoch": epoch, "dataset": cfg.dataset, **{k: float(v) for k, v in results.items()}}

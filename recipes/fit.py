@@ -1,0 +1,137 @@
+"""``fit()``: your own model and data through the whole loop of ``flint run``, from Python."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from recipes.config import resolve_config
+from recipes.registry import Recipe
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.data import Dataset
+
+__all__ = ["fit"]
+
+# flint run options that name the data or the files, which fit() takes as its own arguments
+_NOT_OPTIONS = ("dataset", "data_dir", "download", "output_dir", "loss", "optimizer", "recipe")
+
+
+@dataclass(frozen=True)
+class _Given:
+    """A recipe part that is an object you already have: it pickles with it (for spawned workers), unlike a lambda."""
+
+    value: Any
+
+    def __call__(self, *args: Any) -> Any:
+        return self.value
+
+
+def fit(
+    model: nn.Module,
+    train_data: Dataset,
+    val_data: Dataset | None = None,
+    *,
+    output_dir: str | os.PathLike[str],
+    task: str = "classification",
+    loss: Any = None,
+    optimizer: Any = "sgd",
+    handlers: Sequence[Any] = (),
+    **options: Any,
+) -> dict[str, Any]:
+    """Train ``model`` with the loop of ``flint run``: records, TensorBoard, checkpoints, exact resume.
+
+    Everything ``flint run`` does for a recipe it does here for any ``nn.Module`` and map-style
+    datasets of ``(input, target)`` pairs: the update cycle, LR schedules, per-epoch validation,
+    latest and best checkpoints in ``output_dir/checkpoints``, ``metrics.jsonl``, TensorBoard files,
+    ``train.log``, a SIGTERM or SIGINT stopping at the next update with a checkpoint, exact resume.
+    Every ``flint run`` option is a keyword with its Python name and the same default (see
+    ``recipes.config.Config``: ``epochs``, ``batch_size``, ``lr``, ``lr_mult``, ``update_cycle``,
+    ``lr_mode``, ``interrupt_at``, ``early_stopping``, ``monitor``, ``val_every``, ``clip_grad_norm``,
+    ``amp``, ``device="auto"``, ``progress``, ``seed``, ...); ``resume=True`` continues the run in
+    ``output_dir`` from its latest checkpoint (a new run if it has none), ``resume=PATH`` from a checkpoint.
+
+    Args:
+        model: the network; trained in place (its weights are the run's at the end).
+        train_data: the training set.
+        val_data: the validation set; None trains without validation (no best checkpoint, no early stopping).
+        output_dir: where the run's files go; a new run refuses a directory that holds one.
+        task: ``"classification"`` (accuracy, cross-entropy) or ``"regression"`` (MAE, MSE). Default classification.
+        loss: a name from ``flint run``'s catalogue (``"cross-entropy"``, ``"mse"``, ...) or a callable
+            ``loss(y_pred, y)`` returning a scalar mean loss. Default: the task's.
+        optimizer: a name (``"sgd"``, ``"adamw"``, ...), an optimizer class (called with the param groups
+            and ``lr=``), or a callable taking the param groups (each with its ``lr`` and
+            ``weight_decay``) and returning an optimizer. Default ``"sgd"``.
+        handlers: more handlers; each gets ``attach(trainer)``, or ``attach(trainer, evaluator)`` when
+            its ``attach`` takes two engines. Their state is checkpointed if they register it
+            (``engine.register_state``).
+        **options: ``flint run``'s options by their Python names.
+
+    Returns:
+        The run's ``"summary"`` record (as written to ``metrics.jsonl``): ``status`` is
+        ``"completed"``, or ``"interrupted"`` when it stopped with a checkpoint saved (SIGTERM,
+        ``interrupt_at``); ``epochs``, ``best_epoch``, ``best_<metric>``, ``avg_epoch_time``, ...
+
+    Raises:
+        ValueError: a bad option or argument, named, before anything is written.
+        handlers.NonFiniteLoss: the loss became NaN or infinite (the last good checkpoint is kept).
+
+    Example:
+        >>> import tempfile, torch
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.randn(64, 3), torch.randint(0, 2, (64,)))
+        >>> summary = fit(torch.nn.Linear(3, 2), data, data, output_dir=tempfile.mkdtemp(), epochs=2, batch_size=16,
+        ...               optimizer=torch.optim.Adam, lr=0.01, progress=False, device="cpu")
+        >>> summary["status"], summary["epochs"]
+        ('completed', 2)
+    """
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"Argument model should be a torch.nn.Module, got {type(model).__name__}")
+    taken = [name for name in _NOT_OPTIONS if name in options]
+    if taken:
+        raise ValueError(f"{', '.join(taken)}: not options of fit(), which trains on the data and into the output_dir you give")
+    given = dict(options)
+    if "resume" in given and isinstance(given["resume"], bool):
+        given["resume"] = "" if given["resume"] else None
+    given["output_dir"] = os.fspath(output_dir)
+    loss_fn = None
+    if isinstance(loss, str):
+        given["loss"] = loss
+    elif loss is not None:
+        if not callable(loss):
+            raise ValueError(f"Argument loss should be a loss name or a callable, got {type(loss).__name__}")
+        loss_fn = loss
+    factory = None
+    if isinstance(optimizer, str):
+        given["optimizer"] = optimizer
+    elif callable(optimizer):
+        factory = optimizer
+        extra = [name for name in ("momentum", "nesterov") if name in given]
+        if extra:
+            raise ValueError(f"{', '.join(extra)}: a custom optimizer takes its own arguments, e.g. "
+                             "functools.partial(torch.optim.SGD, momentum=0.9)")  # fmt: skip
+    else:
+        raise ValueError(f"Argument optimizer should be a name, an optimizer class or a factory, got {type(optimizer).__name__}")
+    if val_data is None and given.get("early_stopping"):
+        raise ValueError("early_stopping needs val_data: it counts validations without improvement")
+    name = type(model).__name__.lower()
+    recipe = Recipe(name, f"fit() of a {type(model).__name__}", _Given(model), {"data": _Given((train_data, val_data))}, task=task)
+    cfg = resolve_config(recipe, given, style="python", spec=f"fit:{type(model).__module__}.{type(model).__qualname__}")
+    if loss_fn is not None:
+        cfg.loss = f"custom:{_qualname(loss_fn)}"
+    if factory is not None:
+        cfg.optimizer = f"custom:{_qualname(factory)}"
+    from recipes.launch import launch
+
+    return launch(cfg, recipe, handlers, loss_fn, factory)
+
+
+def _qualname(obj: Any) -> str:
+    target = getattr(obj, "func", obj)  # a functools.partial: its function
+    kind = target if isinstance(target, type) else type(target) if not hasattr(target, "__qualname__") else target
+    return f"{getattr(kind, '__module__', '?')}.{getattr(kind, '__qualname__', type(kind).__name__)}"

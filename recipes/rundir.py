@@ -1,0 +1,120 @@
+"""A run's directory: one run at a time (an OS lock), files written whole, and what a checkpoint says of its run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import IO, Any
+
+from recipes.config import UsageError
+
+__all__ = ["RunDirLock", "write_atomically", "RunConfig", "config_changes", "RESUMABLE_CHANGES"]
+
+LOCK_NAME = ".flint.lock"
+
+# Options a resumed run may change: they do not alter what is trained or how.
+RESUMABLE_CHANGES = (
+    "epochs", "resume", "interrupt_at", "progress", "progress_file", "device", "output_dir", "log_interval", "data_dir",
+    "download", "profile", "nproc_per_node", "num_workers",
+)  # fmt: skip
+
+
+def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``name=old, now new`` for each option that differs from the saved run's and may not change.
+
+    ``epochs`` may grow, not shrink. Options the saved run did not have (an older Flint) are not compared.
+
+    Example:
+        >>> config_changes({"batch_size": 32, "epochs": 10, "seed": 1}, {"batch_size": 64, "epochs": 5, "seed": 1})
+        ['epochs=10, now 5 (it may grow, not shrink)', 'batch_size=32, now 64']
+    """
+    changes = []
+    if "epochs" in saved and now.get("epochs", saved["epochs"]) < saved["epochs"]:
+        changes.append(f"epochs={saved['epochs']}, now {now['epochs']} (it may grow, not shrink)")
+    changes += [f"{key}={saved[key]!r}, now {now[key]!r}" for key in now
+                if key in saved and key not in RESUMABLE_CHANGES and saved[key] != now[key]]  # fmt: skip
+    return changes
+
+
+class RunConfig:
+    """The run's options, kept in its checkpoints (``engine.register_state`` key ``config``).
+
+    ``load_state_dict`` refuses, with a :class:`recipes.config.UsageError` naming each change, a
+    checkpoint saved under options that change what is trained (:func:`config_changes`): wherever
+    a checkpoint is resumed, it continues the run it belongs to.
+    """
+
+    def __init__(self, options: dict[str, Any], source: str = "checkpoint") -> None:
+        self.options, self.source = options, source
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"json": json.dumps(self.options)}  # one string: plain data whatever the options hold
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        changed = config_changes(json.loads(state["json"]), self.options)
+        if changed:
+            raise UsageError(f"--resume: the {self.source} was trained with {'; '.join(changed)}; resume it unchanged")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file renamed over it: readers see the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class RunDirLock:
+    """Holds an exclusive OS lock on ``DIR/.flint.lock`` while a run uses the directory.
+
+    ``fcntl.flock``: the kernel releases it when the process ends, however it ends (a SIGKILLed run
+    never blocks its own relaunch). The file holds the owner's pid and command line, for the message
+    a second run gets: :class:`UsageError` ``output dir DIR is in use by process PID (COMMAND)``.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self._file: IO[str] | None = None
+
+    def __enter__(self) -> RunDirLock:
+        import fcntl
+
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            f = open(self.directory / LOCK_NAME, "a+", encoding="utf-8")
+        except OSError as e:
+            raise OSError(f"cannot write to output dir {self.directory}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "another process"
+            f.close()
+            raise UsageError(f"output dir {self.directory} is in use by process {owner}; wait for it or choose another -o") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()} ({_command()})\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the lock; the file stays (removing it would race a waiter)
+            self._file = None
+
+
+def _command() -> str:
+    try:
+        return Path("/proc/self/cmdline").read_text().replace("\0", " ").strip()
+    except OSError:
+        import sys
+
+        return " ".join(sys.argv)

@@ -1,0 +1,217 @@
+"""A run's files once it has run: its checkpoints (the best by the value each recorded), its config and its recipe.
+
+``flint export`` and ``flint evaluate`` open runs through here; checkpoints are read only with
+``torch.load(weights_only=True)``, and every problem is one line naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from handlers import Checkpointing
+from recipes.config import UsageError
+from recipes.registry import Recipe, load_recipe
+
+__all__ = ["Run", "open_run", "best_checkpoint", "checkpoint_of", "read_checkpoint", "load_weights"]
+
+logger = logging.getLogger(__name__)
+_BEST = re.compile(r"^best_checkpoint_(?P<epoch>\d+)_(?P<metric>.+)=(?P<value>[^=]+)\.pt$")
+_MODES = {"accuracy": "max", "loss": "min", "mae": "min"}  # the metrics Flint's recipes monitor
+
+
+def _monitor(run_dir: Path) -> tuple[str, str] | None:
+    """``config.json``'s ``monitor`` as (NAME, mode), if there is one."""
+    from recipes.report import monitor_of, read_config
+
+    return monitor_of(read_config(run_dir))
+
+
+def best_checkpoint(directory: str | os.PathLike[str], monitor: tuple[str, str] | None = None) -> Path | None:
+    """The best of ``directory``'s ``best_checkpoint_*.pt`` files by the value each recorded; None if none.
+
+    The value and metric come from the file name (``best_checkpoint_<epoch>_<metric>=<value>.pt``),
+    else from the ``best_score`` saved in the file. Higher is better for accuracy and ``"max"``
+    monitors, lower for loss, MAE and ``"min"`` monitors; ``monitor`` (from ``config.json``) decides
+    for its own metric, the file's saved ``best_score`` mode for any other. Ties go to the earlier epoch.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> for name in ("best_checkpoint_9_accuracy=0.9500.pt", "best_checkpoint_10_accuracy=0.9900.pt"):
+        ...     torch.save({"model": {}}, d / name)
+        >>> best_checkpoint(d).name  # not the last by name
+        'best_checkpoint_10_accuracy=0.9900.pt'
+    """
+    scored = []
+    for path in Path(directory).glob("best_checkpoint_*.pt"):
+        match = _BEST.match(path.name)
+        metric, value, epoch, mode = None, math.nan, math.inf, None
+        if match:
+            try:
+                metric, value, epoch = match["metric"], float(match["value"]), int(match["epoch"])
+            except ValueError:
+                metric = None
+        if monitor is not None and metric == monitor[0]:
+            mode = monitor[1]
+        elif metric in _MODES:
+            mode = _MODES[metric]
+        if metric is None or mode is None:  # the name does not tell: the score saved in the file does
+            saved = read_checkpoint(path).get("best_score")
+            if not isinstance(saved, Mapping) or saved.get("mode") not in ("min", "max") or saved.get("value") is None:
+                logger.warning("%s: no best score in its name or its content; skipped", path)
+                continue
+            mode = saved["mode"]
+            if metric is None:
+                value, epoch = float(saved["value"]), int(saved.get("epoch") or 0)
+        if math.isnan(value):
+            continue
+        scored.append((value if mode == "max" else -value, -epoch, path))
+    return max(scored)[2] if scored else None
+
+
+def checkpoint_of(path: Path) -> tuple[Path, Path]:
+    """(checkpoint file, run directory) for a run directory (its best checkpoint, else its latest) or a file.
+
+    A file's run directory is the one holding its ``checkpoints`` folder (or the file's own folder if
+    that one has the ``config.json``).
+    """
+    if path.is_dir():
+        found = best_checkpoint(path / "checkpoints", _monitor(path)) or Checkpointing.find_latest(path / "checkpoints")
+        if found is None:
+            raise UsageError(f"no checkpoint in {path / 'checkpoints'}")
+        return found, path
+    if path.is_file():
+        parent = path.resolve().parent
+        return path, parent if (parent / "config.json").is_file() else parent.parent  # RUN_DIR/checkpoints/FILE
+    raise UsageError(f"{path} is neither a run directory nor a checkpoint file")
+
+
+def _load_error(path: Path, size: int, e: Exception) -> Exception:
+    """One line saying what is wrong with a checkpoint that ``torch.load`` could not read."""
+    text = str(e)
+    if isinstance(e, OSError):
+        return RuntimeError(f"cannot read checkpoint {path}: {e.strerror or text}")
+    if isinstance(e, EOFError) or "central directory" in text or "PytorchStreamReader" in text:
+        return RuntimeError(f"checkpoint {path} is truncated or corrupt: its data ends early or is damaged ({size} bytes)")
+    if isinstance(e, pickle.UnpicklingError):
+        unsafe = re.search(r"GLOBAL ([\w.]+)", text)
+        if unsafe:
+            return RuntimeError(
+                f"checkpoint {path} holds a pickled {unsafe[1]} object, not only tensors and plain values: "
+                "it is not a Flint checkpoint and is unsafe to load"
+            )
+        return RuntimeError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint: its pickle data does not read as tensors and values")
+    first = text.splitlines()[0] if text else ""
+    if "weights_only" in text or not first:  # torch's advice to load unsafely is not ours to give
+        return RuntimeError(f"checkpoint {path} is corrupt: {type(e).__name__} while reading it")
+    return RuntimeError(f"cannot load checkpoint {path}: {type(e).__name__}: {first}")
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A Flint checkpoint's contents, loaded with ``torch.load(weights_only=True)`` on the CPU.
+
+    Raises:
+        UsageError: the file is not a Flint checkpoint (not a PyTorch file, or one holding something
+            else than a dict with a ``"model"`` state_dict); the message names the file.
+        RuntimeError: the file is empty, truncated, corrupt, unreadable or holds pickled objects
+            other than tensors and plain values; one line naming the file.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise _load_error(path, 0, e) from None
+    if size == 0:
+        raise RuntimeError(f"checkpoint {path} is empty (0 bytes)")
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # torch.save's zip, or its older pickle
+        raise UsageError(f"{path} is not a PyTorch checkpoint: it is neither a zip archive nor a pickle")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise _load_error(path, size, e) from None
+    if not isinstance(state, Mapping):
+        raise UsageError(f"{path} is not a Flint checkpoint: it holds a {type(state).__name__}, not a dict with a 'model' entry")
+    if "model" not in state:
+        if state and all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise UsageError(f"{path} is not a Flint checkpoint: it holds bare weights (a state_dict), not a 'model' entry")
+        keys = ", ".join(map(str, list(state)[:5])) or "nothing"
+        raise UsageError(f"{path} is not a Flint checkpoint: no 'model' entry (it has {keys})")
+    weights = state["model"]
+    if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise UsageError(f"{path} is not a Flint checkpoint: its 'model' entry is not a state_dict of tensors")
+    return dict(state)
+
+
+def load_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], checkpoint: Path, recipe: str) -> None:
+    """``model.load_state_dict(weights)``, or one line saying how the checkpoint does not fit the recipe's model."""
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # a size mismatch
+        lines = [line.strip() for line in str(e).splitlines() if "size mismatch" in line] or [str(e).splitlines()[0]]
+        raise RuntimeError(f"checkpoint {checkpoint} does not fit recipe {recipe}'s model: {lines[0]}") from None
+    if missing or unexpected:
+        parts = [f"{label} {', '.join(keys[:3])}{f' and {len(keys) - 3} more' if len(keys) > 3 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]  # fmt: skip
+        raise RuntimeError(f"checkpoint {checkpoint} does not fit recipe {recipe}'s model: {'; '.join(parts)}")
+
+
+
+@dataclass
+class Run:
+    """A run opened from its directory or one of its checkpoints."""
+
+    checkpoint: Path  # the checkpoint chosen: the given file, else the run's best, else its latest
+    run_dir: Path
+    config: dict[str, Any]  # config.json, or the options the checkpoint carries
+    recipe: Recipe
+    state: dict[str, Any]  # the checkpoint's contents
+
+    def model(self) -> torch.nn.Module:
+        """The recipe's model with the checkpoint's weights, in eval mode, on the CPU."""
+        model = self.recipe.build_model()
+        load_weights(model, self.state["model"], self.checkpoint, self.recipe.name)
+        return model.eval()
+
+
+def open_run(path: str | os.PathLike[str]) -> Run:
+    """The run of a run directory (its best checkpoint) or of a checkpoint file.
+
+    Raises:
+        UsageError: no such run or checkpoint, a file that is not a Flint checkpoint, no config to
+            tell its recipe, a recipe that cannot be loaded (see :func:`recipes.load_recipe`).
+        RuntimeError: a damaged or unreadable file; one line naming it.
+    """
+    checkpoint, run_dir = checkpoint_of(Path(path))
+    state = read_checkpoint(checkpoint)
+    config_file = run_dir / "config.json"
+    config: Any = None
+    if config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise RuntimeError(f"cannot read {config_file}: {e}".splitlines()[0]) from None
+    elif isinstance(state.get("config"), Mapping) and isinstance(state["config"].get("json"), str):
+        config = json.loads(state["config"]["json"])  # the options a checkpoint carries (engine.register_state)
+    if not isinstance(config, dict) or not isinstance(config.get("recipe"), str):
+        raise UsageError(f"no config.json in {run_dir} (nor options in {checkpoint.name}) to tell which recipe it belongs to")
+    spec = config["recipe"]
+    if spec.startswith("fit:"):
+        raise UsageError(f"{checkpoint} was trained by fit() with a model of yours ({spec[4:]}): load "
+                         "torch.load(path, weights_only=True)['model'] into it in Python")  # fmt: skip
+    return Run(checkpoint, run_dir, config, load_recipe(spec), state)
