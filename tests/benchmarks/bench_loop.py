@@ -3,6 +3,9 @@
 Run it from the repository root (not collected by pytest; importing this module does nothing)::
 
     .venv/bin/python tests/benchmarks/bench_loop.py            # about 3.5 minutes on 2 CPU cores
+    .venv/bin/python tests/benchmarks/bench_loop.py --runs 5   # the same in 5 fresh processes, judged on their median
+    .venv/bin/python tests/benchmarks/bench_loop.py --calls    # Python calls per iteration, deterministic; under a minute
+    .venv/bin/python tests/benchmarks/bench_loop.py --process  # whole processes: flint run lenet against hand_lenet.py
     .venv/bin/python tests/benchmarks/bench_loop.py --help
 
 Both loops train the same model from the same seed on the same in-memory fake data for the same
@@ -17,7 +20,9 @@ the table gives the ratio paired per chunk of iterations (:func:`paired_ratio`) 
 iterations/sec, and a detail line its 90% bootstrap interval over the repetitions
 (:func:`ratio_interval`) with a verdict against the target. ``--against-itself`` runs A against a
 copy of A: what the method resolves. On CPU it also checks that A and B end with bit-identical
-weights, i.e. that they did the same work.
+weights, i.e. that they did the same work. ``--runs N`` repeats all this in N fresh processes and
+judges each case on the median of their ratios; ``--process`` and ``--imports`` compare whole
+``flint run lenet`` processes with ``hand_lenet.py`` instead (``bench_process.py``).
 See docs/performance.md.
 """
 
@@ -441,15 +446,17 @@ def ratio_interval(a_reps: list[Timed], b_reps: list[Timed], level: float = 0.9,
     return values[math.floor(tail * (resamples - 1))], values[math.ceil((1 - tail) * (resamples - 1))]
 
 
-def verdict(interval: tuple[float, float], target: float = TARGET) -> str:
-    """Whether a ratio's interval clears the issue's target.
+def verdict(interval: tuple[float, float], target: float = TARGET, more: str = "--repeats") -> str:
+    """Whether a ratio's interval clears the issue's target; ``more`` names the option that narrows it.
 
     >>> verdict((0.971, 0.995)), verdict((0.95, 0.965)), verdict((0.965, 0.99))
     ('met', 'not met', 'undecided (more --repeats narrow the interval)')
+    >>> verdict((0.93, 0.96), 0.95, more="--rounds")
+    'undecided (more --rounds narrow the interval)'
     """
     if interval[0] >= target:
         return "met"
-    return "not met" if interval[1] < target else "undecided (more --repeats narrow the interval)"
+    return "not met" if interval[1] < target else f"undecided (more {more} narrow the interval)"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -573,12 +580,28 @@ def _profile_case(case: str, device: Any, args: argparse.Namespace) -> None:
     HandlersTimeProfiler.print_results(profiler.get_results())  # type: ignore[arg-type]  # Ignite's own annotations disagree
 
 
-def calls_per_iteration(case: str, device: Any, args: argparse.Namespace, chunk: int = 50) -> dict[str, tuple[float, float]]:
+class Calls(NamedTuple):
+    """A loop's calls per training iteration: Python, C, and Python calls by function (``file:line function``)."""
+
+    python: float
+    c: float
+    functions: dict[str, float]
+
+
+def _where(code: Any) -> str:
+    """``package/module.py:line name`` of a code object, its path from the package (or the repo) down."""
+    path = Path(code.co_filename)
+    parts = path.parts
+    cut = max((i for i, part in enumerate(parts) if part in ("site-packages", REPO.name)), default=len(parts) - 3)
+    return f"{'/'.join(parts[cut + 1:])}:{code.co_firstlineno} {code.co_name}"
+
+
+def calls_per_iteration(case: str, device: Any, args: argparse.Namespace, chunk: int = 50) -> dict[str, Calls]:
     """Python and C function calls per training iteration of each loop, counted with ``sys.setprofile``.
 
     Deterministic, unlike time on a shared machine: each Python call costs 1-3.5 us in the real
     loop (docs/performance.md). Counted over one chunk of ``chunk`` iterations after two (one log
-    point, no epoch end); loop name -> (Python calls, C calls) per iteration.
+    point, no epoch end; the harness's pause, resume and chunk check included); loop name -> :class:`Calls`.
     """
     import collections
 
@@ -591,9 +614,13 @@ def calls_per_iteration(case: str, device: Any, args: argparse.Namespace, chunk:
             for _ in range(3):  # "ready" and two chunks
                 next(gen)
             counts: collections.Counter[str] = collections.Counter()
+            functions: collections.Counter[Any] = collections.Counter()
 
             def count(frame: Any, event: str, arg: Any) -> None:
-                if event in ("call", "c_call"):
+                if event == "call":
+                    counts[event] += 1
+                    functions[frame.f_code] += 1
+                elif event == "c_call":
                     counts[event] += 1
 
             sys.setprofile(count)
@@ -603,8 +630,61 @@ def calls_per_iteration(case: str, device: Any, args: argparse.Namespace, chunk:
                 sys.setprofile(None)
             for _ in gen:  # to the end of the run, so that it closes its files
                 pass
-            result[name] = (counts["call"] / chunk, counts["c_call"] / chunk)
+            result[name] = Calls(counts["call"] / chunk, counts["c_call"] / chunk, {_where(c): n / chunk for c, n in functions.items()})
     return result
+
+
+def call_differences(hand: Calls, flint: Calls, top: int = 20) -> list[tuple[float, str]]:
+    """The functions whose Python calls per iteration differ most between the loops: (flint - hand, function).
+
+    >>> call_differences(Calls(2, 0, {"a": 1.0, "b": 1.0}), Calls(3, 0, {"a": 1.0, "c": 2.0}))
+    [(2.0, 'c'), (-1.0, 'b')]
+    """
+    names = set(hand.functions) | set(flint.functions)
+    diffs = [(flint.functions.get(n, 0.0) - hand.functions.get(n, 0.0), n) for n in names]
+    return sorted((d for d in diffs if d[0]), key=lambda d: (-abs(d[0]), d[1]))[:top]
+
+
+def _without_runs(argv: list[str]) -> list[str]:
+    """``argv`` less its ``--runs`` option.
+
+    >>> _without_runs(["--cases", "mlp", "--runs", "3", "--repeats=5", "--runs=2"])
+    ['--cases', 'mlp', '--repeats=5']
+    """
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--runs":
+            skip = True
+        elif not arg.startswith("--runs="):
+            out.append(arg)
+    return out
+
+
+def over_runs(argv: list[str], n: int) -> int:
+    """``--runs N``: the benchmark run ``n`` times, each in a fresh process; each case judged on the median ratio.
+
+    Each process prints its own table (its interval covers its own repetitions only); the last lines
+    give, per case, the ratios of all ``n`` processes, their median and a verdict: met when the
+    median is at or above the target.
+    """
+    import subprocess
+
+    ratios: dict[str, list[float]] = {}
+    for i in range(n):
+        print(f"# process {i + 1}/{n}", flush=True)
+        proc = subprocess.run([sys.executable, __file__, *_without_runs(argv)], stdout=subprocess.PIPE, text=True, check=True)
+        print(proc.stdout, end="", flush=True)
+        for line in proc.stdout.splitlines():
+            fields = line.split(", ")
+            if len(fields) == 4 and fields[0].split(" ")[0] in CASES:
+                ratios.setdefault(fields[0], []).append(float(fields[3]))
+    print(f"case, median ratio over {n} processes, their ratios, verdict (target {TARGET}: the median at or above it)")
+    for case, values in ratios.items():
+        median = statistics.median(values)
+        print(f"{case}, {median:.3f}, {' '.join(f'{v:.3f}' for v in values)}, {'met' if median >= TARGET else 'not met'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -613,13 +693,15 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per case, each of A and B; the first loop alternates")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per repetition (each validated and checkpointed)")
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="epochs per repetition, each validated and checkpointed (0: 2; with --process 15, with --imports 1)")  # fmt: skip
     parser.add_argument("--iters", type=int, default=0,
                         help="training iterations per epoch (0: mlp 500, lenet 170); the dataset is iters*batch samples")  # fmt: skip
     parser.add_argument("--cases", default="mlp,lenet", help="comma-separated: " + ", ".join(CASES))
     parser.add_argument("--device", choices=("all", "cpu", "cuda"), default="all", help="all: cpu, and cuda when available")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads for both loops (0: torch's default, one per core)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for both loops (0: torch's default, one per core); default 1, with "
+                        "--process 0 (as `flint run`), N>0 sets OMP_NUM_THREADS=N in both processes")  # fmt: skip
     parser.add_argument("--data", choices=("device", "dataloader"), default="device",
                         help="device: tensors batched by recipes.data.DeviceTensorLoader; dataloader: DataLoader over a TensorDataset")  # fmt: skip
     parser.add_argument("--log-interval", type=int, default=50, help="iterations between batch records")
@@ -634,13 +716,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="after the table, one Flint run per case under HandlersTimeProfiler")
     parser.add_argument("--against-itself", action="store_true",
                         help="B is a second copy of the hand loop: the ratio shows what the method resolves on this machine")  # fmt: skip
+    parser.add_argument("--runs", type=int, default=1, metavar="N",
+                        help="run the timed benchmark N times, each in a fresh process, and judge each case on the median "
+                        "of the N ratios (what a process shares across its repetitions moves its ratio more than its interval says)")  # fmt: skip
+    parser.add_argument("--process", action="store_true",
+                        help="instead: whole processes, `flint run lenet` against tests/benchmarks/hand_lenet.py, alternating "
+                        "(bench_process.py); takes --rounds, --epochs and --threads")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=6, help="--process: timed rounds, one process of each per round")
+    parser.add_argument("--imports", action="store_true",
+                        help="instead: one run of each whole process under `python -X importtime`: modules imported by package")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.epochs < 1 or args.iters < 0 or args.interleave < 0:
-        parser.error("--repeats and --epochs must be positive, --iters and --interleave non-negative")
+    if args.repeats < 1 or args.rounds < 1 or args.runs < 1 or args.epochs < 0 or args.iters < 0 or args.interleave < 0 or (args.threads or 0) < 0:
+        parser.error("--repeats, --rounds and --runs must be positive, --epochs, --iters, --interleave and --threads non-negative")
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         parser.error(f"--cases: unknown {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    if args.runs > 1 and not (args.calls or args.process or args.imports):
+        return over_runs(sys.argv[1:] if argv is None else list(argv), args.runs)
 
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
@@ -648,6 +741,17 @@ def main(argv: list[str] | None = None) -> int:
     import ignite
     import torch
 
+    if args.process or args.imports:
+        import bench_process  # beside this script
+
+        threads = f"{args.threads} (OMP_NUM_THREADS)" if args.threads else f"{torch.get_num_threads()} (the default)"
+        print(f"# Flint whole-process benchmark, {time.strftime('%Y-%m-%d %H:%M')}")
+        print(f"# machine: {_cpu_model()}, {os.cpu_count()} cores, torch threads {threads}, "
+              + (f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"))  # fmt: skip
+        print(f"# torch {torch.__version__}, ignite {ignite.__version__}, python {platform.python_version()}", flush=True)
+        return bench_process.imports(args) if args.imports else bench_process.run(args)
+    args.epochs = args.epochs or 2
+    args.threads = 1 if args.threads is None else args.threads
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger().setLevel(logging.DEBUG)  # as `flint run`: everything reaches train.log ...
@@ -670,7 +774,11 @@ def main(argv: list[str] | None = None) -> int:
         for device in devices:
             for case in cases:
                 c = calls_per_iteration(case, device, args)
-                print(f"{case} b{CASES[case][1]} {device.type}, {c['hand'][0]:.1f}, {c['flint'][0]:.1f}, {c['hand'][1]:.1f}, {c['flint'][1]:.1f}")
+                print(f"{case} b{CASES[case][1]} {device.type}, {c['hand'].python:.1f}, {c['flint'].python:.1f}, "
+                      f"{c['hand'].c:.1f}, {c['flint'].c:.1f}", flush=True)  # fmt: skip
+                print(f"# {case} {device.type}: Python calls per iteration, flint - hand, by function (the largest differences)")
+                for diff, where in call_differences(c["hand"], c["flint"]):
+                    print(f"#   {diff:+6.2f}  {where}")
         return 0
     print(f"# bare Ignite Engine (no-op step, no handlers): {bare_engine_us():.1f} us/iteration", flush=True)
     results = [_bench_case(case, device, args) for device in devices for case in cases]
