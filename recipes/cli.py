@@ -36,6 +36,7 @@ from recipes.config import (
     option_name,
     resolve_config,
 )
+from recipes.console import for_console, route_ignite_logging
 from recipes.registry import BUILTIN, Recipe, builtin_recipes, entry_point_names, load_recipe, resolve_spec
 
 __all__ = ["main", "build_parser"]
@@ -283,10 +284,9 @@ def _setup_console_logging(debug: bool, rank: int = 0, quiet: bool = False) -> N
     level = logging.DEBUG if debug else logging.WARNING if quiet or rank > 0 else logging.INFO
     console.setLevel(level)
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    # Ignite logs an ERROR per engine as an exception passes; the CLI's own one line says it once.
-    console.addFilter(lambda record: not record.name.startswith("ignite"))
+    console.addFilter(for_console)  # Ignite's own lines and the full records: train.log only
     root.addHandler(console)
-    logging.getLogger("ignite").setLevel(logging.WARNING)  # its warnings and errors still reach train.log
+    route_ignite_logging()
 
 
 def _stop_before_training(signum: int, frame: object) -> None:

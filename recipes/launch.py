@@ -181,6 +181,10 @@ def _under_torchrun(cfg: Config, recipe: Any, handlers: Sequence[Any], loss_fn: 
     from recipes.train import train
 
     _check_restartable()
+    if console is not None:
+        from recipes.console import route_ignite_logging
+
+        route_ignite_logging()  # before idist.Parallel makes its logger, with a stderr handler of its own
     summaries: list[dict[str, Any]] = []
 
     def job(local_rank: int) -> None:

@@ -57,6 +57,7 @@ from handlers import (
     lr_multiplier,
 )
 from recipes.config import Config, StopSignal, UsageError, check_global_batch, parse_monitor
+from recipes.console import RECORDS, ConsoleSink, log_header
 from recipes.data import DEVICE_AUGMENT, DeviceTensorLoader, FirstBatches
 from recipes.optim import make_loss, make_optimizer, param_groups
 from recipes.perf import channels_last_batch, peak_flops, profile_table, train_flops_per_sample
@@ -279,13 +280,6 @@ def _any_rank() -> Callable[[bool], bool] | None:
     return agree
 
 
-def _clock_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
-
-
 def _throughput(trainer: Any, epoch_time: float | None, flops_per_sample: float | None, peak: float | None) -> dict:
     """Training samples/sec over an average epoch (the launch's first excluded), TFLOP/s and, if the peak is known, MFU."""
     state = trainer.state
@@ -338,9 +332,9 @@ def train(
         log_file = _open_log(out)
         try:
             write_atomically(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
-            logger.info("Run config: %s", json.dumps(asdict(cfg)))
+            RECORDS.info("Run config: %s", json.dumps(asdict(cfg)))  # train.log only; the console has a header
             if idist.get_world_size() > 1:
-                logger.info("Data-parallel on %d workers (%s): %d samples per worker batch", idist.get_world_size(),
+                RECORDS.info("Data-parallel on %d workers (%s): %d samples per worker batch", idist.get_world_size(),
                             idist.backend(), cfg.batch_size // idist.get_world_size())  # fmt: skip
             return run_job(build_job(cfg, recipe, out, handlers, loss_fn, optimizer), resume)
         except Exception:
@@ -459,6 +453,9 @@ def build_job(
 
     # --- model, optimizer, loss --------------------------------------------------------------------
     model = recipe.build_model().to(device)
+    if rank == 0:
+        val_size = len(val_set) if val_set is not None else None
+        log_header(recipe.name, cfg.dataset, len(train_set), val_size, model, device, out, cfg.epochs, world, cfg.test_run)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     sample = train_loader.x[:1] if cfg.data_on_device else train_set[0][0].unsqueeze(0).to(device)  # type: ignore[index]
@@ -495,7 +492,7 @@ def build_job(
 
     # --- reporting: one record stream to log lines, metrics.jsonl and TensorBoard (rank 0; the others, no sinks)
     tb = TensorboardLogger(log_dir=str(out)) if rank == 0 else None
-    stream = RecordStream([LoggingSink(logger), JsonlSink(out / "metrics.jsonl"), TensorBoardSink(tb.writer)] if tb else [])
+    stream = RecordStream([LoggingSink(RECORDS), JsonlSink(out / "metrics.jsonl"), TensorBoardSink(tb.writer)] if tb else [])
     train_metrics, val_metrics, monitor, mode = task_metrics(recipe.task, loss_fn, device, cfg.monitor)
     timer, eta = EpochTimer(), ETA(cfg.progress_file if rank == 0 else None)
     handlers += [
@@ -510,13 +507,10 @@ def build_job(
     if tb is not None:
         handlers.append(NetSummaries(model, tb.writer))
     if cfg.progress and sys.stderr.isatty() and rank == 0:
-        from ignite.handlers import ProgressBar
-
-        def bar_fields(output: dict) -> dict:  # tqdm shows the epoch's ETA itself
-            return {"loss": output["loss"], "run ETA": _clock_text(eta.estimate(trainer)["run_eta_s"])}
+        from recipes.progress import attach_progress_bar
 
         every = max(1, len(train_loader) // 50)  # redrawing per iteration costs ~85 us each
-        ProgressBar(persist=False).attach(trainer, output_transform=bar_fields, event_name=Events.ITERATION_COMPLETED(every=every))
+        attach_progress_bar(trainer, eta, cfg.log_interval, every)
 
     # --- safety: NaN guard, checkpoints (every stateful handler is in them by itself), stops -----
     to_save = {"model": model, "optimizer": optimizer, "trainer": trainer, "rng": RNGState(), "scaler": trainer.scaler}  # type: ignore[attr-defined]
@@ -527,6 +521,9 @@ def build_job(
     interrupt = InterruptAt(cfg.interrupt_at) if cfg.interrupt_at else None
     preemption = Preemption(agree=_any_rank())  # SIGTERM/SIGINT: stop at the next update, saved, exit 3
     handlers += [LossGuard(every=cfg.log_interval), checkpoints, preemption, *[h for h in (stopper, interrupt) if h]]
+    if rank == 0:  # the console: one line per epoch, the closing lines with the best checkpoint's path
+        best = checkpoints.best_checkpoint
+        stream.add(ConsoleSink(cfg.epochs, lambda: best.last_checkpoint if best is not None else None))
     attach_all([*handlers, *extra_handlers], trainer, evaluator)
     profiler = None
     if cfg.profile:
