@@ -53,5 +53,4 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: s
     prepare = channels_last_batch if cfg.channels_last else None
     evaluator = create_evaluator(model, metrics, device=where, amp=cfg.amp, prepare_batch=prepare)
     results = evaluator.run(val_loader).metrics
-    epoch = run.state.get("trainer", {}).get("epoch")
-    return {"checkpoint": str(run.checkpoint), "epoch": epoch, "dataset": cfg.dataset, **{k: float(v) for k, v in results.items()}}
+    return {"checkpoint": str(run.checkpoint), "epoch": run.epoch, "dataset": cfg.dataset, **{k: float(v) for k, v in results.items()}}

@@ -24,7 +24,7 @@ from handlers import Checkpointing
 from recipes.config import UsageError
 from recipes.registry import Recipe, load_recipe
 
-__all__ = ["Run", "open_run", "best_checkpoint", "checkpoint_of", "read_checkpoint", "load_weights"]
+__all__ = ["Run", "open_run", "trained_epochs", "best_checkpoint", "checkpoint_of", "read_checkpoint", "load_weights"]
 
 logger = logging.getLogger(__name__)
 _BEST = re.compile(r"^best_checkpoint_(?P<epoch>\d+)_(?P<metric>.+)=(?P<value>[^=]+)\.pt$")
@@ -172,6 +172,21 @@ def load_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], ch
 
 
 
+def trained_epochs(state: Mapping[str, Any]) -> int | None:
+    """The epochs a checkpoint's trainer had completed (Ignite's state dict keeps the iteration); None if it has no trainer.
+
+    Example:
+        >>> trained_epochs({"trainer": {"iteration": 50, "epoch_length": 23}}), trained_epochs({})
+        (2, None)
+    """
+    trainer = state.get("trainer")
+    if not isinstance(trainer, Mapping):
+        return None
+    if "iteration" in trainer and trainer.get("epoch_length"):
+        return int(trainer["iteration"]) // int(trainer["epoch_length"])
+    return int(trainer["epoch"]) if "epoch" in trainer else None
+
+
 @dataclass
 class Run:
     """A run opened from its directory or one of its checkpoints."""
@@ -181,6 +196,10 @@ class Run:
     config: dict[str, Any]  # config.json, or the options the checkpoint carries
     recipe: Recipe
     state: dict[str, Any]  # the checkpoint's contents
+
+    @property
+    def epoch(self) -> int | None:
+        return trained_epochs(self.state)
 
     def model(self) -> torch.nn.Module:
         """The recipe's model with the checkpoint's weights, in eval mode, on the CPU."""

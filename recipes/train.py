@@ -63,6 +63,7 @@ from recipes.optim import make_loss, make_optimizer, param_groups
 from recipes.perf import channels_last_batch, peak_flops, profile_table, train_flops_per_sample
 from recipes.registry import Recipe
 from recipes.rundir import RunConfig, RunDirLock, config_changes, write_atomically
+from recipes.runs import trained_epochs
 
 __all__ = [
     "train", "build_job", "run_job", "Job", "attach_all", "build_optimizer", "resolve_device", "task_metrics", "resume_point",
@@ -165,8 +166,7 @@ def _nothing_left(cfg: Config, resume: Path | str | None) -> str | None:
             return None
         if "config" in state:
             RunConfig(asdict(cfg), f"checkpoint {path}").load_state_dict(state["config"])
-        trainer = state.get("trainer", {})  # Ignite's state dict: the iteration and the epoch's length
-        epoch = int(trainer.get("iteration", 0)) // int(trainer.get("epoch_length") or 1) if "iteration" in trainer else int(trainer.get("epoch", 0))
+        epoch = trained_epochs(state) or 0
         stopper = state.get("early_stopping")
         if epoch >= cfg.epochs:
             return f"completed {epoch} epochs"
