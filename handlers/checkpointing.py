@@ -36,6 +36,22 @@ class CheckpointError(RuntimeError):
         self.corrupt = corrupt
 
 
+def _check_optimizer_state(optimizer: torch.optim.Optimizer, saved: Any, what: str) -> None:
+    """Refuse the state of another kind of optimizer, which torch would load and fail on at the first step.
+
+    Its param groups' options tell: each kind has its own (momentum, betas, ...). A newer torch only
+    adds options, so a difference both ways means another optimizer."""
+    groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
+    if not groups or not optimizer.param_groups:
+        return
+    theirs, ours = set(groups[0]) - {"params"}, set(optimizer.param_groups[0]) - {"params"}
+    if theirs - ours and ours - theirs:
+        raise CheckpointError(
+            f"{what} was saved by another optimizer than {type(optimizer).__name__} (its options "
+            f"{', '.join(sorted(theirs - ours))}; this one's {', '.join(sorted(ours - theirs))}): resume with the run's optimizer"
+        )
+
+
 class Checkpointing:
     """Keeps the latest ``n_latest`` checkpoints and the best ``n_best`` by a validation metric.
 
@@ -237,7 +253,19 @@ class Checkpointing:
         for key in [k for k in objects if k not in state and k not in ("best_score", "best_checkpointer")]:
             # a handler attached now that the run saving it did not have (or an earlier Flint's layout)
             logger.warning("Checkpoint %s holds no state for %s: it starts afresh", path, key)
-        Checkpoint.load_objects({k: v for k, v in objects.items() if k in state}, state)
+        for key, obj in objects.items():
+            if key not in state:
+                continue
+            if isinstance(obj, torch.optim.Optimizer):
+                _check_optimizer_state(obj, state[key], f"checkpoint {path}: its {key}")
+            try:
+                Checkpoint.load_objects({key: obj}, {key: state[key]})
+            except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:  # state of another shape
+                detail = str(e).splitlines()[0] if str(e) else ""
+                raise CheckpointError(
+                    f"checkpoint {path}: its {key} does not fit this run's ({type(e).__name__}: {detail}); "
+                    "was it saved with other options (another optimizer, model or loss)?"
+                ) from e
         if "checkpointer" in state:
             self.latest.load_state_dict(state["checkpointer"])
         self._saved_at = None

@@ -319,13 +319,13 @@ def train(
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise UsageError(f"--progress-file {cfg.progress_file}: {folder} is not a writable directory")
     rank = idist.get_rank()
-    resume_point(cfg)  # bad usage found before the lock creates the directory; again under it, where it counts
+    # Everything that can refuse the run, before the lock creates the directory: then nothing is written.
+    done = _nothing_left(cfg, resume_point(cfg))
+    if done is not None:
+        logger.info("The run in %s already %s; nothing to do", out, done)
+        return {"phase": "summary", "status": "completed", "nothing_to_do": done}
     with RunDirLock(out) if lock and rank == 0 else contextlib.nullcontext():
-        resume = resume_point(cfg)
-        done = _nothing_left(cfg, resume)
-        if done is not None:
-            logger.info("The run in %s already %s; nothing to do", out, done)
-            return {"phase": "summary", "status": "completed", "nothing_to_do": done}
+        resume = resume_point(cfg)  # again under the lock: another run may have started in between
         idist.barrier()  # no rank may see rank 0's new files as "a run already there"
         if rank > 0:
             return run_job(build_job(cfg, recipe, out, handlers, loss_fn, optimizer), resume)
