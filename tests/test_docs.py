@@ -1,4 +1,5 @@
-"""The code in docs/handlers.md runs as written: the custom handler, its test, the handler-test pattern."""
+"""The code in the docs runs as written: docs/handlers.md's custom handler, its test and the handler-test
+pattern; docs/api.md's fit() example."""
 
 import re
 from pathlib import Path
@@ -14,3 +15,11 @@ def test_handlers_md_examples_run():
     for i, block in enumerate(blocks):  # one namespace: the test block uses the handler defined before it
         exec(compile(block, f"docs/handlers.md block {i + 1}", "exec"), namespace)
     assert namespace["GradNormLogger"].__name__ == "GradNormLogger" and "timer" in namespace
+
+
+def test_api_md_example_runs_and_prints_what_it_says(capsys):
+    text = (REPO / "docs" / "api.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "fit(" in b and "import" in b]
+    exec(compile(block, "docs/api.md", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed == "completed 4 32 True" and f"prints `{printed}`" in text
