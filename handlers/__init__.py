@@ -7,7 +7,9 @@ from handlers.early_stopping import EarlyStopping
 from handlers.epoch_metrics import EpochMetrics
 from handlers.epoch_timer import EpochTimer
 from handlers.eta import ETA
+from handlers.files import WriteError, write_text_atomic
 from handlers.interrupt_at import InterruptAt
+from handlers.log_file import LogFile
 from handlers.lr_schedule import LR_MODES, LRSchedule, lr_multiplier
 from handlers.loss_guard import LossGuard, NonFiniteLoss
 from handlers.lr_tracker import LRTracker, current_lrs
@@ -16,6 +18,7 @@ from handlers.net_summaries import NetSummaries
 from handlers.preemption import Preemption
 from handlers.records import JsonlSink, LoggingSink, Record, RecordStream, TensorBoardSink
 from handlers.safe_disk_saver import SafeDiskSaver
+from handlers.tensorboard_writer import TensorBoardWriter
 from handlers.validation import Validation
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "JsonlSink",
     "LRSchedule",
     "LRTracker",
+    "LogFile",
     "LossGuard",
     "LR_MODES",
     "LoggingSink",
@@ -42,10 +46,13 @@ __all__ = [
     "RecordStream",
     "SafeDiskSaver",
     "TensorBoardSink",
+    "TensorBoardWriter",
     "Throughput",
     "Validation",
+    "WriteError",
     "average_excluding_first",
     "current_lrs",
     "lr_multiplier",
     "remaining_time",
+    "write_text_atomic",
 ]

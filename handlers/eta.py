@@ -12,6 +12,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 
 from engine.engine import FlintEvents, when
+from handlers.files import write_text_atomic
 from handlers.meters import remaining_time
 
 __all__ = ["ETA"]
@@ -24,7 +25,9 @@ class ETA:
     epochs at the wall time of the last full epoch (validation and checkpoints included), or at this
     epoch's projected time during the first. Estimates are never negative. With ``path``, a JSON file
     ``{"epoch", "epochs", "iteration", "epoch_progress", "run_progress", "epoch_eta_s", "run_eta_s",
-    "status"}`` is rewritten atomically every ``every`` iterations and at each epoch end.
+    "status"}`` is rewritten atomically every ``every`` iterations and at each epoch end; if it cannot
+    be (a full disk), :class:`handlers.WriteError` (``cannot write progress file PATH: REASON``) stops
+    the run and the file keeps its last content.
 
     Args:
         path: the progress file; None keeps estimates in memory only (``estimate(engine)``).
@@ -94,6 +97,4 @@ class ETA:
         record = {**self.estimate(engine), "status": status}
         if status == "finished":
             record.update(epoch_eta_s=0.0, run_eta_s=0.0)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps(record) + "\n", "progress file")

@@ -8,6 +8,7 @@ to show it. Ignite's loggers write straight to one backend each; this keeps one 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -15,6 +16,9 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from handlers.files import WriteError
+from handlers.log_file import raise_log_file_errors
 
 __all__ = ["Record", "RecordStream", "LoggingSink", "JsonlSink", "TensorBoardSink"]
 
@@ -47,8 +51,15 @@ class RecordStream:
         return self
 
     def emit(self, record: Record) -> None:
+        """Send ``record`` to every sink; if some fail (a full disk), the others still get it, then the first error is raised."""
+        error: Exception | None = None
         for sink in self.sinks:
-            sink(record)
+            try:
+                sink(record)
+            except Exception as e:
+                error = error or e
+        if error is not None:
+            raise error
 
     def close(self) -> None:
         """Close every sink that has ``close``; if some fail, the others still close, then the first error is raised."""
@@ -75,6 +86,10 @@ def _fmt(value: Any) -> str:
 class LoggingSink:
     """Logs each record as one readable line, e.g. ``[Epoch 2] validation: loss=0.0931 accuracy=0.975``.
 
+    Python's ``logging`` does not raise when a handler cannot write. If a :class:`handlers.LogFile`
+    that the logger's records reach has failed (a full disk), the next record and ``close()`` raise
+    its :class:`handlers.WriteError`, naming the log file.
+
     Args:
         logger: where lines go. Default: this module's logger.
         quiet_phases: phases logged at DEBUG instead of INFO. Default ``("lr",)``: the LR is already
@@ -92,24 +107,64 @@ class LoggingSink:
         body = " ".join(f"{k}={_fmt(v)}" for k, v in record.items() if k not in _POSITION_KEYS)
         level = logging.DEBUG if record.get("phase") in self.quiet_phases else logging.INFO
         self.logger.log(level, "%s%s: %s", f"{head} " if head else "", record.get("phase"), body)
+        raise_log_file_errors(self.logger)
+
+    def close(self) -> None:
+        """Raise the error of a log file that failed since the last record, if any."""
+        raise_log_file_errors(self.logger)
 
 
 class JsonlSink:
     """Appends each record as one JSON line to ``path`` and flushes it, so no written line is lost.
 
-    Non-finite floats are written as ``null`` to keep every line valid JSON.
+    Non-finite floats are written as ``null`` to keep every line valid JSON. If a line cannot be
+    written (a full disk), the part of it that was is cut off again, so the file holds whole lines
+    only (a resumed run appends after them), the file is closed and :class:`handlers.WriteError` is
+    raised: ``cannot write metrics file PATH: No space left on device``. Every later call raises it
+    again.
+
+    Args:
+        path: the file, created or appended to; opened at once, so an unwritable one fails here.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "metrics.jsonl"
+        >>> sink = JsonlSink(path)
+        >>> sink({"phase": "validation", "epoch": 1, "loss": float("nan")})
+        >>> sink.close()
+        >>> path.read_text()
+        '{"phase": "validation", "epoch": 1, "loss": null}\\n'
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self.error: WriteError | None = None
+        try:
+            self._file = open(self.path, "ab")
+        except OSError as e:
+            raise WriteError.from_error("metrics file", self.path, e) from e
+        self._size = self._file.seek(0, os.SEEK_END)  # where the last line written in full ends
 
     def __call__(self, record: Record) -> None:
+        if self.error is not None:
+            raise self.error
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        self._file.write(json.dumps(clean) + "\n")
-        self._file.flush()
+        line = (json.dumps(clean) + "\n").encode()
+        try:
+            self._file.write(line)
+            self._file.flush()
+        except OSError as e:
+            self.error = WriteError.from_error("metrics file", self.path, e)
+            with contextlib.suppress(OSError):  # its flush fails again; the file is closed all the same
+                self._file.close()
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, self._size)
+            raise self.error from e
+        self._size += len(line)
 
     def close(self) -> None:
+        if self.error is not None:
+            raise self.error
         self._file.close()
 
 
@@ -120,8 +175,13 @@ class TensorBoardSink:
     one scalar per param group (``<field>/group_<i>``). Records of phase ``"lr"`` go to
     ``training/lr/group_<i>``, the one LR curve (LR lists on other phases are not plotted twice).
 
+    Write errors are the writer's: :class:`handlers.TensorBoardWriter` raises one naming the events
+    file at the call that hit it. (tensorboardX's own ``SummaryWriter`` writes in a thread: on a full
+    disk the thread dies and the next ``add_scalar`` blocks forever.)
+
     Args:
-        writer: a ``tensorboardX.SummaryWriter`` (or ``ignite``'s ``TensorboardLogger().writer``).
+        writer: anything with ``add_scalar(tag, value, step)``, ``flush()`` and ``close()``, e.g. a
+            :class:`handlers.TensorBoardWriter` or a ``tensorboardX.SummaryWriter``.
     """
 
     def __init__(self, writer: Any) -> None:

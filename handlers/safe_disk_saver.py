@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -10,6 +11,8 @@ from typing import IO, Any
 
 import ignite.distributed as idist
 from ignite.handlers import DiskSaver
+
+from handlers.files import WriteError
 
 __all__ = ["SafeDiskSaver"]
 
@@ -35,9 +38,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_error(path: Path, e: BaseException) -> OSError:
-    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-    return OSError(f"cannot write checkpoint {path}: {reason}")
+def _write_error(path: Path, e: BaseException) -> WriteError:
+    return WriteError.from_error("checkpoint", path, e)  # torch.save's "unexpected pos" becomes the OSError behind it
 
 
 class SafeDiskSaver(DiskSaver):
@@ -56,9 +58,10 @@ class SafeDiskSaver(DiskSaver):
     serialised, so training may change it again) and a thread does the rest: fsync, rename, directory
     fsync, removals, in that order, so the guarantees above hold. fsync is most of a save's time
     (about 10-15 ms for a 5 MB file on a cloud disk, seconds for large models). :meth:`wait` joins the
-    thread and raises its error (``OSError("cannot write checkpoint PATH: ...")``); the next save
-    waits first, so a failed write stops the run one save later at the latest. Call :meth:`wait`
-    before reading the directory or exiting (a pending thread also finishes at interpreter exit).
+    thread and raises its error; the next save waits first, so a failed write stops the run one save
+    later at the latest. Call :meth:`wait` before reading the directory or exiting (a pending thread
+    also finishes at interpreter exit). Every write error is a :class:`handlers.WriteError`, e.g.
+    ``cannot write checkpoint PATH: No space left on device``.
 
     Args:
         dirname: the checkpoint directory, created if missing. Unlike ``DiskSaver``'s default it may
@@ -88,7 +91,7 @@ class SafeDiskSaver(DiskSaver):
         self._pending_removals: list[str] = []
         self._written: tuple[IO[bytes], Path, Path] | None = None  # the temp file just written, its final path
         self._finishing: threading.Thread | None = None
-        self._error: OSError | None = None  # from the thread, raised by wait()
+        self._error: WriteError | None = None  # from the thread, raised by wait()
         self._unremoved: list[str] = []  # removals a failed background save did not make
         if idist.get_rank() == save_on_rank:
             self._remove_stale_temp_files()
@@ -132,12 +135,16 @@ class SafeDiskSaver(DiskSaver):
 
     def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        f = open(tmp, "wb")
+        try:
+            f = open(tmp, "wb")
+        except OSError as e:
+            raise _write_error(path, e) from e
         try:
             func(checkpoint, f, **self.kwargs)
             f.flush()
         except BaseException as e:  # disk full, quota, I/O error, interrupted: no partial file, older ones kept
-            f.close()
+            with contextlib.suppress(OSError):  # flushing what is left in its buffer fails again on a full disk
+                f.close()
             tmp.unlink(missing_ok=True)
             if isinstance(e, Exception):
                 raise _write_error(path, e) from e

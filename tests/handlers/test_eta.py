@@ -3,7 +3,8 @@ import json
 import pytest
 from ignite.engine import Engine, Events
 
-from handlers import ETA
+from handlers import ETA, WriteError
+from tests.full_disk import DEV_FULL, needs_dev_full
 
 
 class Clock:
@@ -48,3 +49,17 @@ def test_progress_file_is_rewritten_and_ends_finished(tmp_path):
 def test_rejects_bad_interval():
     with pytest.raises(ValueError, match="every should be a positive integer, got 0"):
         ETA(every=0)
+
+
+@needs_dev_full
+def test_a_progress_file_on_a_full_disk_stops_the_run_and_keeps_its_last_content(tmp_path):
+    path = tmp_path / "progress.json"
+    engine = Engine(lambda e, b: None)
+    ETA(path, every=2).attach(engine)
+    engine.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda e: (tmp_path / ".progress.json.tmp").symlink_to(DEV_FULL))
+    with pytest.raises(WriteError) as raised:
+        engine.run([0] * 4, max_epochs=3)
+    assert str(raised.value) == f"cannot write progress file {path}: No space left on device"
+    assert engine.state.iteration == 6  # the first write after the disk filled: epoch 2, iteration 6
+    assert json.loads(path.read_text())["iteration"] == 4  # the last good one, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["progress.json"]

@@ -2,7 +2,10 @@ import json
 import logging
 import math
 
-from handlers import JsonlSink, LoggingSink, RecordStream, TensorBoardSink
+import pytest
+
+from handlers import JsonlSink, LoggingSink, RecordStream, TensorBoardSink, WriteError
+from tests.full_disk import DEV_FULL, needs_dev_full, small_disk
 
 
 class FakeWriter:
@@ -82,3 +85,41 @@ def test_tensorboard_sink_writes_real_event_files(tmp_path):
     sink.close()
     events = list(tmp_path.glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
+
+
+def test_a_failing_sink_does_not_keep_the_record_from_the_others():
+    seen = []
+
+    def full(record):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        RecordStream([full, seen.append]).emit({"phase": "summary", "status": "failed"})
+    assert seen == [{"phase": "summary", "status": "failed"}]
+
+
+@needs_dev_full
+def test_jsonl_sink_on_a_full_disk_raises_one_error_naming_the_file(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.symlink_to(DEV_FULL)
+    sink = JsonlSink(path)
+    with pytest.raises(WriteError) as raised:
+        sink({"phase": "training", "epoch": 1, "loss": 0.5})
+    assert str(raised.value) == f"cannot write metrics file {path}: No space left on device"
+    for later in (lambda: sink({"phase": "summary"}), sink.close):  # the same error again, nothing written
+        with pytest.raises(WriteError) as again:
+            later()
+        assert again.value is raised.value
+
+
+def test_jsonl_sink_cuts_a_line_the_disk_took_only_part_of(tmp_path):
+    with small_disk(tmp_path / "disk", "4k") as disk:
+        path = disk / "metrics.jsonl"
+        sink = JsonlSink(path)
+        for epoch in range(1, 36):  # 110 bytes each: 3850 of the disk's 4096
+            sink({"phase": "validation", "epoch": epoch, "note": "x" * 68})
+        whole = path.read_bytes()
+        with pytest.raises(WriteError, match="No space left on device"):
+            sink({"phase": "validation", "epoch": 36, "note": "x" * 400})  # about half of it fits
+        assert path.read_bytes() == whole  # whole lines only: a resumed run appends after them
+        assert [json.loads(line)["epoch"] for line in whole.decode().splitlines()] == list(range(1, 36))

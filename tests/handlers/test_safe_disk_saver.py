@@ -1,9 +1,12 @@
+import os
+
 import pytest
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-from handlers import SafeDiskSaver
+from handlers import SafeDiskSaver, WriteError
+from tests.full_disk import DEV_FULL, needs_dev_full
 
 
 def test_a_failed_write_keeps_every_older_checkpoint_and_leaves_no_partial_file(tmp_path):
@@ -129,3 +132,17 @@ def test_a_background_sync_failure_is_raised_by_wait_and_keeps_the_older_file(tm
     saver({"x": torch.tensor(3)}, "checkpoint_3.pt")  # the next good save makes the removal it owed
     saver.wait()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_2.pt", "checkpoint_3.pt"]
+
+
+@needs_dev_full
+def test_a_full_disk_during_torch_save_says_so_and_keeps_the_older_checkpoint(tmp_path):
+    saver = SafeDiskSaver(tmp_path)
+    model = torch.nn.Linear(64, 64)  # more than one write buffer: torch.save itself hits the full disk
+    saver({"model": model.state_dict()}, "checkpoint_1.pt")
+    (tmp_path / f".checkpoint_2.pt.{os.getpid()}.tmp").symlink_to(DEV_FULL)  # the temp file lands on a full disk
+    with pytest.raises(WriteError) as raised:
+        saver({"model": model.state_dict()}, "checkpoint_2.pt")
+    # torch.save raises "[enforce fail at inline_container.cc:...] . unexpected pos"; the OSError behind it is named
+    assert str(raised.value) == f"cannot write checkpoint {tmp_path / 'checkpoint_2.pt'}: No space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_1.pt"]
+    assert set(torch.load(tmp_path / "checkpoint_1.pt", weights_only=True)["model"]) == {"weight", "bias"}
