@@ -1,4 +1,4 @@
-"""A run's directory: one run at a time (an OS lock), files written whole, and what a checkpoint says of its run."""
+"""A run's directory: one run at a time (an OS lock), and what a checkpoint says of the run it belongs to."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import IO, Any
 
 from recipes.config import UsageError
 
-__all__ = ["RunDirLock", "write_atomically", "RunConfig", "config_changes", "RESUMABLE_CHANGES"]
+__all__ = ["RunDirLock", "RunConfig", "config_changes", "RESUMABLE_CHANGES"]
 
 LOCK_NAME = ".flint.lock"
 
@@ -55,20 +55,6 @@ class RunConfig:
         changed = config_changes(json.loads(state["json"]), self.options)
         if changed:
             raise UsageError(f"--resume: the {self.source} was trained with {'; '.join(changed)}; resume it unchanged")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file renamed over it: readers see the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class RunDirLock:

@@ -25,7 +25,6 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import TensorboardLogger
 from ignite.metrics import Accuracy, Loss, MeanAbsoluteError, Metric
 from torch import nn
 from torch.utils.data import DataLoader
@@ -43,6 +42,7 @@ from handlers import (
     EpochTimer,
     InterruptAt,
     JsonlSink,
+    LogFile,
     LoggingSink,
     LossGuard,
     LRSchedule,
@@ -52,9 +52,11 @@ from handlers import (
     Preemption,
     RecordStream,
     TensorBoardSink,
+    TensorBoardWriter,
     Validation,
     current_lrs,
     lr_multiplier,
+    write_text_atomic,
 )
 from recipes.config import Config, StopSignal, UsageError, check_global_batch, parse_monitor
 from recipes.console import RECORDS, ConsoleSink, log_header
@@ -62,7 +64,7 @@ from recipes.data import DEVICE_AUGMENT, DeviceTensorLoader, FirstBatches
 from recipes.optim import make_loss, make_optimizer, param_groups
 from recipes.perf import channels_last_batch, peak_flops, profile_table, train_flops_per_sample
 from recipes.registry import Recipe
-from recipes.rundir import RunConfig, RunDirLock, config_changes, write_atomically
+from recipes.rundir import RunConfig, RunDirLock, config_changes
 from recipes.runs import trained_epochs
 
 __all__ = [
@@ -331,7 +333,7 @@ def train(
             return run_job(build_job(cfg, recipe, out, handlers, loss_fn, optimizer), resume)
         log_file = _open_log(out)
         try:
-            write_atomically(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+            write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n", "config file")
             RECORDS.info("Run config: %s", json.dumps(asdict(cfg)))  # train.log only; the console has a header
             if idist.get_world_size() > 1:
                 RECORDS.info("Data-parallel on %d workers (%s): %d samples per worker batch", idist.get_world_size(),
@@ -348,7 +350,7 @@ def train(
 def _open_log(out: Path) -> logging.Handler:
     """``out/train.log``, every record at DEBUG and above of every logger, appended to."""
     try:
-        log_file = logging.FileHandler(out / "train.log", encoding="utf-8")
+        log_file = LogFile(out / "train.log")
     except OSError as e:
         raise OSError(f"cannot write to output dir {out}: {e.strerror or e}") from None
     log_file.setLevel(logging.DEBUG)
@@ -491,8 +493,8 @@ def build_job(
         handlers.append(LRSchedule(optimizer, schedule))
 
     # --- reporting: one record stream to log lines, metrics.jsonl and TensorBoard (rank 0; the others, no sinks)
-    tb = TensorboardLogger(log_dir=str(out)) if rank == 0 else None
-    stream = RecordStream([LoggingSink(RECORDS), JsonlSink(out / "metrics.jsonl"), TensorBoardSink(tb.writer)] if tb else [])
+    tb = TensorBoardWriter(out) if rank == 0 else None  # writes in this thread: a full disk raises, never hangs
+    stream = RecordStream([LoggingSink(RECORDS), JsonlSink(out / "metrics.jsonl"), TensorBoardSink(tb)] if tb else [])
     train_metrics, val_metrics, monitor, mode = task_metrics(recipe.task, loss_fn, device, cfg.monitor)
     timer, eta = EpochTimer(), ETA(cfg.progress_file if rank == 0 else None)
     handlers += [
@@ -505,7 +507,7 @@ def build_job(
     if val_loader is not None:
         EpochMetrics(val_metrics, stream, "validation", trainer=trainer).attach(evaluator)
     if tb is not None:
-        handlers.append(NetSummaries(model, tb.writer))
+        handlers.append(NetSummaries(model, tb))
     if cfg.progress and sys.stderr.isatty() and rank == 0:
         from recipes.progress import attach_progress_bar
 

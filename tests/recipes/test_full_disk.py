@@ -77,7 +77,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_good_one(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name, what", [("metrics.jsonl", "metrics file"), ("train.log", "log file")])
 def test_a_full_disk_under_a_record_file_ends_the_run_with_one_line(tmp_path, name, what):
-    # The file alone on a 4 KB disk: it fills after about ten epochs.
+    # The file alone on a 4 KB disk: it fills after a few epochs (train.log sooner than metrics.jsonl).
     with small_disk(tmp_path / "disk", "4k") as disk:
         out = tmp_path / "run"
         out.mkdir()
@@ -86,7 +86,7 @@ def test_a_full_disk_under_a_record_file_ends_the_run_with_one_line(tmp_path, na
         assert_failed_naming(result, what, re.escape(str(out / name)))
         assert len(checkpoints_load(out)) >= 2  # earlier epochs' checkpoints, whole
         records = whole_lines(out / "metrics.jsonl")  # whole lines only, also where the disk filled
-        assert 5 < max(r.get("epoch", 0) for r in records) < 40
+        assert 2 <= max(r.get("epoch", 0) for r in records) < 40  # it filled mid-run, after some epochs
 
 
 @pytest.mark.slow
