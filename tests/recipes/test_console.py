@@ -291,7 +291,7 @@ def test_the_console_filter_drops_ignite_and_the_record_lines():
 def test_ignites_own_loggers_propagate_to_the_root_handlers(tmp_path):
     # setup_logger gives a logger it makes a stderr handler of its own and stops it propagating: such
     # lines bypassed both train.log and the console's filter ("EarlyStopping: Stop training").
-    made_before = setup_logger("ignite.distributed.launcher.Parallel")  # as idist.Parallel under torchrun
+    made_before = setup_logger("ignite.distributed.launcher.Parallel", reset=True)  # as idist.Parallel makes it (made afresh: other tests routed it)
     assert made_before.handlers and not made_before.propagate
     route_ignite_logging()
     assert made_before.propagate and not made_before.handlers
