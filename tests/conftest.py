@@ -46,7 +46,7 @@ def model() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
 
 
-def run_flint(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_flint(*args: str, cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run the real CLI (``python -m recipes``) in a subprocess and capture its output."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(

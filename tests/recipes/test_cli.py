@@ -25,7 +25,7 @@ def test_console_script_lists_the_recipes():
     import subprocess
 
     script = Path(sys.executable).parent / "flint"
-    result = subprocess.run([str(script), "list"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([str(script), "list"], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["lenet", "mlp", "resnet", "ffnn"]

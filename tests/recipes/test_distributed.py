@@ -30,7 +30,7 @@ def test_two_workers_stop_together_resume_with_two_and_one_and_validate_on_every
     proc = start_flint(*common, "--nproc-per-node", "2")
     wait_for_record(proc, tmp_path, "batch", 5)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=180)
+    _, err = proc.communicate(timeout=900)
     assert proc.returncode == 3, err
     (stopped,) = [p.name for p in (tmp_path / "checkpoints").glob("checkpoint_*.pt")]  # written once, by rank 0
     assert 5 <= int(stopped[11:-3]) < 23 and records(tmp_path)[-1]["status"] == "interrupted"
@@ -77,7 +77,7 @@ def test_under_torchrun_each_worker_joins_its_process_group(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port())]
     common = ("run", "ffnn", "--dataset", "fake", "--epochs", "2", "--batch-size", "16", "--no-progress")
     result = subprocess.run([*torchrun, "-m", "recipes", *common, "-o", str(tmp_path / "two")], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+                            capture_output=True, text=True, timeout=900)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert main([*common, "-o", str(tmp_path / "one")]) == 0
     losses = [[r["loss"] for r in records(tmp_path / d) if r["phase"] == "validation"] for d in ("two", "one")]

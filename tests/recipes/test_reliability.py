@@ -32,7 +32,7 @@ def start_flint(*args: str, cwd: Path = REPO) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 900) -> None:
     """Poll until ``path`` exists (a short sleep between looks: the other process needs the CPU)."""
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -71,7 +71,7 @@ def test_a_second_run_on_a_directory_in_use_exits_2_and_a_killed_run_releases_it
     assert second.returncode == 2, second.stderr
     assert second.stderr == f"flint: error: output dir {out} is in use by process {first.pid} ({sys.executable} -m recipes run {recipe} --no-progress -o {out}); wait for it or choose another -o\n"
     first.kill()  # SIGKILL: no cleanup at all
-    first.communicate(timeout=600)
+    first.communicate(timeout=900)
     assert main(["run", "lenet", *QUICK, "-o", str(out)]) == 0  # the kernel released its lock (no checkpoint: a new run)
 
 
@@ -82,7 +82,7 @@ def test_a_signal_before_training_is_one_line_with_128_plus_n_or_3_when_a_checkp
     proc = start_flint("run", str(recipe), "--no-progress", "-o", str(out))
     wait_for(out / "loading", proc)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=600)
+    _, err = proc.communicate(timeout=900)
     assert proc.returncode == 143 and err.splitlines()[-1] == "flint: stopped by SIGTERM before training started; nothing to resume"
     assert "Traceback" not in err
     # A run with a checkpoint to resume from: exit 3, whatever stopped the relaunch.
@@ -92,7 +92,7 @@ def test_a_signal_before_training_is_one_line_with_128_plus_n_or_3_when_a_checkp
     proc = start_flint("run", str(recipe), "--no-progress", "-o", str(tmp_path / "run"), "--resume")
     wait_for(out / "loading", proc)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=600)
+    _, err = proc.communicate(timeout=900)
     assert proc.returncode == 3
     assert err.splitlines()[-1] == f"flint: stopped by SIGINT before training started; relaunch with --resume to continue from {out / 'checkpoints' / 'checkpoint_5.pt'}"
 
