@@ -91,12 +91,12 @@ class Engine(ignite.engine.Engine):
 
     def __init__(self, process_function: Any) -> None:
         super().__init__(process_function)
-        self.handler_states: dict[str, Any] = {}  # see register_state
         self._fires_flint_events = False
 
     def fire_flint_events(self) -> None:
-        """Register :class:`FlintEvents` and fire them from now on."""
-        self.register_events(*FlintEvents)
+        """Register :class:`FlintEvents` and fire them from now on; ``every``/``once`` filters on them
+        count iterations (``ITERATION_REPORT``) or epochs (the others), as on the Ignite event each follows."""
+        self.register_events(*FlintEvents, event_to_attr={e: "iteration" if e is FlintEvents.ITERATION_REPORT else "epoch" for e in FlintEvents})
         self._fires_flint_events = True
 
     def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:

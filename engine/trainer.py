@@ -138,8 +138,9 @@ def create_trainer(
     checks it (one in-place add per step instead of one per handler): ``engine.state.loss_sum`` is
     the sum of each batch's loss times its size on this rank, ``engine.state.epoch_samples`` the
     samples of the epoch on all ranks; both restart at each epoch (not when resuming mid-epoch) and
-    are saved by ``engine.state_dict()``; under ``ignite.distributed`` every rank's ``loss_sum`` is
-    also registered (``engine.register_state``, key ``loss_sums``), so each rank resumes with its own.
+    are saved by ``engine.state_dict()``; every rank's ``loss_sum`` is also registered
+    (``engine.register_state``, key ``loss_sums``), so under ``ignite.distributed`` each rank resumes
+    with its own, and with another number of ranks the epoch's total stays whole.
     Read them with :func:`epoch_loss_total`.
 
     The model is put back in train mode when it, or the module inside its DDP or ``torch.compile``
@@ -251,8 +252,7 @@ def create_trainer(
         },
     )
     trainer.state_dict_user_keys.extend(["samples", "optimizer_step", "loss_sum", "epoch_samples"])
-    if world > 1:
-        register_state(trainer, "loss_sums", _RankLossSums(trainer))
+    register_state(trainer, "loss_sums", _RankLossSums(trainer))  # one value per rank; also across a change of ranks
 
     @trainer.on(Events.STARTED)
     def _start(engine: Engine) -> None:

@@ -1,7 +1,8 @@
 """Flint's handlers: one concern each, attachable to any Ignite Engine with ``attach(engine, ...)``."""
 
 from handlers.batch_logger import BatchLogger
-from handlers.checkpointing import CheckpointError, Checkpointing
+from handlers.checkpoint_io import CheckpointError
+from handlers.checkpointing import Checkpointing
 from handlers.data_order import DataOrder
 from handlers.early_stopping import EarlyStopping
 from handlers.epoch_metrics import EpochMetrics

@@ -15,41 +15,14 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
 from engine.engine import FlintEvents, registered_states, when
+from handlers.checkpoint_io import CheckpointError, read_state, restore
 from handlers.meters import BestScore
 from handlers.safe_disk_saver import SafeDiskSaver
 
-__all__ = ["Checkpointing", "CheckpointError"]
+__all__ = ["Checkpointing"]
 
 logger = logging.getLogger(__name__)
 _LATEST = re.compile(r"^checkpoint_(\d+)\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be read: missing, truncated, corrupt or unsafe.
-
-    ``corrupt`` is True when the file itself is bad (truncated, not a checkpoint, unsafe to unpickle),
-    False when reading it failed for another reason (I/O error, out of memory, a missing object).
-    """
-
-    def __init__(self, message: str, corrupt: bool = False) -> None:
-        super().__init__(message)
-        self.corrupt = corrupt
-
-
-def _check_optimizer_state(optimizer: torch.optim.Optimizer, saved: Any, what: str) -> None:
-    """Refuse the state of another kind of optimizer, which torch would load and fail on at the first step.
-
-    Its param groups' options tell: each kind has its own (momentum, betas, ...). A newer torch only
-    adds options, so a difference both ways means another optimizer."""
-    groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
-    if not groups or not optimizer.param_groups:
-        return
-    theirs, ours = set(groups[0]) - {"params"}, set(optimizer.param_groups[0]) - {"params"}
-    if theirs - ours and ours - theirs:
-        raise CheckpointError(
-            f"{what} was saved by another optimizer than {type(optimizer).__name__} (its options "
-            f"{', '.join(sorted(theirs - ours))}; this one's {', '.join(sorted(ours - theirs))}): resume with the run's optimizer"
-        )
 
 
 class Checkpointing:
@@ -223,6 +196,7 @@ class Checkpointing:
                     raise
                 errors.append(str(e))
                 logger.warning("%s; trying the previous checkpoint (this one is kept as %s.corrupt)", e, path.name)
+                idist.barrier()  # every rank has read it before rank 0 sets it aside
                 if idist.get_rank() == 0:
                     path.replace(path.with_name(path.name + ".corrupt"))
                 continue
@@ -239,33 +213,12 @@ class Checkpointing:
         not hold (a handler the saving run did not have) is logged and left as it is.
         """
         path = Path(path)
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:  # truncated, corrupt, or holding objects that are not plain data
-            corrupt = not isinstance(e, (OSError, MemoryError)) and "out of memory" not in str(e)
-            raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0], corrupt) from e
-        if not isinstance(state, Mapping):
-            raise CheckpointError(f"cannot load checkpoint {path}: not a checkpoint dictionary", corrupt=True)
+        state = read_state(path, map_location)
         objects = self._objects()
-        missing = [k for k in self.to_save if k not in state]
-        if missing:
-            raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")
-        for key in [k for k in objects if k not in state and k not in ("best_score", "best_checkpointer")]:
+        restore({k: v for k, v in objects.items() if k in state or k in self.to_save}, state, path)  # to_save: all required
+        for key in [k for k in objects if k not in state and k not in self.to_save and k not in ("best_score", "best_checkpointer")]:
             # a handler attached now that the run saving it did not have (or an earlier Flint's layout)
             logger.warning("Checkpoint %s holds no state for %s: it starts afresh", path, key)
-        for key, obj in objects.items():
-            if key not in state:
-                continue
-            if isinstance(obj, torch.optim.Optimizer):
-                _check_optimizer_state(obj, state[key], f"checkpoint {path}: its {key}")
-            try:
-                Checkpoint.load_objects({key: obj}, {key: state[key]})
-            except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:  # state of another shape
-                detail = str(e).splitlines()[0] if str(e) else ""
-                raise CheckpointError(
-                    f"checkpoint {path}: its {key} does not fit this run's ({type(e).__name__}: {detail}); "
-                    "was it saved with other options (another optimizer, model or loss)?"
-                ) from e
         if "checkpointer" in state:
             self.latest.load_state_dict(state["checkpointer"])
         self._saved_at = None

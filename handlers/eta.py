@@ -25,7 +25,9 @@ class ETA:
     epochs at the wall time of the last full epoch (validation and checkpoints included), or at this
     epoch's projected time during the first. Estimates are never negative. With ``path``, a JSON file
     ``{"epoch", "epochs", "iteration", "epoch_progress", "run_progress", "epoch_eta_s", "run_eta_s",
-    "status"}`` is rewritten atomically every ``every`` iterations and at each epoch end; if it cannot
+    "status"}`` is rewritten atomically every ``every`` iterations and at each epoch end, with
+    ``status`` ``"running"``, then at the end ``"finished"`` (every epoch ran) or ``"stopped"`` (an
+    interrupt, a preemption or early stopping ended it before its last epoch); if it cannot
     be (a full disk), :class:`handlers.WriteError` (``cannot write progress file PATH: REASON``) stops
     the run and the file keeps its last content.
 
@@ -59,8 +61,12 @@ class ETA:
         if self.path is not None:
             trainer.add_event_handler(when(trainer, FlintEvents.ITERATION_REPORT), self._on_iteration)  # cheaper than every=
             trainer.add_event_handler(when(trainer, FlintEvents.EPOCH_REPORT), self.write)
-            trainer.add_event_handler(Events.COMPLETED, self.write, "finished")
+            trainer.add_event_handler(Events.COMPLETED, self._on_completed)
         return self
+
+    def _on_completed(self, engine: Engine) -> None:
+        stopped = engine.state.max_epochs is not None and engine.state.epoch < engine.state.max_epochs
+        self.write(engine, "stopped" if stopped else "finished")
 
     def _on_iteration(self, engine: Engine) -> None:
         if engine.state.iteration % self.every == 0:
@@ -95,6 +101,6 @@ class ETA:
     def write(self, engine: Engine, status: str = "running") -> None:
         assert self.path is not None
         record = {**self.estimate(engine), "status": status}
-        if status == "finished":
+        if status != "running":
             record.update(epoch_eta_s=0.0, run_eta_s=0.0)
         write_text_atomic(self.path, json.dumps(record) + "\n", "progress file")

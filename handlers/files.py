@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["WriteError", "write_text_atomic"]
+__all__ = ["WriteError", "write_atomic", "write_text_atomic"]
 
 
 def _os_error(error: BaseException) -> OSError | None:
@@ -66,12 +67,35 @@ class WriteError(OSError):
         return type(self), (self.what, self.filename, self.strerror, self.errno)
 
 
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object], what: str) -> None:
+    """Replace ``path`` with what ``write(temp_path)`` writes, in one step: readers never see a part.
+
+    ``write`` writes a hidden temp file beside ``path``, which is then renamed over ``path``. If
+    either fails (a full disk), the temp file is removed, ``path`` keeps its old content and
+    :class:`WriteError` is raised. Not fsync'd.
+
+    Args:
+        path: the file to write.
+        write: writes the file's content to the path it is given.
+        what: what the file is, for the error message, e.g. ``"progress file"``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except Exception as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if _os_error(e) is None:
+            raise
+        raise WriteError.from_error(what, path, e) from e
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str, what: str) -> None:
     """Replace ``path`` with ``text`` (UTF-8) in one step: readers see the old file or the new one, never a part.
 
-    Writes a hidden temp file beside ``path`` and renames it over ``path``. If that fails (a full
-    disk), the temp file is removed, ``path`` keeps its old content and :class:`WriteError` is
-    raised. Not fsync'd: meant for small files that are rewritten often (a progress file, a config).
+    :func:`write_atomic` for small text files that are rewritten often (a progress file, a config).
 
     Args:
         path: the file to write.
@@ -85,12 +109,4 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, what: str) -> Non
         >>> path.read_text(), sorted(p.name for p in path.parent.iterdir())
         ('{"epoch": 1}\\n', ['progress.json'])
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise WriteError.from_error(what, path, e) from e
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), what)

@@ -74,7 +74,7 @@ class LRSchedule(ParamScheduler):
         >>> from ignite.engine import Engine, Events
         >>> opt = torch.optim.SGD([{"params": [torch.zeros(1)]}, {"params": [torch.zeros(1)], "lr": 0.1}], lr=1.0)
         >>> engine = Engine(lambda e, b: [g["lr"] for g in opt.param_groups])
-        >>> LRSchedule(opt, partial(lr_multiplier, mode="poly", steps_per_epoch=2, epochs=1, power=1)).attach(engine)
+        >>> _ = LRSchedule(opt, partial(lr_multiplier, mode="poly", steps_per_epoch=2, epochs=1, power=1)).attach(engine)
         >>> engine.run([0, 0]).output
         [0.5, 0.05]
     """
@@ -88,9 +88,10 @@ class LRSchedule(ParamScheduler):
         for group, value in zip(optimizer.param_groups, self.get_param()):
             group["lr"] = value
 
-    def attach(self, engine: Engine, event: Any = Events.ITERATION_STARTED) -> None:
+    def attach(self, engine: Engine, event: Any = Events.ITERATION_STARTED) -> LRSchedule:  # type: ignore[override]
         super().attach(engine, event)
         register_state(engine, self.state_key, self)
+        return self
 
     def get_param(self) -> list[float]:
         factor = self.multiplier(self.event_index)

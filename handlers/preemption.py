@@ -31,8 +31,9 @@ class Preemption:
     an epoch's last iteration or during validation takes effect at the epoch's ``FlintEvents.SAVE``,
     after its records and validation. A second signal raises ``KeyboardInterrupt`` where the
     program is; one within ``grace`` seconds of the first is the same event delivered twice (to the
-    process group and forwarded by a parent) and is ignored, and so is any once the trainer is
-    stopping (``triggered``) or the run is settled (:meth:`settle`). :meth:`request` does what a
+    process group and forwarded by a parent) and is ignored, and so is any before the trainer
+    started (the stop is decided), once the trainer is stopping (``triggered``) or the run is
+    settled (:meth:`settle`); a signal during the last epoch's end changes nothing (the run is complete). :meth:`request` does what a
     signal does, for code and tests.
 
     In data-parallel training every rank must stop at the same iteration, or the others wait forever
@@ -65,10 +66,12 @@ class Preemption:
         self.requested: int | None = None  # the signal number received, 0 for request()
         self.triggered = False
         self.settled = False  # see settle()
+        self._running = False  # the trainer has started: a repeated signal may abort
 
     def attach(self, engine: Engine) -> Preemption:
+        engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
-        engine.add_event_handler(when(engine, FlintEvents.SAVE), self._maybe_stop)
+        engine.add_event_handler(when(engine, FlintEvents.SAVE), self._at_epoch_end)
         return self
 
     def settle(self) -> None:
@@ -83,6 +86,8 @@ class Preemption:
         :meth:`settle`d."""
         if self.triggered or self.settled:
             return  # logged by nothing: a handler writing to a stream the program writes to can fail
+        if self.requested is not None and not self._running:
+            return  # before training: the stop is already decided, nothing to abort
         if self.requested is not None:
             if signum and time.monotonic() - self._requested_at < self.grace:
                 return  # the same signal, delivered twice
@@ -106,6 +111,9 @@ class Preemption:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
+    def _started(self, engine: Engine) -> None:
+        self._running = True
+
     def _on_iteration(self, engine: Engine) -> None:
         if self.requested is None and self.agree is None:
             return  # nothing to decide: the usual case, first
@@ -113,6 +121,11 @@ class Preemption:
             return  # the epoch's end (records, validation, checkpoint) comes first: SAVE decides
         if not getattr(engine.state, "cycle_batches", 0):  # mid update cycle, its gradients would be lost
             self._maybe_stop(engine)
+
+    def _at_epoch_end(self, engine: Engine) -> None:
+        if engine.state.max_epochs is not None and engine.state.epoch >= engine.state.max_epochs:
+            return  # the run is complete and saves at its end anyway: nothing to stop (every rank alike)
+        self._maybe_stop(engine)
 
     def _maybe_stop(self, engine: Engine) -> None:
         if self.triggered:

@@ -16,10 +16,9 @@ import argparse
 import dataclasses
 import functools
 import json
-import logging
-import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,16 +35,16 @@ from recipes.config import (
     option_name,
     resolve_config,
 )
-from recipes.console import for_console, route_ignite_logging
+from recipes.console import log_to_console
 from recipes.registry import BUILTIN, Recipe, builtin_recipes, entry_point_names, load_recipe, resolve_spec
+from recipes.rundir import RESUMABLE_CHANGES
 
 __all__ = ["main", "build_parser"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
 FORMATS = ("onnx", "torchscript", "state_dict")  # recipes.export.FORMATS (tested equal), named without importing torch
-# Options `flint resume` may change: they do not alter what is trained (recipes.rundir.RESUMABLE_CHANGES).
-RESUME_OPTIONS = ("epochs", "interrupt_at", "progress", "progress_file", "device", "log_interval", "data_dir", "profile",
-                  "nproc_per_node", "num_workers")  # fmt: skip
+# Options `flint resume` may be given again: those that do not alter what is trained.
+RESUME_OPTIONS = tuple(o for o in RESUMABLE_CHANGES if o not in ("resume", "output_dir"))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,7 +90,8 @@ _CONVERT = {"int": _int, "int | None": _int, "float": _float, "float | None": _f
 
 
 def _add_options(parser: argparse.ArgumentParser, recipe: Recipe | None, only: Sequence[str] | None = None) -> None:
-    """One option per :class:`recipes.config.Config` field (or those in ``only``), with its default in the help."""
+    """One option per :class:`recipes.config.Config` field (or, for ``flint resume``, those in ``only``,
+    whose defaults are the run's), with its default in the help."""
     overridden = {key for r in builtin_recipes().values() for key in r.defaults}
     for f in option_fields():
         if only is not None and f.name not in only:
@@ -99,7 +99,9 @@ def _add_options(parser: argparse.ArgumentParser, recipe: Recipe | None, only: S
         opt = f.metadata["option"]
         flags = [*([opt.short] if opt.short else []), option_name(f.name, "cli")]
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-        if recipe is not None and f.name == "dataset":
+        if only is not None:
+            shown = "default: the run's"
+        elif recipe is not None and f.name == "dataset":
             shown = f"{recipe.default_dataset}; also {', '.join(list(recipe.datasets)[1:]) or 'none'}"
         elif recipe is not None and f.name in recipe.defaults:
             shown = f"default {recipe.defaults[f.name]!r}, the recipe's"
@@ -178,8 +180,8 @@ def _list() -> int:
         print(_recipe_line(recipe.name, recipe))
     installed = entry_point_names()
     if installed:
-        print(f"installed (entry points {'flint.recipes'}):")
-        for name, target in sorted(installed.items()):
+        print("installed (entry points flint.recipes):")
+        for name in sorted(installed):
             try:
                 print(_recipe_line(name, load_recipe(name)))
             except UsageError as e:
@@ -195,7 +197,7 @@ def _recipe_line(name: str, recipe: Recipe) -> str:
 def _run(args: argparse.Namespace, recipe: Recipe, debug: bool) -> int:
     cfg = resolve_config(recipe, _given(args), spec=resolve_spec(args.recipe))
     args.out_dir = cfg.output_dir
-    return _launch(cfg, recipe if cfg.recipe in BUILTIN else cfg.recipe, debug)  # a spec: workers load it again
+    return _launch(cfg, recipe, debug)
 
 
 def _resume(args: argparse.Namespace, debug: bool) -> int:
@@ -215,24 +217,24 @@ def _resume(args: argparse.Namespace, debug: bool) -> int:
     known = {f.name for f in option_fields()}
     options = {k: v for k, v in saved.items() if k in known and k not in ("resume",)}
     options.update(_given(args), output_dir=str(run_dir), resume="")
-    cfg = resolve_config(recipe, options, spec=saved["recipe"])
+    cfg = resolve_config(recipe, options, spec=saved["recipe"], typed=set(_given(args)))
     args.out_dir = cfg.output_dir
-    return _launch(cfg, recipe if cfg.recipe in BUILTIN else cfg.recipe, debug)
+    return _launch(cfg, recipe, debug)
 
 
-def _launch(cfg: Config, recipe: Recipe | str, debug: bool) -> int:
+def _launch(cfg: Config, recipe: Recipe, debug: bool) -> int:
     from recipes.launch import launch  # torch, Ignite and the rest: only now
 
-    console = functools.partial(_setup_console_logging, debug)
+    console = functools.partial(log_to_console, debug)
     console(0)
-    summary = launch(cfg, recipe, console=console)
+    summary = launch(cfg, recipe, console=console, on_settled=_SETTLED.set)
     return EXIT_INTERRUPTED if summary.get("status") == "interrupted" else EXIT_OK
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from recipes.evaluate import evaluate
 
-    _setup_console_logging(args.debug, quiet=not args.debug)
+    log_to_console(args.debug, quiet=not args.debug)
     result = evaluate(args.path, dataset=args.dataset, device=args.device)
     if args.json:
         print(json.dumps(result))
@@ -245,7 +247,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from recipes.report import write_report
 
-    _setup_console_logging(args.debug, quiet=not args.debug)
+    log_to_console(args.debug, quiet=not args.debug)
     path, table = write_report(args.run_dir)
     print(table)
     print(f"curves: {path}")
@@ -255,7 +257,7 @@ def _report(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from recipes.export import export_model
 
-    _setup_console_logging(args.debug, quiet=not args.debug)  # stdout carries the path; exporters log progress
+    log_to_console(args.debug, quiet=not args.debug)  # stdout carries the path; exporters log progress
     print(export_model(args.path, args.format, args.output))
     return EXIT_OK
 
@@ -263,34 +265,12 @@ def _export(args: argparse.Namespace) -> int:
 # --- the terminal ----------------------------------------------------------------------------------
 
 
-class _ConsoleHandler(logging.StreamHandler):
-    """Writes through tqdm, so log lines print above a progress bar instead of through it."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            from tqdm import tqdm
-
-            tqdm.write(self.format(record), file=self.stream)
-        except Exception:
-            self.handleError(record)
-
-
-def _setup_console_logging(debug: bool, rank: int = 0, quiet: bool = False) -> None:
-    root = logging.getLogger()
-    root.setLevel(logging.DEBUG)
-    for old in [h for h in root.handlers if isinstance(h, _ConsoleHandler)]:  # main() called again in-process
-        root.removeHandler(old)
-    console = _ConsoleHandler(sys.stderr)
-    level = logging.DEBUG if debug else logging.WARNING if quiet or rank > 0 else logging.INFO
-    console.setLevel(level)
-    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    console.addFilter(for_console)  # Ignite's own lines and the full records: train.log only
-    root.addHandler(console)
-    route_ignite_logging()
+_SETTLED = threading.Event()  # the run's outcome is decided: stop signals no longer change it
 
 
 def _stop_before_training(signum: int, frame: object) -> None:
-    raise StopSignal(signum)
+    if not _SETTLED.is_set():
+        raise StopSignal(signum)
 
 
 def _resumable(args: argparse.Namespace | None) -> Path | None:
@@ -306,8 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``flint`` command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    # Until a run's own handlers take over, SIGTERM or SIGINT ends the launch with one line (no traceback).
-    previous = {s: signal.signal(s, _stop_before_training) for s in (signal.SIGTERM, signal.SIGINT)}
+    # Until a run's own handlers take over, SIGTERM or SIGINT ends the launch with one line (no
+    # traceback); once its outcome is decided they are ignored.
+    _SETTLED.clear()
+    training = bool(argv) and argv[0] in ("run", "resume")
+    previous = {s: signal.signal(s, _stop_before_training) for s in (signal.SIGTERM, signal.SIGINT)} if training else {}
     args: argparse.Namespace | None = None
     try:
         recipe = load_recipe(argv[1]) if len(argv) > 1 and argv[0] == "run" and not argv[1].startswith("-") else None
@@ -322,13 +305,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"flint: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt as e:  # a second stop signal during training: no checkpoint for this stop
+    except KeyboardInterrupt as e:  # a second stop signal during training (no checkpoint for this stop), or Ctrl-C
         signum = getattr(e, "signum", signal.SIGINT)
-        print(f"flint: aborted: {e or 'interrupted'}", file=sys.stderr)
+        print(f"flint: aborted: {e}" if str(e) else "flint: interrupted", file=sys.stderr)
         return 128 + int(signum)
     except StopSignal as e:
         found = _resumable(args)
-        where = f"relaunch with --resume to continue from {found}" if found else "nothing to resume"
+        where = f"flint resume {args.out_dir} continues from {found}" if found else "nothing to resume"  # type: ignore[union-attr]
         print(f"flint: {e}; {where}", file=sys.stderr)
         return EXIT_INTERRUPTED if found else 128 + e.signum
     except Exception as e:

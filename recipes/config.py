@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 __all__ = [
@@ -234,10 +234,14 @@ def check_global_batch(batch_size: int, workers: int) -> None:
         raise UsageError(f"--batch-size {batch_size} is global: it must divide among {workers} workers")
 
 
-def resolve_config(recipe: Any, given: Mapping[str, Any], style: str = "cli", spec: str | None = None) -> Config:
+def resolve_config(
+    recipe: Any, given: Mapping[str, Any], style: str = "cli", spec: str | None = None, typed: set[str] | None = None
+) -> Config:
     """The recipe's defaults, overridden by the options ``given``, checked one by one and together.
 
-    ``recipe`` is a :class:`recipes.Recipe`; ``spec`` how it was named (default its name). Raises
+    ``recipe`` is a :class:`recipes.Recipe`; ``spec`` how it was named (default its name); ``typed``
+    the options the user gave now (default: all of ``given``), which alone are refused when the
+    optimizer would ignore them (``flint resume`` gives the saved ones too). Raises
     :class:`UsageError` naming the first bad option as ``style`` spells it (``"cli"`` or ``"python"``).
     Checks that need the model or torch (``--lr-mult`` names, a CUDA device) come later, in the run.
     """
@@ -271,7 +275,7 @@ def resolve_config(recipe: Any, given: Mapping[str, Any], style: str = "cli", sp
     values["output_dir"] = values.get("output_dir") or f"runs/{recipe.name}"
     values["loss"] = values.get("loss") or DEFAULT_LOSS[recipe.task]
     cfg = Config(recipe=spec or recipe.name, **values)
-    _check_together(cfg, recipe, set(given), name, show)
+    _check_together(cfg, recipe, set(given) if typed is None else typed, name, show)
     return cfg
 
 
@@ -301,10 +305,4 @@ def _check_together(cfg: Config, recipe: Any, given: set[str], name: Callable[[s
     metric, _ = parse_monitor(cfg.monitor, recipe.task)
     if metric not in task_metric_names(recipe.task):
         raise UsageError(f"{show('monitor', cfg.monitor)}: {recipe.task} validates {', '.join(task_metric_names(recipe.task))}")
-    if cfg.batch_size % cfg.nproc_per_node:
-        raise UsageError(f"{show('batch_size', cfg.batch_size)} is global: it must divide among {cfg.nproc_per_node} workers")
-
-
-def config_dict(cfg: Config) -> dict[str, Any]:
-    """``cfg`` as plain JSON values (what ``config.json`` and checkpoints hold)."""
-    return asdict(cfg)
+    check_global_batch(cfg.batch_size, cfg.nproc_per_node)

@@ -24,16 +24,15 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "RECORDS", "LOG_ONLY", "for_console", "route_ignite_logging", "significant", "lr_text", "duration", "epoch_line", "header_lines",
+    "RECORDS", "LOG_ONLY", "for_console", "route_ignite_logging", "log_to_console", "significant", "lr_text", "duration", "epoch_line", "header_lines",
     "closing_lines", "log_header", "ConsoleSink",
 ]  # fmt: skip
 
@@ -91,6 +90,43 @@ def route_ignite_logging() -> None:
             log.removeHandler(handler)
         log.setLevel(logging.NOTSET)
         log.propagate = True
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes through tqdm, so log lines print above a progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
+def log_to_console(debug: bool = False, rank: int = 0, quiet: bool = False) -> None:
+    """Show on stderr what ``flint run`` shows: the header, epoch and closing lines, warnings and errors.
+
+    Adds one handler to the root logger (replacing one this function added before), filtered by
+    :func:`for_console`, and routes Ignite's lines to the root logger (:func:`route_ignite_logging`).
+    ``flint`` calls it; call it before :func:`recipes.fit` to see the same lines (``fit()`` itself
+    leaves your logging configuration as it is and writes every line to ``train.log``).
+
+    Args:
+        debug: show DEBUG lines too. Default False.
+        rank: the process's rank; ranks other than 0 show warnings and errors only. Default 0.
+        quiet: show warnings and errors only. Default False.
+    """
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    for old in [h for h in root.handlers if isinstance(h, _ConsoleHandler)]:  # called again in-process
+        root.removeHandler(old)
+    console = _ConsoleHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if debug else logging.WARNING if quiet or rank > 0 else logging.INFO)
+    console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    console.addFilter(for_console)  # Ignite's own lines and the full records: train.log only
+    root.addHandler(console)
+    route_ignite_logging()
 
 
 def significant(value: Any) -> str:
@@ -232,7 +268,11 @@ def log_header(
 
 
 def closing_lines(
-    summary: Mapping[str, Any], epochs: int, last_line: int | None = None, best_checkpoint: str | os.PathLike[str] | None = None
+    summary: Mapping[str, Any],
+    epochs: int,
+    last_line: int | None = None,
+    best_checkpoint: str | os.PathLike[str] | None = None,
+    resume_hint: str = "run the same command with --resume",
 ) -> list[str]:
     """What a run ends with: how it ended, its best epoch and checkpoint, its average epoch time.
 
@@ -245,6 +285,7 @@ def closing_lines(
         last_line: the last epoch an epoch line was shown for; tells a stop after an epoch from
             one inside it. Default None.
         best_checkpoint: the best checkpoint's path, if any. Default None.
+        resume_hint: how to continue an interrupted run. Default ``"run the same command with --resume"``.
 
     Example:
         >>> summary = {"phase": "summary", "status": "completed", "epochs": 10, "best_epoch": 8,
@@ -263,7 +304,7 @@ def closing_lines(
         lines = [f"Completed {_count(epoch, 'epoch')}"]
     elif status == "interrupted":
         where = "after" if last_line == epoch else "during"
-        lines = [f"Interrupted {where} epoch {epoch}/{epochs} and saved; to continue, run the same command with --resume"]
+        lines = [f"Interrupted {where} epoch {epoch}/{epochs} and saved; to continue, {resume_hint}"]
     else:
         return []
     monitored = next((key for key in summary if key.startswith("best_") and key != "best_epoch"), None)
@@ -294,6 +335,7 @@ class ConsoleSink:
         best_checkpoint: returns the best checkpoint's path (or None) when the run ends; e.g.
             ``lambda: checkpointing.best_checkpoint.last_checkpoint``. Default: none shown.
         logger: where lines go. Default: this module's logger.
+        resume_hint: how to continue an interrupted run, for its closing line.
 
     Example:
         >>> import sys
@@ -316,10 +358,11 @@ class ConsoleSink:
         epochs: int,
         best_checkpoint: Callable[[], str | os.PathLike[str] | None] | None = None,
         logger: logging.Logger | None = None,
+        resume_hint: str = "run the same command with --resume",
     ) -> None:
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"Argument epochs should be a positive integer, got {epochs!r}")
-        self.epochs, self.best_checkpoint = epochs, best_checkpoint
+        self.epochs, self.best_checkpoint, self.resume_hint = epochs, best_checkpoint, resume_hint
         self.logger = logger if logger is not None else logging.getLogger(__name__)
         self._training: Mapping[str, Any] | None = None  # an epoch's training record awaiting its validation
         self._last_line: int | None = None  # the last epoch shown
@@ -337,7 +380,7 @@ class ConsoleSink:
             self._show(epoch, training, record)
         elif phase == "summary":
             path = self.best_checkpoint() if self.best_checkpoint is not None else None
-            for line in closing_lines(record, self.epochs, self._last_line, path):
+            for line in closing_lines(record, self.epochs, self._last_line, path, self.resume_hint):
                 self.logger.info("%s", line)
 
     def _flush(self) -> None:

@@ -57,19 +57,6 @@ def model_metadata(recipe: Recipe, config: Mapping[str, Any], checkpoint: str | 
     }
 
 
-def _write_atomically(target: Path, write: Any) -> None:
-    """``write(temp_path)``, then rename the temp file over ``target``: a reader never sees half a file."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, target)
-    except OSError as e:
-        raise RuntimeError(f"export: cannot write {target}: {e.strerror or e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_model(path: str | Path, fmt: str, output: str | Path | None = None) -> Path:
     """Rebuild the run's model from ``config.json``, load the checkpoint's weights and write it as ``fmt``.
 
@@ -87,10 +74,12 @@ def export_model(path: str | Path, fmt: str, output: str | Path | None = None) -
         UsageError: an unknown format, a path that is not a run directory or checkpoint, a run
             without checkpoints or ``config.json``, or a file that is not a Flint checkpoint.
         RuntimeError: a damaged checkpoint or one that does not fit the recipe's model, an
-            unreadable ``config.json``, a write that failed; each one line naming the file.
+            unreadable ``config.json``; each one line naming the file.
+        handlers.WriteError: a file that could not be written, named, with the reason.
     """
     import torch
 
+    from handlers.files import WriteError, write_atomic, write_text_atomic
     from recipes.runs import open_run
 
     if fmt not in FORMATS:
@@ -104,6 +93,10 @@ def export_model(path: str | Path, fmt: str, output: str | Path | None = None) -
     model = run.model()
     metadata = model_metadata(recipe, config, checkpoint)
     example = torch.randn(2, *recipe.input_shape)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError.from_error("exported model", target, e) from None
     if fmt == "onnx":
         try:
             import onnx  # noqa: F401
@@ -116,15 +109,15 @@ def export_model(path: str | Path, fmt: str, output: str | Path | None = None) -
             dynamic_shapes=({0: batch},),
         )  # fmt: skip
         program.model.metadata_props.update({key: json.dumps(value) for key, value in metadata.items()})
-        _write_atomically(target, lambda tmp: program.save(tmp, external_data=False))
+        write_atomic(target, lambda tmp: program.save(tmp, external_data=False), "exported model")
     elif fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation: the docs say it
             traced = torch.jit.trace(model, example)
             extra = {METADATA_FILE: json.dumps(metadata, indent=2)}
-            _write_atomically(target, lambda tmp: traced.save(str(tmp), _extra_files=extra))
+            write_atomic(target, lambda tmp: traced.save(str(tmp), _extra_files=extra), "exported model")
     else:
-        _write_atomically(target, lambda tmp: torch.save(model.state_dict(), tmp))
-        _write_atomically(sidecar, lambda tmp: tmp.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8"))
+        write_atomic(target, lambda tmp: torch.save(model.state_dict(), tmp), "exported model")
+        write_text_atomic(sidecar, json.dumps(metadata, indent=2) + "\n", "metadata file")
     logger.debug("Exported %s (%s) to %s", checkpoint, fmt, target)
     return target

@@ -55,7 +55,8 @@ def fit(
     ``output_dir`` from its latest checkpoint (a new run if it has none), ``resume=PATH`` from a checkpoint.
 
     Args:
-        model: the network; trained in place (its weights are the run's at the end).
+        model: the network; trained in place (its weights are the run's at the end, also with
+            ``nproc_per_node`` > 1, where it takes the last checkpoint's).
         train_data: the training set.
         val_data: the validation set; None trains without validation (no best checkpoint, no early stopping).
         output_dir: where the run's files go; a new run refuses a directory that holds one.
@@ -117,6 +118,9 @@ def fit(
                              "functools.partial(torch.optim.SGD, momentum=0.9)")  # fmt: skip
     else:
         raise ValueError(f"Argument optimizer should be a name, an optimizer class or a factory, got {type(optimizer).__name__}")
+    without = [type(h).__name__ for h in handlers if not callable(getattr(h, "attach", None))]
+    if without:
+        raise ValueError(f"Argument handlers should hold objects with an attach(trainer[, evaluator]) method, got {', '.join(without)}")
     if val_data is None and given.get("early_stopping"):
         raise ValueError("early_stopping needs val_data: it counts validations without improvement")
     name = type(model).__name__.lower()
@@ -128,7 +132,21 @@ def fit(
         cfg.optimizer = f"custom:{_qualname(factory)}"
     from recipes.launch import launch
 
-    return launch(cfg, recipe, handlers, loss_fn, factory)
+    summary = launch(cfg, recipe, handlers, loss_fn, factory)
+    if cfg.nproc_per_node > 1:  # the workers trained copies of model: it takes the run's last weights
+        _load_last_weights(model, cfg.output_dir)
+    return summary
+
+
+def _load_last_weights(model: nn.Module, output_dir: str) -> None:
+    from pathlib import Path
+
+    from handlers import Checkpointing
+    from recipes.runs import load_weights, read_checkpoint
+
+    latest = Checkpointing.find_latest(Path(output_dir) / "checkpoints")
+    if latest is not None:
+        load_weights(model, read_checkpoint(latest)["model"], latest, type(model).__name__)
 
 
 def _qualname(obj: Any) -> str:

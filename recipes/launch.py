@@ -13,9 +13,11 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any
 
-from recipes.config import Config, UsageError
+from recipes.config import Config, StopSignal, UsageError
+from recipes.registry import BUILTIN
 
 __all__ = ["launch", "WorkerResult", "Console"]
 
@@ -32,8 +34,6 @@ class WorkerResult:
     message: str = ""
     signum: int | None = None  # a StopSignal's
 
-    KNOWN: ClassVar[tuple[str, ...]] = ("UsageError", "KeyboardInterrupt", "NonFiniteLoss", "CheckpointError", "StopSignal")
-
     @classmethod
     def of_error(cls, rank: int, error: BaseException) -> WorkerResult:
         message = str(error).splitlines()[0] if str(error) else ""
@@ -42,32 +42,38 @@ class WorkerResult:
     def raise_error(self) -> None:
         """Raise what the worker raised: Flint's own exceptions as themselves, any other as RuntimeError."""
         from handlers import CheckpointError, NonFiniteLoss
-        from recipes.train import StopSignal
 
         kinds: dict[str, Callable[[str], BaseException]] = {
             "UsageError": UsageError, "KeyboardInterrupt": KeyboardInterrupt, "NonFiniteLoss": NonFiniteLoss,
             "CheckpointError": CheckpointError, "StopSignal": lambda _: StopSignal(self.signum or signal.SIGTERM),
         }  # fmt: skip
-        raise kinds.get(self.error or "", RuntimeError)(self.message or str(self.error))
+        error = kinds.get(self.error or "", RuntimeError)(self.message or str(self.error))
+        if self.signum is not None:
+            error.signum = self.signum  # type: ignore[attr-defined]  # the exit status is 128 + it
+        raise error
 
 
 def launch(cfg: Config, recipe: Any, handlers: Sequence[Any] = (), loss_fn: Any = None, optimizer: Any = None,
-           console: Console | None = None) -> dict[str, Any]:  # fmt: skip
+           console: Console | None = None, on_settled: Callable[[], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run ``cfg`` where it asks to run; the summary record (see :func:`recipes.train.train`).
 
-    ``recipe`` is a :class:`recipes.Recipe`, or the spec that names one (spawned workers load it
-    again: a recipe file's objects may not pickle). ``console(rank)`` sets up each worker's logging.
+    ``recipe`` is a :class:`recipes.Recipe`; spawned workers get it as it is if it is a built-in or
+    ``fit()``'s, else load it again by ``cfg.recipe`` (a recipe file's objects may not pickle).
+    ``console(rank)`` sets up each worker's logging; ``on_settled()`` is called once the run's
+    outcome is decided (the CLI then ignores stop signals).
     """
-    from recipes.train import check_with_torch
+    from recipes.train import check_with_torch, train
 
-    check_with_torch(cfg, _recipe(recipe))
+    check_with_torch(cfg, recipe)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun, one process per worker
-        return _under_torchrun(cfg, recipe, handlers, loss_fn, optimizer, console)
+        return _under_torchrun(cfg, recipe, handlers, loss_fn, optimizer, console, on_settled)
     if cfg.nproc_per_node > 1:
-        return _spawn(cfg, recipe, handlers, loss_fn, optimizer, console)
-    from recipes.train import train
-
-    return train(cfg, _recipe(recipe), handlers, loss_fn, optimizer)
+        shipped = recipe if cfg.recipe in BUILTIN or cfg.recipe.startswith("fit:") else cfg.recipe
+        summary = _spawn(cfg, shipped, handlers, loss_fn, optimizer, console)
+        if on_settled is not None:
+            on_settled()
+        return summary
+    return train(cfg, recipe, handlers, loss_fn, optimizer, on_settled=on_settled)
 
 
 def _recipe(recipe: Any) -> Any:
@@ -85,7 +91,9 @@ def _free_port() -> int:
 
 
 def _backend(cfg: Config) -> str:
-    return "nccl" if cfg.device.startswith("cuda") else "gloo"
+    from recipes.train import resolve_device
+
+    return "nccl" if resolve_device(cfg.device).type == "cuda" else "gloo"
 
 
 def _worker(local_rank: int, cfg: Config, recipe: Any, extras: tuple, console: Console | None, results: Any) -> None:
@@ -95,10 +103,15 @@ def _worker(local_rank: int, cfg: Config, recipe: Any, extras: tuple, console: C
 
     from recipes.train import train
 
+    def stop_before_training(signum: int, frame: object) -> None:  # until the run's own handlers take over
+        raise StopSignal(signum)
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, stop_before_training)
     rank = idist.get_rank()
     if console is not None:
         console(rank)
-    if not cfg.device.startswith("cuda"):  # share the cores: oversubscribed OpenMP threads spin and crawl
+    if _backend(cfg) == "gloo":  # share the cores: oversubscribed OpenMP threads spin and crawl
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.nproc_per_node))
     try:
         summary = train(cfg, _recipe(recipe), *extras, lock=False)  # the launching process holds the lock
@@ -120,8 +133,7 @@ def _spawn(cfg: Config, recipe: Any, handlers: Sequence[Any], loss_fn: Any, opti
     import ignite.distributed as idist
     import torch.multiprocessing as mp
 
-    from recipes.rundir import RunDirLock
-    from recipes.train import resume_point
+    from recipes.resume import check_before_writing, claim_run_dir, last_summary
 
     results = mp.get_context("spawn").SimpleQueue()
 
@@ -133,8 +145,10 @@ def _spawn(cfg: Config, recipe: Any, handlers: Sequence[Any], loss_fn: Any, opti
                 pass
 
     launch_error: Exception | None = None
-    with RunDirLock(cfg.output_dir):
-        resume_point(cfg)  # bad usage is found here, once, not by every worker
+    with claim_run_dir(cfg):  # held by this process; bad usage is found here, once, not by every worker
+        _, done = check_before_writing(cfg)
+        if done is not None:
+            return last_summary(Path(cfg.output_dir), done)
         previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             with idist.Parallel(_backend(cfg), nproc_per_node=cfg.nproc_per_node, master_port=_free_port()) as parallel:
@@ -174,7 +188,7 @@ def _check_restartable() -> None:
 
 
 def _under_torchrun(cfg: Config, recipe: Any, handlers: Sequence[Any], loss_fn: Any, optimizer: Any,
-                    console: Console | None) -> dict[str, Any]:  # fmt: skip
+                    console: Console | None, on_settled: Callable[[], None] | None) -> dict[str, Any]:  # fmt: skip
     """One worker of a torchrun launch: the process group comes from torchrun's environment."""
     import ignite.distributed as idist
 
@@ -188,7 +202,7 @@ def _under_torchrun(cfg: Config, recipe: Any, handlers: Sequence[Any], loss_fn: 
     summaries: list[dict[str, Any]] = []
 
     def job(local_rank: int) -> None:
-        summaries.append(train(cfg, _recipe(recipe), handlers, loss_fn, optimizer))  # rank 0 holds the lock
+        summaries.append(train(cfg, recipe, handlers, loss_fn, optimizer, on_settled=on_settled))  # rank 0 holds the lock
         idist.barrier()  # as _worker: every rank past its last collective before the group is destroyed
 
     with idist.Parallel(_backend(cfg)) as parallel:

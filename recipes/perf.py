@@ -11,6 +11,8 @@ from ignite.engine import Engine, Events
 from ignite.engine import _prepare_batch as _ignite_prepare_batch
 from ignite.handlers import HandlersTimeProfiler
 
+from engine import FlintEvents, TrainEvents
+
 __all__ = ["channels_last_batch", "train_flops_per_sample", "peak_flops", "profile_table"]
 
 # Dense tensor-core peaks (FLOP/s) per device-name fragment, for model FLOPs utilisation. Low precision
@@ -31,9 +33,12 @@ def channels_last_batch(batch: Any, device: torch.device | str | None = None, no
     return x, y
 
 
-def train_flops_per_sample(model: torch.nn.Module, sample: torch.Tensor) -> float | None:
-    """Training FLOPs per sample: the forward's, counted by ``torch.utils.flop_counter``, times 3 (backward ~2x)."""
+def train_flops_per_sample(model: torch.nn.Module, sample: torch.Tensor | None) -> float | None:
+    """Training FLOPs per sample: the forward's, counted by ``torch.utils.flop_counter``, times 3 (backward ~2x); None without a sample."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    if sample is None:
+        return None
 
     was_training = model.training
     model.eval()
@@ -63,7 +68,8 @@ def profile_table(profiler: HandlersTimeProfiler, engine: Engine) -> str:
     results = profiler.get_results()
     with contextlib.redirect_stdout(io.StringIO()) as text:  # Ignite prints the table
         HandlersTimeProfiler.print_results(results)  # type: ignore[arg-type]
-    per_iteration_events = {Events.ITERATION_STARTED, Events.ITERATION_COMPLETED, Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED}
+    per_iteration_events = {Events.ITERATION_STARTED, Events.ITERATION_COMPLETED, Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED,
+                            FlintEvents.ITERATION_REPORT, *TrainEvents}  # fmt: skip
     spent = sum(
         sum(times)
         for event, handlers in profiler.event_handlers_times.items()

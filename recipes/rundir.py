@@ -72,11 +72,15 @@ class RunDirLock:
     def __enter__(self) -> RunDirLock:
         import fcntl
 
+        path = self.directory / LOCK_NAME
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            f = open(self.directory / LOCK_NAME, "a+", encoding="utf-8")
         except OSError as e:
             raise OSError(f"cannot write to output dir {self.directory}: {e.strerror or e}") from None
+        try:
+            f = open(path, "a+", encoding="utf-8")
+        except OSError as e:
+            raise _write_error(path, e) from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -84,10 +88,14 @@ class RunDirLock:
             owner = f.read().strip() or "another process"
             f.close()
             raise UsageError(f"output dir {self.directory} is in use by process {owner}; wait for it or choose another -o") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()} ({_command()})\n")
-        f.flush()
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()} ({_command()})\n")
+            f.flush()
+        except OSError as e:  # a full disk: the lock is released with the file
+            f.close()
+            raise _write_error(path, e) from None
         self._file = f
         return self
 
@@ -95,6 +103,12 @@ class RunDirLock:
         if self._file is not None:
             self._file.close()  # closing releases the lock; the file stays (removing it would race a waiter)
             self._file = None
+
+
+def _write_error(path: Path, error: OSError) -> OSError:
+    from handlers.files import WriteError  # imports torch: only when it fails
+
+    return WriteError.from_error("lock file", path, error)
 
 
 def _command() -> str:

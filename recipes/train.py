@@ -1,7 +1,7 @@
 """The training job every recipe runs, top to bottom: BMXNet's loop on Flint's engine and handlers.
 
-:func:`train` sets the run's directory up; :func:`_train` tells the rest as a story: data, model,
-engines, reporting, safety, run. Handlers attach in any order: Flint's engine fires their events in
+:func:`train` sets the run's directory up; :func:`build_job` tells the rest as a story: data,
+model, engines, reporting, safety; :func:`run_job` runs it. Handlers attach in any order: Flint's engine fires their events in
 a fixed sequence (``engine.FlintEvents``), and every stateful one reaches the checkpoints by itself.
 """
 
@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,11 +64,11 @@ from recipes.data import DEVICE_AUGMENT, DeviceTensorLoader, FirstBatches
 from recipes.optim import make_loss, make_optimizer, param_groups
 from recipes.perf import channels_last_batch, peak_flops, profile_table, train_flops_per_sample
 from recipes.registry import Recipe
-from recipes.rundir import RunConfig, RunDirLock, config_changes
-from recipes.runs import trained_epochs
+from recipes.resume import check_before_writing, claim_run_dir, last_summary, load_resume_point
+from recipes.rundir import RunConfig
 
 __all__ = [
-    "train", "build_job", "run_job", "Job", "attach_all", "build_optimizer", "resolve_device", "task_metrics", "resume_point",
+    "train", "build_job", "run_job", "Job", "attach_all", "build_optimizer", "resolve_device", "task_metrics",
     "RunOutcome", "StopSignal",
 ]  # fmt: skip
 
@@ -84,12 +84,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_with_torch(cfg: Config, recipe: Recipe) -> None:
-    """The checks :func:`recipes.config.resolve_config` leaves for torch, and ``cfg.device`` resolved ("auto").
+    """The checks :func:`recipes.config.resolve_config` leaves for torch; ``cfg`` is left as given.
+
+    ``cfg.device`` stays as the user wrote it ("auto" is resolved on each run), so a run saved on a
+    GPU machine resumes on a CPU one without a config change.
 
     Raises ``UsageError``: no CUDA device, fewer than ``--nproc-per-node``, a ``--lr-mult`` name no
     parameter has (the model is built on the meta device: no memory, no weights)."""
-    cfg.device = str(resolve_device(cfg.device))
-    if cfg.device.startswith("cuda") and cfg.nproc_per_node > torch.cuda.device_count():
+    if resolve_device(cfg.device).type == "cuda" and cfg.nproc_per_node > torch.cuda.device_count():
         raise UsageError(f"--nproc-per-node {cfg.nproc_per_node}: only {torch.cuda.device_count()} CUDA devices here")
     if cfg.lr_mult:
         with torch.device("meta"):
@@ -110,72 +112,6 @@ def build_optimizer(cfg: Config, model: nn.Module, factory: type | OptimizerFact
     if isinstance(factory, type):
         return factory(groups, lr=cfg.lr)
     return factory(groups)
-
-
-def resume_point(cfg: Config) -> Path | str | None:
-    """The checkpoint ``cfg`` resumes from, ``"latest"`` for the newest valid one in its output dir, or None.
-
-    ``--resume PATH`` takes a checkpoint file, or a run (or checkpoints) directory's newest one.
-    Refuses (``UsageError``) to mix a new run into an old one, and a resume that changes what is trained."""
-    out = Path(cfg.output_dir)
-    if cfg.resume is not None and (out / "config.json").is_file():
-        try:
-            saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:  # an empty or half-written file of an older Flint
-            logger.warning("Ignoring %s: %s", out / "config.json", e)
-            saved = {}
-        changed = config_changes(saved, asdict(cfg))
-        if changed:
-            raise UsageError(f"--resume: the run in {out} was started with {'; '.join(changed)}; resume it unchanged")
-    found = Checkpointing.find_latest(out / "checkpoints")
-    if cfg.resume is None:
-        if found is not None or (out / "metrics.jsonl").exists():
-            raise UsageError(f"output dir {out} already holds a run; pass --resume to continue it or choose another -o")
-        return None
-    if cfg.resume:
-        path = Path(cfg.resume)
-        if path.is_dir():
-            newest = Checkpointing.find_latest(path / "checkpoints") or Checkpointing.find_latest(path)
-            if newest is None:
-                raise UsageError(f"--resume {cfg.resume}: no checkpoint_<iteration>.pt in that directory or its checkpoints/")
-            return newest
-        if not path.is_file():
-            raise UsageError(f"--resume {cfg.resume}: no such checkpoint file or run directory")
-        return path
-    if found is None:
-        if list((out / "checkpoints").glob("*.corrupt")):
-            raise CheckpointError(
-                f"--resume: every checkpoint in {out / 'checkpoints'} was set aside as .corrupt; refusing to start the run over there"
-            )
-        logger.info("--resume: no checkpoint in %s yet, starting a new run", out / "checkpoints")
-        return None
-    return "latest"
-
-
-def _nothing_left(cfg: Config, resume: Path | str | None) -> str | None:
-    """Before anything is written: why the checkpoint to resume from needs no more training, or None.
-
-    Also refuses (``UsageError``) a checkpoint trained under options that change what is trained."""
-    if resume is None:
-        return None
-    candidates = Checkpointing.find_all(Path(cfg.output_dir) / "checkpoints") if resume == "latest" else [Path(resume)]
-    for path in candidates:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # unreadable: the resume itself reports it (or sets it aside and takes the previous one)
-            continue
-        if not isinstance(state, dict):
-            return None
-        if "config" in state:
-            RunConfig(asdict(cfg), f"checkpoint {path}").load_state_dict(state["config"])
-        epoch = trained_epochs(state) or 0
-        stopper = state.get("early_stopping")
-        if epoch >= cfg.epochs:
-            return f"completed {epoch} epochs"
-        if cfg.early_stopping and isinstance(stopper, dict) and stopper.get("counter", 0) >= cfg.early_stopping:
-            return f"stopped early after epoch {epoch}"
-        return None
-    return None
 
 
 def task_metrics(task: str, loss_fn: Callable, device: torch.device, monitor: str = "") -> tuple[dict, dict, str, str]:
@@ -217,19 +153,21 @@ class RunOutcome:
     ``"interrupted"``. An exception leaving the block makes it ``"failed"`` (``"aborted"`` for
     ``KeyboardInterrupt``, a second stop signal; None for :class:`StopSignal`). On leaving, ``summary(status)`` is emitted (unless
     ``status`` is None: nothing was run), background checkpoint writes are waited for and the sinks
-    are closed, each step even if an earlier one failed. A failure there (a full disk) is raised if
+    are closed, each step even if an earlier one failed; ``settle()`` first (stop signals are then ignored). A failure there (a full disk) is raised if
     the run itself succeeded; otherwise the run's own error is the one that leaves, and the later
     ones go to the log.
     """
 
-    def __init__(self, stream: RecordStream, checkpoints: Checkpointing, summary: Callable[[str], dict[str, Any]]) -> None:
-        self.stream, self.checkpoints, self.summary = stream, checkpoints, summary
+    def __init__(self, stream: RecordStream, checkpoints: Checkpointing, summary: Callable[[str], dict[str, Any]],
+                 settle: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+        self.stream, self.checkpoints, self.summary, self.settle = stream, checkpoints, summary, settle
         self.status: str | None = "failed"
 
     def __enter__(self) -> RunOutcome:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        self.settle()  # however it ended: closing is never cut short by a signal
         if kind is not None:  # a stop signal before training: nothing ran, no summary
             self.status = None if issubclass(kind, StopSignal) else "aborted" if issubclass(kind, KeyboardInterrupt) else "failed"
         closing = [self.checkpoints.wait, self.stream.close]
@@ -303,60 +241,74 @@ def train(
     loss_fn: Callable | None = None,
     optimizer: type | OptimizerFactory | None = None,
     lock: bool = True,
+    on_settled: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run one training job; returns its ``"summary"`` record, whose ``status`` is ``"completed"`` or
     ``"interrupted"`` (stopped with a checkpoint saved: relaunch with ``resume``).
 
     ``handlers`` are attached beside the recipe's own (:func:`attach_all`); ``loss_fn`` and
     ``optimizer`` (a class or factory, see :func:`build_optimizer`) replace the named ones. With
-    ``lock``, rank 0 holds the output dir's lock (:class:`recipes.rundir.RunDirLock`) for the run.
+    ``lock``, rank 0 holds the output dir's lock (:class:`recipes.rundir.RunDirLock`) for the run;
+    ``on_settled()`` is called once the run's outcome is decided (see :func:`run_job`).
     Raises ``UsageError`` before anything is written for a bad resume, ``NonFiniteLoss`` when the
     loss becomes NaN or infinite (status ``"failed"``), ``KeyboardInterrupt`` on a second stop signal
     (status ``"aborted"``) and :class:`StopSignal` for one before training started."""
     # --- where the run lives: every check first, then rank 0 writes the files -------------------
     out = Path(cfg.output_dir)
     check_global_batch(cfg.batch_size, idist.get_world_size())  # also for callers that did not come through the CLI
-    if cfg.progress_file is not None:
-        folder = Path(cfg.progress_file).resolve().parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise UsageError(f"--progress-file {cfg.progress_file}: {folder} is not a writable directory")
     rank = idist.get_rank()
-    # Everything that can refuse the run, before the lock creates the directory: then nothing is written.
-    done = _nothing_left(cfg, resume_point(cfg))
-    if done is not None:
-        logger.info("The run in %s already %s; nothing to do", out, done)
-        return {"phase": "summary", "status": "completed", "nothing_to_do": done}
-    with RunDirLock(out) if lock and rank == 0 else contextlib.nullcontext():
-        resume = resume_point(cfg)  # again under the lock: another run may have started in between
+    with contextlib.ExitStack() as owned:
+        if lock and rank == 0:
+            owned.enter_context(claim_run_dir(cfg))  # refusals come first when there is no directory yet
+        resume, done = check_before_writing(cfg)
+        if done is not None:
+            logger.info("The run in %s already %s; nothing to do", out, done)
+            return last_summary(out, done)
         idist.barrier()  # no rank may see rank 0's new files as "a run already there"
         if rank > 0:
-            return run_job(build_job(cfg, recipe, out, handlers, loss_fn, optimizer), resume)
-        log_file = _open_log(out)
+            return run_job(build_job(cfg, recipe, out, handlers, loss_fn, optimizer), resume, on_settled)
+        owned.enter_context(_logging_to(out))
         try:
             write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n", "config file")
             RECORDS.info("Run config: %s", json.dumps(asdict(cfg)))  # train.log only; the console has a header
             if idist.get_world_size() > 1:
                 RECORDS.info("Data-parallel on %d workers (%s): %d samples per worker batch", idist.get_world_size(),
                             idist.backend(), cfg.batch_size // idist.get_world_size())  # fmt: skip
-            return run_job(build_job(cfg, recipe, out, handlers, loss_fn, optimizer), resume)
+            return run_job(build_job(cfg, recipe, out, handlers, loss_fn, optimizer), resume, on_settled)
         except Exception:
             logger.debug("Run failed", exc_info=True)
             raise
-        finally:
-            logging.getLogger().removeHandler(log_file)
-            log_file.close()
 
 
-def _open_log(out: Path) -> logging.Handler:
-    """``out/train.log``, every record at DEBUG and above of every logger, appended to."""
+FLINT_LOGGERS = ("engine", "handlers", "recipes")
+
+
+@contextlib.contextmanager
+def _logging_to(out: Path) -> Iterator[None]:
+    """``out/train.log`` for the block: every record that reaches the root logger, appended to.
+
+    Flint's own loggers pass INFO on for the block even where the logging configuration is stricter
+    (Python's default is WARNING, as under ``fit()``): the records and epoch lines reach ``train.log``;
+    the user's own handlers keep their levels."""
     try:
         log_file = LogFile(out / "train.log")
     except OSError as e:
         raise OSError(f"cannot write to output dir {out}: {e.strerror or e}") from None
     log_file.setLevel(logging.DEBUG)
     log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(name) for name in FLINT_LOGGERS]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        if log.getEffectiveLevel() > logging.INFO:
+            log.setLevel(logging.INFO)
     logging.getLogger().addHandler(log_file)
-    return log_file
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(log_file)
+        log_file.close()
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
 
 
 @dataclass
@@ -460,8 +412,7 @@ def build_job(
         log_header(recipe.name, cfg.dataset, len(train_set), val_size, model, device, out, cfg.epochs, world, cfg.test_run)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    sample = train_loader.x[:1] if cfg.data_on_device else train_set[0][0].unsqueeze(0).to(device)  # type: ignore[index]
-    flops_per_sample = train_flops_per_sample(model, sample)
+    flops_per_sample = train_flops_per_sample(model, _first_input(train_set, device))
     optimizer = build_optimizer(cfg, model, optimizer_factory)
     loss_fn = loss_fn or make_loss(recipe.task, cfg.loss, cfg.label_smoothing)
     # Training runs through DDP (gradients averaged over ranks) when there are several workers;
@@ -505,7 +456,7 @@ def build_job(
         LRTracker(optimizer, stream, every=cfg.log_interval),
     ]
     if val_loader is not None:
-        EpochMetrics(val_metrics, stream, "validation", trainer=trainer).attach(evaluator)
+        handlers.append(OnEvaluator(EpochMetrics(val_metrics, stream, "validation", trainer=trainer)))
     if tb is not None:
         handlers.append(NetSummaries(model, tb))
     if cfg.progress and sys.stderr.isatty() and rank == 0:
@@ -525,7 +476,8 @@ def build_job(
     handlers += [LossGuard(every=cfg.log_interval), checkpoints, preemption, *[h for h in (stopper, interrupt) if h]]
     if rank == 0:  # the console: one line per epoch, the closing lines with the best checkpoint's path
         best = checkpoints.best_checkpoint
-        stream.add(ConsoleSink(cfg.epochs, lambda: best.last_checkpoint if best is not None else None))
+        hint = "call fit() again with resume=True" if cfg.recipe.startswith("fit:") else f"run: flint resume {out}"
+        stream.add(ConsoleSink(cfg.epochs, lambda: best.last_checkpoint if best is not None else None, resume_hint=hint))
     attach_all([*handlers, *extra_handlers], trainer, evaluator)
     profiler = None
     if cfg.profile:
@@ -543,13 +495,14 @@ def build_job(
                stopper, monitor, flops_per_sample, profiler)  # fmt: skip
 
 
-def run_job(job: Job, resume: Path | str | None) -> dict[str, Any]:
-    """Resume ``job`` from ``resume`` (see :func:`resume_point`), train it and close it; the summary record.
+def run_job(job: Job, resume: Path | str | None, on_settled: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Resume ``job`` from ``resume`` (see :func:`recipes.resume.resume_point`), train it and close it; the summary record.
 
     SIGTERM and SIGINT go to ``job.preemption`` from the checkpoint's load to the last file closed.
     One that came before training started ends the launch there: ``"interrupted"`` if a checkpoint
     was loaded (the relaunch resumes from it), else :class:`StopSignal`. Once the run's outcome is
-    settled (trained, stopped and saved), further signals are ignored."""
+    settled (trained, stopped and saved), further signals are ignored, and ``on_settled()`` is called
+    (the CLI then ignores them too, once this returns)."""
     trainer, cfg = job.trainer, job.cfg
     summary: dict[str, Any] = {}
 
@@ -557,28 +510,36 @@ def run_job(job: Job, resume: Path | str | None) -> dict[str, Any]:
         summary.update(job.summary(status))
         return summary
 
-    with job.preemption.signal_handlers(), RunOutcome(job.stream, job.checkpoints, close) as outcome:
-        loaded = _load(job.checkpoints, resume, job.device)
+    def settle() -> None:
+        job.preemption.settle()
+        if on_settled is not None:
+            on_settled()
+
+    with job.preemption.signal_handlers(), RunOutcome(job.stream, job.checkpoints, close, settle) as outcome:
+        loaded = load_resume_point(job.checkpoints, resume, job.device)
         _same_iteration_on_every_rank(trainer)
-        if loaded is not None:
-            position = {"epoch": trainer.state.epoch, "iteration": trainer.state.iteration}
-            job.stream.emit({"phase": "resume", **position, "samples": trainer.state.samples, "checkpoint": str(loaded)})  # type: ignore[attr-defined]
         if loaded is not None and (trainer.state.epoch >= cfg.epochs or (job.stopper is not None and job.stopper.stopped)):
-            outcome.status = None  # checked before anything was written (_nothing_left); Ignite would start over
-            return {"phase": "summary", "status": "completed", "nothing_to_do": f"ended after epoch {trainer.state.epoch}"}
-        if job.preemption.requested is not None:  # during the setup: nothing trained, nothing new to save
-            job.preemption.settle()
+            outcome.status = None  # checked before anything was written (recipes.resume.nothing_left); Ignite would start over
+            return last_summary(job.out, f"ended after epoch {trainer.state.epoch}")
+        requested = job.preemption.requested is not None  # a signal during the setup: every rank decides alike
+        if job.preemption.agree is not None:
+            requested = job.preemption.agree(requested)
+        if requested:  # nothing trained, nothing new to save
+            settle()
             if loaded is None:
                 raise StopSignal(job.preemption.requested or signal.SIGTERM)
             outcome.status = "interrupted"
             return summary
+        if loaded is not None:
+            position = {"epoch": trainer.state.epoch, "iteration": trainer.state.iteration}
+            job.stream.emit({"phase": "resume", **position, "samples": trainer.state.samples, "checkpoint": str(loaded)})  # type: ignore[attr-defined]
         try:
             trainer.run(job.train_loader, max_epochs=cfg.epochs)
         except NonFiniteLoss as e:
             job.checkpoints.wait()  # an earlier save may still be finishing in the background
             last = Checkpointing.find_latest(job.checkpoints.dirname)
             raise NonFiniteLoss(f"{e}; stopped without saving; the last good checkpoint is {last or 'none'}") from None
-        job.preemption.settle()  # the outcome is decided: a signal now would only lose what is being closed
+        settle()  # the outcome is decided: a signal now would only lose what is being closed
         stopped = job.preemption.triggered or (job.interrupt is not None and job.interrupt.triggered)
         outcome.status = "interrupted" if stopped else "completed"
         if job.profiler is not None and idist.get_rank() == 0:
@@ -586,14 +547,14 @@ def run_job(job: Job, resume: Path | str | None) -> dict[str, Any]:
     return summary
 
 
-def _load(checkpoints: Checkpointing, resume: Path | str | None, device: torch.device) -> Path | None:
-    """Load what :func:`resume_point` chose; the checkpoint loaded, or None for a new run."""
-    if resume == "latest":
-        return checkpoints.load_latest_valid(map_location=device)
-    if resume is not None:
-        checkpoints.load(resume, map_location=device)
-        return Path(resume)
-    return None
+@dataclass(frozen=True)
+class OnEvaluator:
+    """An evaluator's handler in a list for :func:`attach_all`: attaches ``handler`` to the evaluator."""
+
+    handler: Any
+
+    def attach(self, trainer: Engine, evaluator: Engine) -> Any:
+        return self.handler.attach(evaluator)
 
 
 def attach_all(handlers: Sequence[Any], trainer: Engine, evaluator: Engine) -> None:
@@ -609,6 +570,15 @@ def attach_all(handlers: Sequence[Any], trainer: Engine, evaluator: Engine) -> N
             handler.attach(trainer, evaluator)
         else:
             handler.attach(trainer)
+
+
+def _first_input(dataset: Any, device: torch.device) -> torch.Tensor | None:
+    """One training input as a batch of one, for counting FLOPs; None if the data is not a tensor pair."""
+    try:
+        x = dataset[0][0]
+    except Exception:
+        return None
+    return x.unsqueeze(0).to(device) if isinstance(x, torch.Tensor) else None
 
 
 def _same_iteration_on_every_rank(trainer: Any) -> None:

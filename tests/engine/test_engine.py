@@ -37,6 +37,16 @@ def test_flint_events_follow_the_ignite_event_whatever_the_attach_order():
     assert engine.fired[engine.fired.index("EPOCH_COMPLETED") :][:4] == ["EPOCH_COMPLETED", "EPOCH_REPORT", "VALIDATE", "SAVE"]
 
 
+def test_flint_events_take_ignites_filters():
+    engine = Engine(lambda e, b: None)
+    engine.fire_flint_events()
+    saved, reported = [], []
+    engine.add_event_handler(FlintEvents.SAVE(every=2), lambda e: saved.append(e.state.epoch))  # counts epochs
+    engine.add_event_handler(FlintEvents.ITERATION_REPORT(every=3), lambda e: reported.append(e.state.iteration))
+    engine.run([0, 1], max_epochs=5)
+    assert (saved, reported) == ([2, 4], [3, 6, 9])
+
+
 def test_new_epoch_is_not_fired_for_an_epoch_resumed_mid_way():
     def run(state=None):
         engine = Engine(lambda e, b: None)

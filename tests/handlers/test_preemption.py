@@ -86,14 +86,34 @@ def test_every_rank_follows_the_agreed_decision():
 
 
 def test_a_repeated_signal_within_the_grace_period_is_the_same_one():
-    stop = Preemption(grace=60.0)
-    stop.request(signal.SIGTERM)
-    stop.request(signal.SIGTERM)  # e.g. sent to the process group and forwarded by the parent
-    assert stop.requested == signal.SIGTERM
-    impatient = Preemption(grace=0.0)
-    impatient.request(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt, match="received again"):
+    trainer = Engine(lambda e, b: None)
+    stop = Preemption(grace=60.0).attach(trainer)
+
+    def twice(_: Engine) -> None:
+        stop.request(signal.SIGTERM)
+        stop.request(signal.SIGTERM)  # e.g. sent to the process group and forwarded by the parent
+
+    trainer.add_event_handler(Events.ITERATION_STARTED(once=2), twice)
+    trainer.run(range(5))
+    assert (stop.requested, stop.triggered, trainer.state.iteration) == (signal.SIGTERM, True, 2)
+
+
+def test_a_second_signal_aborts_a_running_trainer_but_not_one_yet_to_start():
+    waiting = Preemption(grace=0.0).attach(Engine(lambda e, b: None))
+    waiting.request(signal.SIGTERM)
+    waiting.request(signal.SIGTERM)  # before STARTED: the stop is decided, nothing to abort
+    assert waiting.requested == signal.SIGTERM
+    trainer = Engine(lambda e, b: None)
+    impatient = Preemption(grace=0.0).attach(trainer)
+
+    def twice(_: Engine) -> None:
         impatient.request(signal.SIGTERM)
+        impatient.request(signal.SIGTERM)
+
+    trainer.add_event_handler(Events.ITERATION_STARTED(once=2), twice)
+    with pytest.raises(KeyboardInterrupt, match="received again") as error:
+        trainer.run(range(5))
+    assert error.value.signum == signal.SIGTERM and trainer.state.iteration == 2
 
 
 def test_a_request_in_an_epochs_last_iteration_lets_the_epoch_end_first(model, batches):

@@ -41,7 +41,7 @@ def test_test_run_writes_every_output(tmp_path, flint):
     assert len(best) == 1 and names - best == {"checkpoint_1.pt", "checkpoint_2.pt"}
     assert list(out.glob("events.out.tfevents.*")) and "Run config" in (out / "train.log").read_text()
     config = json.loads((out / "config.json").read_text())
-    assert config["recipe"] == "lenet" and config["dataset"] == "digits" and config["device"] == "cpu"
+    assert config["recipe"] == "lenet" and config["dataset"] == "digits" and config["device"] == "auto"  # resolved on each run, not frozen
     assert config["epochs"] == 2 and config["test_run"] is True and config["output_dir"] == str(out)
 
     recs = records(out)

@@ -200,7 +200,7 @@ def test_onnx_export_prints_only_the_path(runs, tmp_path, flint):
     assert result.returncode == 0, result.stderr
     assert (result.stdout, result.stderr) == (f"{target}\n", "")
     debug = flint("export", str(runs / "ffnn"), "--format", "onnx", "-o", str(target), "--debug")
-    assert debug.returncode == 0 and debug.stdout == f"{target}\n" and f"Exported " in debug.stderr
+    assert debug.returncode == 0 and debug.stdout == f"{target}\n" and "Exported " in debug.stderr
 
 
 def test_bad_export_paths_are_one_line_exit_2(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -104,12 +105,38 @@ def test_fit_interrupted_and_resumed_equals_an_unbroken_run(tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())  # the model object itself trained on
 
 
+@pytest.mark.slow
+def test_fit_on_two_spawned_workers_trains_the_model_object(tmp_path):
+    train, val = made_up()
+    model = fresh_net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    summary = fit(model, train, val, output_dir=tmp_path, nproc_per_node=2, **{**OPTIONS, "epochs": 2})
+    assert summary["status"] == "completed" and summary["epochs"] == 2
+    final = torch.load(Checkpointing.find_latest(tmp_path / "checkpoints"), weights_only=True)["model"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())  # the workers' weights, not a copy's
+    assert not all(torch.equal(before[k], v) for k, v in final.items())
+
+
 def test_fit_without_validation_keeps_no_best_checkpoint(tmp_path):
     train, _ = made_up()
     summary = fit(fresh_net(), train, output_dir=tmp_path, optimizer="adam", **{**OPTIONS, "epochs": 2})
     assert summary["status"] == "completed" and summary["best_epoch"] is None
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint_12.pt", "checkpoint_6.pt"]  # no best_
     assert not [r for r in records(tmp_path) if r["phase"] == "validation"]
+
+
+def test_fit_writes_train_log_whatever_the_logging_configuration(tmp_path):
+    train, _ = made_up()
+    flint = logging.getLogger("recipes")
+    previous = flint.level
+    flint.setLevel(logging.ERROR)  # stricter than Python's default WARNING
+    try:
+        fit(fresh_net(), train, output_dir=tmp_path, **{**OPTIONS, "epochs": 2})
+        assert flint.level == logging.ERROR  # left as the user set it
+    finally:
+        flint.setLevel(previous)
+    log = (tmp_path / "train.log").read_text()
+    assert "Run config:" in log and "Epoch 2/2" in log and "Completed 2 epochs" in log
 
 
 @pytest.mark.parametrize(
@@ -127,6 +154,7 @@ def test_fit_without_validation_keeps_no_best_checkpoint(tmp_path):
         ({"dataset": "mnist"}, "dataset: not options of fit(), which trains on the data and into the output_dir you give"),
         ({"val_data": None, "early_stopping": 2}, "early_stopping needs val_data"),
         ({"monitor": "f1"}, "monitor='f1': classification validates loss, accuracy"),
+        ({"handlers": [print]}, "Argument handlers should hold objects with an attach(trainer[, evaluator]) method, got builtin_function"),
     ],
 )
 def test_bad_arguments_raise_value_error_before_anything_is_written(tmp_path, arguments, message):

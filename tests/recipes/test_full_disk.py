@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from handlers import WriteError
+from recipes.rundir import LOCK_NAME, RunDirLock
 from tests.conftest import REPO
-from tests.full_disk import small_disk
+from tests.full_disk import DEV_FULL, needs_dev_full, small_disk
 
 FULL = "No space left on device"
 
@@ -98,3 +100,14 @@ def test_a_full_disk_under_the_progress_file_ends_the_run_with_one_line(tmp_path
         assert_failed_naming(result, "progress file", re.escape(str(progress)))
         assert json.loads(progress.read_text())["epoch"] == 1  # the last good one, whole
         assert checkpoints_load(out) == ["best_checkpoint_1_accuracy=0.2500.pt", "checkpoint_1.pt"]  # epoch 1's
+
+
+@needs_dev_full
+def test_a_lock_file_that_cannot_be_written_is_named_and_released(tmp_path):
+    (tmp_path / LOCK_NAME).symlink_to(DEV_FULL)  # opens and locks, every write fails
+    with pytest.raises(WriteError) as error:
+        RunDirLock(tmp_path).__enter__()
+    assert str(error.value).startswith(f"cannot write lock file {tmp_path / LOCK_NAME}: "), error.value  # /dev/full: EINVAL at truncate
+    (tmp_path / LOCK_NAME).unlink()
+    with RunDirLock(tmp_path):  # nothing held on: the directory is free again
+        assert (tmp_path / LOCK_NAME).read_text().startswith(f"{os.getpid()} (")

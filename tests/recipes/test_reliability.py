@@ -94,7 +94,7 @@ def test_a_signal_before_training_is_one_line_with_128_plus_n_or_3_when_a_checkp
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 3
-    assert err.splitlines()[-1] == f"flint: stopped by SIGINT before training started; relaunch with --resume to continue from {out / 'checkpoints' / 'checkpoint_5.pt'}"
+    assert err.splitlines()[-1] == f"flint: stopped by SIGINT before training started; flint resume {out} continues from {out / 'checkpoints' / 'checkpoint_5.pt'}"
 
 
 class Signals:
@@ -167,6 +167,7 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
     assert main(["resume", str(tmp_path)]) == 0
     assert "already completed 2 epochs; nothing to do" in capsys.readouterr().err
     after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()}
+    assert after.pop(".flint.lock")[1] == before.pop(".flint.lock")[1]  # taken and let go: its owner line written again
     assert after == before  # no new events file, config.json and train.log as they were
 
 

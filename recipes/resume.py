@@ -1,0 +1,145 @@
+"""Resuming a run: which checkpoint, whether anything is left to train, and the run directory's claim.
+
+Every check that can refuse a run happens here before anything is written (:func:`check_before_writing`),
+so a refused ``flint run``/``flint resume`` or ``fit()`` leaves no trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from handlers import CheckpointError, Checkpointing
+from recipes.config import Config, UsageError
+from recipes.rundir import RunConfig, RunDirLock, config_changes
+from recipes.runs import trained_epochs
+
+__all__ = ["resume_point", "nothing_left", "check_before_writing", "claim_run_dir", "last_summary", "load_resume_point"]
+
+logger = logging.getLogger(__name__)
+
+
+def resume_point(cfg: Config) -> Path | str | None:
+    """The checkpoint ``cfg`` resumes from, ``"latest"`` for the newest valid one in its output dir, or None.
+
+    ``--resume PATH`` takes a checkpoint file, or a run (or checkpoints) directory's newest one.
+    Refuses (``UsageError``) to mix a new run into an old one, and a resume that changes what is trained."""
+    out = Path(cfg.output_dir)
+    if cfg.resume is not None and (out / "config.json").is_file():
+        try:
+            saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:  # an empty or half-written file of an older Flint
+            logger.warning("Ignoring %s: %s", out / "config.json", e)
+            saved = {}
+        changed = config_changes(saved, asdict(cfg))
+        if changed:
+            raise UsageError(f"--resume: the run in {out} was started with {'; '.join(changed)}; resume it unchanged")
+    found = Checkpointing.find_latest(out / "checkpoints")
+    if cfg.resume is None:
+        if found is not None or (out / "metrics.jsonl").exists():
+            raise UsageError(f"output dir {out} already holds a run; pass --resume to continue it or choose another -o")
+        return None
+    if cfg.resume:
+        path = Path(cfg.resume)
+        if path.is_dir():
+            newest = Checkpointing.find_latest(path / "checkpoints") or Checkpointing.find_latest(path)
+            if newest is None:
+                raise UsageError(f"--resume {cfg.resume}: no checkpoint_<iteration>.pt in that directory or its checkpoints/")
+            return newest
+        if not path.is_file():
+            raise UsageError(f"--resume {cfg.resume}: no such checkpoint file or run directory")
+        return path
+    if found is None:
+        if list((out / "checkpoints").glob("*.corrupt")):
+            raise CheckpointError(
+                f"--resume: every checkpoint in {out / 'checkpoints'} was set aside as .corrupt; refusing to start the run over there"
+            )
+        logger.info("--resume: no checkpoint in %s yet, starting a new run", out / "checkpoints")
+        return None
+    return "latest"
+
+
+def nothing_left(cfg: Config, resume: Path | str | None) -> str | None:
+    """Before anything is written: why the checkpoint to resume from needs no more training, or None.
+
+    Also refuses (``UsageError``) a checkpoint trained under options that change what is trained."""
+    if resume is None:
+        return None
+    candidates = Checkpointing.find_all(Path(cfg.output_dir) / "checkpoints") if resume == "latest" else [Path(resume)]
+    for path in candidates:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # read lazily: the run loads it again
+        except Exception:  # unreadable: the resume itself reports it (or sets it aside and takes the previous one)
+            continue
+        if not isinstance(state, dict):
+            return None
+        if "config" in state:
+            RunConfig(asdict(cfg), f"checkpoint {path}").load_state_dict(state["config"])
+        epoch = trained_epochs(state) or 0
+        stopper = state.get("early_stopping")
+        if epoch >= cfg.epochs:
+            return f"completed {epoch} epochs"
+        if cfg.early_stopping and isinstance(stopper, dict) and stopper.get("counter", 0) >= cfg.early_stopping:
+            return f"stopped early after epoch {epoch}"
+        return None
+    return None
+
+
+def check_before_writing(cfg: Config) -> tuple[Path | str | None, str | None]:
+    """``(resume point, why nothing is left to train or None)``: every check that can refuse the run.
+
+    Run before anything is written (see :func:`claim_run_dir`): a usage error leaves no trace."""
+    if cfg.progress_file is not None:
+        folder = Path(cfg.progress_file).resolve().parent
+        inside = folder.is_relative_to(Path(cfg.output_dir).resolve())  # made with the run's directory
+        if not inside and (not folder.is_dir() or not os.access(folder, os.W_OK)):
+            raise UsageError(f"--progress-file {cfg.progress_file}: {folder} is not a writable directory")
+    resume = resume_point(cfg)
+    return resume, nothing_left(cfg, resume)
+
+
+@contextlib.contextmanager
+def claim_run_dir(cfg: Config) -> Iterator[None]:
+    """Hold the run's directory (:class:`recipes.rundir.RunDirLock`) for the block.
+
+    A directory already there is locked at once, so a second run is told which process holds it;
+    a new one only once :func:`check_before_writing` passed, so that a refused run creates nothing."""
+    out = Path(cfg.output_dir)
+    with contextlib.ExitStack() as owned:
+        if out.is_dir():
+            owned.enter_context(RunDirLock(out))
+        else:
+            check_before_writing(cfg)
+            owned.enter_context(RunDirLock(out))
+        if cfg.progress_file is not None:
+            Path(cfg.progress_file).resolve().parent.mkdir(parents=True, exist_ok=True)
+        yield
+
+
+def last_summary(out: Path, done: str) -> dict[str, Any]:
+    """The summary record of a run with nothing left to train: the last one in its ``metrics.jsonl``."""
+    summary: dict[str, Any] = {"phase": "summary", "status": "completed"}
+    try:
+        lines = (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        summary = next(r for r in map(json.loads, reversed(lines)) if isinstance(r, dict) and r.get("phase") == "summary")
+    except (OSError, ValueError, StopIteration):
+        pass
+    return {**summary, "status": "completed", "nothing_to_do": done}
+
+
+def load_resume_point(checkpoints: Checkpointing, resume: Path | str | None, device: torch.device) -> Path | None:
+    """Load what :func:`resume_point` chose; the checkpoint loaded, or None for a new run."""
+    if resume == "latest":
+        return checkpoints.load_latest_valid(map_location=device)
+    if resume is not None:
+        checkpoints.load(resume, map_location=device)
+        return Path(resume)
+    return None
