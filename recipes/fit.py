@@ -55,8 +55,8 @@ def fit(
     ``output_dir`` from its latest checkpoint (a new run if it has none), ``resume=PATH`` from a checkpoint.
 
     Args:
-        model: the network; trained in place (its weights are the run's at the end, also with
-            ``nproc_per_node`` > 1, where it takes the last checkpoint's).
+        model: the network; trained in place (its weights are the run's at the end; with
+            ``nproc_per_node`` > 1, or a resumed run with nothing left to train, it loads the last checkpoint's).
         train_data: the training set.
         val_data: the validation set; None trains without validation (no best checkpoint, no early stopping).
         output_dir: where the run's files go; a new run refuses a directory that holds one.
@@ -133,7 +133,7 @@ def fit(
     from recipes.launch import launch
 
     summary = launch(cfg, recipe, handlers, loss_fn, factory)
-    if cfg.nproc_per_node > 1:  # the workers trained copies of model: it takes the run's last weights
+    if cfg.nproc_per_node > 1 or summary.get("nothing_to_do"):  # trained elsewhere: model takes the run's last weights
         _load_last_weights(model, cfg.output_dir)
     return summary
 

@@ -103,6 +103,10 @@ def test_fit_interrupted_and_resumed_equals_an_unbroken_run(tmp_path):
     assert resumed["best_accuracy"] == straight["best_accuracy"]
     final = torch.load(Checkpointing.find_latest(tmp_path / "straight" / "checkpoints"), weights_only=True)["model"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())  # the model object itself trained on
+    again = fresh_net()
+    done = fit(again, train, val, output_dir=tmp_path / "broken", handlers=[StepCounter()], resume=True, **OPTIONS)
+    assert done["nothing_to_do"] == "completed 4 epochs" and done["best_accuracy"] == straight["best_accuracy"]
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in final.items())  # it gets the run's weights
 
 
 @pytest.mark.slow
