@@ -11,7 +11,7 @@ the engine fires Flint's events (``engine.FlintEvents``), so handlers compose in
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ignite.distributed as idist
@@ -74,7 +74,7 @@ def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
         if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
             model = model.module
         elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):  # torch.compile's OptimizedModule
-            model = model._orig_mod
+            model = getattr(model, "_orig_mod")
         else:
             return model
 
@@ -93,7 +93,7 @@ class _RankLossSums:
     def state_dict(self) -> dict[str, Any]:
         return {"loss_sum": idist.all_gather(self.trainer.state.loss_sum.reshape(1))}  # type: ignore[attr-defined]
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         sums, rank = state["loss_sum"], idist.get_rank()
         own = sums[rank] if len(sums) == idist.get_world_size() else (sums.sum() if rank == 0 else torch.zeros_like(sums[0]))
         self.trainer.state.loss_sum = own.clone()  # type: ignore[attr-defined]

@@ -50,7 +50,7 @@ class EarlyStopping(ignite.handlers.EarlyStopping):
         super().__init__(patience, lambda engine: float(engine.state.metrics[metric]), trainer, mode=mode, **kwargs)
         self.metric = metric
 
-    def attach(self, trainer: Engine, evaluator: Engine) -> EarlyStopping:
+    def attach(self, trainer: Engine, evaluator: Engine) -> EarlyStopping:  # type: ignore[override]  # Flint's shape: both engines
         evaluator.add_event_handler(Events.COMPLETED, self)
         register_state(trainer, self.state_key, self)
         return self

@@ -223,12 +223,15 @@ def _resume(args: argparse.Namespace, debug: bool) -> int:
 
 
 def _launch(cfg: Config, recipe: Recipe, debug: bool) -> int:
-    from recipes.launch import launch  # torch, Ignite and the rest: only now
+    from recipes.launch import exit_finished_worker, launch, under_torchrun  # torch, Ignite and the rest: only now
 
     console = functools.partial(log_to_console, debug)
     console(0)
     summary = launch(cfg, recipe, console=console, on_settled=_SETTLED.set)
-    return EXIT_INTERRUPTED if summary.get("status") == "interrupted" else EXIT_OK
+    code = EXIT_INTERRUPTED if summary.get("status") == "interrupted" else EXIT_OK
+    if under_torchrun():  # this process is a worker: its run is over on every rank
+        exit_finished_worker(code)
+    return code
 
 
 def _evaluate(args: argparse.Namespace) -> int:

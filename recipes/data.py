@@ -104,8 +104,6 @@ def fake_regression(
     return TensorDataset(x[:train_size], y[:train_size]), TensorDataset(x[train_size:], y[train_size:])
 
 
-
-
 def seed001_data(labels: torch.Tensor) -> TensorDataset:
     """Seed 001's regression data: for each label x, the input ``[0, log x, 5x]``."""
     labels = labels.to(torch.float32).reshape(-1, 1)

@@ -108,6 +108,7 @@ def export_model(path: str | Path, fmt: str, output: str | Path | None = None) -
             model, (example,), dynamo=True, verbose=False, input_names=["input"], output_names=["output"],
             dynamic_shapes=({0: batch},),
         )  # fmt: skip
+        assert program is not None  # dynamo=True returns the program
         program.model.metadata_props.update({key: json.dumps(value) for key, value in metadata.items()})
         write_atomic(target, lambda tmp: program.save(tmp, external_data=False), "exported model")
     elif fmt == "torchscript":

@@ -50,7 +50,7 @@ class Recipe:
     name: str  # what `flint run NAME` takes, and the default output dir runs/NAME
     description: str  # one line for `flint list`
     build_model: Callable[[], nn.Module]  # a fresh, randomly initialised model
-    datasets: Mapping[str, Callable[[Config], tuple[Dataset, Dataset]]]  # name -> (train, val); first is default
+    datasets: Mapping[str, Callable[[Config], tuple[Dataset, Dataset | None]]]  # name -> (train, val or None); first is default
     defaults: Mapping[str, Any] = field(default_factory=dict)  # Config fields this recipe sets differently
     task: str = "classification"  # one of TASKS: decides the loss, the metrics and the monitored one
     input_shape: tuple[int, ...] = (1, 28, 28)  # one sample's shape, for export

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from recipes.config import UsageError, parse_monitor
 
@@ -31,7 +31,7 @@ _NOT_METRICS = {*_POSITION, "loss", "epoch_time", "lr", "samples_per_sec"}
 NO_SUMMARY = "no summary record (still running, or ended without writing one)"
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[float]:
     """A finite int or float (not a bool): what can be plotted or averaged."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -75,6 +75,7 @@ def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
+            problem: str | None
             try:
                 record = json.loads(line.rstrip("\n"))
             except json.JSONDecodeError as e:  # e.msg may end in "at": the position follows

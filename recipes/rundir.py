@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,7 +52,7 @@ class RunConfig:
     def state_dict(self) -> dict[str, Any]:
         return {"json": json.dumps(self.options)}  # one string: plain data whatever the options hold
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         changed = config_changes(json.loads(state["json"]), self.options)
         if changed:
             raise UsageError(f"--resume: the {self.source} was trained with {'; '.join(changed)}; resume it unchanged")

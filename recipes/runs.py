@@ -171,7 +171,6 @@ def load_weights(model: torch.nn.Module, weights: Mapping[str, torch.Tensor], ch
         raise RuntimeError(f"checkpoint {checkpoint} does not fit recipe {recipe}'s model: {'; '.join(parts)}")
 
 
-
 def trained_epochs(state: Mapping[str, Any]) -> int | None:
     """The epochs a checkpoint's trainer had completed (Ignite's state dict keeps the iteration); None if it has no trainer.
 

@@ -85,6 +85,44 @@ def test_under_torchrun_each_worker_joins_its_process_group(tmp_path):
     assert json.loads((tmp_path / "two" / "config.json").read_text())["nproc_per_node"] == 1  # torchrun's workers, not spawned
 
 
+
+ABORTING_TEARDOWN = """
+import atexit, os
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from recipes import Recipe
+
+
+def build():
+    if os.environ.get("RANK") == "1":  # a worker whose teardown crashes, as torch's did now and then
+        atexit.register(os.abort)
+    return nn.Linear(4, 2)
+
+
+def data(cfg):
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    return TensorDataset(x[:48], (x[:48, 0] > 0).long()), TensorDataset(x[48:], (x[48:, 0] > 0).long())
+
+
+RECIPE = Recipe("tiny", "a worker that aborts at exit", build_model=build, datasets={"made-up": data}, input_shape=(4,))
+"""
+
+
+@pytest.mark.parametrize("launcher", ["spawn", "torchrun"])
+def test_a_finished_run_is_not_failed_by_a_worker_crashing_in_teardown(tmp_path, launcher):
+    # Once every rank has passed the last barrier, the run's outcome is written: the workers exit
+    # without the interpreter's and torch's teardown, where rank 1 aborted (SIGABRT) now and then.
+    recipe = tmp_path / "aborting.py"
+    recipe.write_text(ABORTING_TEARDOWN)
+    args = ("run", str(recipe), "--epochs", "2", "--batch-size", "16", "--no-progress", "-o", str(tmp_path / "run"))
+    if launcher == "spawn":
+        result = run_flint(*args, "--nproc-per-node", "2")
+    else:
+        result = run_under_torchrun(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert records(tmp_path / "run")[-1]["status"] == "completed"
+
 # --- resuming with several workers is bit-exact: spawned, under torchrun, after an elastic restart ---------
 # lenet has BatchNorm: a worker training in eval mode (its evaluator's eval() on the plain module) shows up here.
 RESUMABLE = ("run", "lenet", "--epochs", "4", "--log-interval", "5", "--no-progress")  # 23 iterations an epoch
