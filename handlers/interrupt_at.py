@@ -41,9 +41,13 @@ class InterruptAt:
 
     def attach(self, trainer: Engine) -> InterruptAt:
         trainer.add_event_handler(Events.EPOCH_COMPLETED(once=self.epoch), self)
+        trainer.add_event_handler(Events.TERMINATE, self._announce)
         return self
 
     def __call__(self, trainer: Engine) -> None:
-        logger.info("Interrupting after epoch %d as asked (interrupt-at)", self.epoch)
         self.triggered = True
         trainer.terminate()
+
+    def _announce(self, trainer: Engine) -> None:
+        if self.triggered:  # at TERMINATE: after the epoch's own records, so the log reads in order
+            logger.info("Interrupting after epoch %d as asked (interrupt-at)", self.epoch)

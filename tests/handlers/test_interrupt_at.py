@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 
@@ -27,3 +29,13 @@ def test_not_triggered_when_the_run_ends_first(model, batches):
 def test_rejects_non_positive_epoch():
     with pytest.raises(ValueError, match="epoch should be a positive integer, got 0"):
         InterruptAt(0)
+
+
+def test_says_it_interrupts_after_the_epochs_records(model, batches, caplog):
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    InterruptAt(1).attach(trainer)  # attached before the report: its line still comes after it
+    trainer.add_event_handler(FlintEvents.EPOCH_REPORT, lambda e: logging.getLogger("report").info("Epoch %d", e.state.epoch))
+    with caplog.at_level(logging.INFO):
+        trainer.run(batches, max_epochs=3)
+    lines = [r.getMessage() for r in caplog.records if r.name in ("report", "handlers.interrupt_at")]
+    assert lines == ["Epoch 1", "Interrupting after epoch 1 as asked (interrupt-at)"]
