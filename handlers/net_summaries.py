@@ -26,17 +26,22 @@ class NetSummaries:
     ITERATION_COMPLETED. The x axis is samples seen. Ignite's
     ``WeightsHistHandler``/``GradsHistHandler`` step by epoch or iteration and cannot pick the last
     update; this adds both. Tensors holding NaN or Inf (a diverged run) are skipped with a warning.
+    Each histogram has ``bins`` equal-width bins between the tensor's min and max: tensorboardX's
+    default (``"tensorflow"``, about 1,500 exponential buckets) cost 4x as much (LeNet's 14 tensors,
+    10.5 ms against 2.4 ms per epoch, 2 CPU cores); TensorBoard draws about 30 bins either way.
 
     Args:
         model: whose named parameters to summarise.
-        writer: anything with ``add_histogram(tag, values, step)``, e.g. a tensorboardX SummaryWriter.
+        writer: anything with ``add_histogram(tag, values, step, bins=...)``, e.g. a tensorboardX SummaryWriter.
+        bins: passed to ``add_histogram``: a number of equal-width bins, or a NumPy or tensorboardX
+            binning name such as ``"tensorflow"``. Default 64.
 
     Example:
         >>> import torch
         >>> from engine import create_trainer
         >>> class Writer:
         ...     def __init__(self): self.tags = []
-        ...     def add_histogram(self, tag, values, step): self.tags.append((tag, step))
+        ...     def add_histogram(self, tag, values, step, bins): self.tags.append((tag, step))
         >>> model = torch.nn.Linear(2, 1)
         >>> trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.mse_loss)
         >>> writer = Writer()
@@ -46,8 +51,10 @@ class NetSummaries:
         [('grads/weight', 12), ('grads/bias', 12), ('weights/weight', 12), ('weights/bias', 12)]
     """
 
-    def __init__(self, model: torch.nn.Module, writer: Any) -> None:
-        self.model, self.writer = model, writer
+    def __init__(self, model: torch.nn.Module, writer: Any, bins: int | str = 64) -> None:
+        if isinstance(bins, bool) or not isinstance(bins, (int, str)) or (isinstance(bins, int) and bins < 1):
+            raise ValueError(f"Argument bins should be a positive integer or a binning name, got {bins!r}")
+        self.model, self.writer, self.bins = model, writer, bins
 
     def attach(self, trainer: Engine) -> NetSummaries:
         # A plain handler that checks the iteration itself: a filter costs ~15 Python calls per step.
@@ -75,4 +82,4 @@ class NetSummaries:
             if values.numel() and not all(math.isfinite(v) for v in torch.aminmax(values)):
                 logger.warning("Not writing %s/%s at %d samples: it holds NaN or Inf", kind, name, step)
                 continue
-            self.writer.add_histogram(f"{kind}/{name}", values, step)
+            self.writer.add_histogram(f"{kind}/{name}", values, step, bins=self.bins)

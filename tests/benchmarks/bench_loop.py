@@ -199,7 +199,7 @@ def hand_loop(case: str, cfg: Any, data: Data, device: Any, out: Path, chunk: in
         for name, p in model.named_parameters():
             t = p if kind == "weights" else p.grad
             if t is not None:
-                writer.add_histogram(f"{kind}/{name}", t.detach().float().cpu(), step)
+                writer.add_histogram(f"{kind}/{name}", t.detach().float().cpu(), step, bins=64)
 
     yield "ready"
     iteration = samples = 0

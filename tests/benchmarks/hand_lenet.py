@@ -122,7 +122,7 @@ class Records:
             if not all(math.isfinite(v) for v in torch.aminmax(values)):  # a histogram of NaN cannot be drawn
                 log.warning("Not writing %s/%s at %d samples: it holds NaN or Inf", kind, name, step)
                 continue
-            self.writer.add_histogram(f"{kind}/{name}", values, step)
+            self.writer.add_histogram(f"{kind}/{name}", values, step, bins=64)
 
     def close(self) -> None:
         self.writer.close()

@@ -1,10 +1,10 @@
 import pytest
 import torch
 from ignite.engine import Engine, Events
-from tensorboardX import SummaryWriter
 
 from engine import TrainEvents, create_trainer
-from handlers import NetSummaries
+from handlers import NetSummaries, TensorBoardWriter
+from tests.handlers.test_tensorboard_writer import read_events
 
 
 class HistogramLog:
@@ -13,8 +13,9 @@ class HistogramLog:
     def __init__(self) -> None:
         self.calls: list[tuple[str, torch.Tensor, int]] = []
 
-    def add_histogram(self, tag, values, step):
+    def add_histogram(self, tag, values, step, bins):
         self.calls.append((tag, values.clone(), step))
+        self.bins = bins
 
 
 def test_grads_are_the_last_update_of_each_epoch_and_weights_the_epoch_end(model, batches):
@@ -56,14 +57,33 @@ def test_on_a_plain_engine_grads_come_from_the_last_iteration(model, batches):
     assert [step for tag, _, step in log.calls if tag.startswith("grads/")] == [7] * 4  # iterations stand in
 
 
-def test_writes_real_tensorboard_histograms(tmp_path, model, batches):
+def test_writes_real_tensorboard_histograms_of_all_values_in_equal_bins(tmp_path, model, batches):
     trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
-    writer = SummaryWriter(str(tmp_path))
-    NetSummaries(model, writer).attach(trainer)
+    writer = TensorBoardWriter(tmp_path)
+    NetSummaries(model, writer, bins=8).attach(trainer)
     trainer.run(batches, max_epochs=1)
     writer.close()
     (events,) = tmp_path.glob("events.out.tfevents.*")
-    assert b"weights/0.weight" in events.read_bytes() and b"grads/2.bias" in events.read_bytes()
+    histograms = {v.tag: v.histo for e in read_events(events) for v in e.summary.value if v.HasField("histo")}
+    assert {"weights/0.weight", "grads/2.bias"} <= set(histograms)
+    weight = model[0].weight.detach()
+    histo = histograms["weights/0.weight"]
+    assert sum(histo.bucket) == histo.num == weight.numel() and len(histo.bucket) <= 8 + 1  # + TensorBoard's empty left bin
+    assert (histo.min, histo.max) == pytest.approx((weight.min().item(), weight.max().item()))
+
+
+def test_refuses_bad_bins(model):
+    for bad in (0, -3, 2.5, True, None):
+        with pytest.raises(ValueError, match=f"bins should be a positive integer or a binning name, got {bad!r}"):
+            NetSummaries(model, HistogramLog(), bins=bad)  # type: ignore[arg-type]
+
+
+def test_bins_reach_the_writer(model, batches):
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    log = HistogramLog()
+    NetSummaries(model, log, bins="tensorflow").attach(trainer)  # tensorboardX's default binning, if wanted
+    trainer.run(batches, max_epochs=1)
+    assert log.calls and log.bins == "tensorflow"
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
