@@ -88,7 +88,7 @@ def exit_finished_worker(code: int) -> NoReturn:
     Called once every rank has passed the last barrier: results are written and reported, files
     closed. torch's teardown of a finished gloo worker aborted now and then (rank 1, SIGABRT,
     "terminate called without an active exception": 2 failed tests in one full suite run, 1 run in
-    10 of a loop of the two, none in 130 quiet runs); the launcher or torchrun then reported a
+    10 of a loop of the two, none in 100 runs on another day); the launcher or torchrun then reported a
     completed run as failed. Only the logs and standard streams are left to flush.
     """
     logging.shutdown()
