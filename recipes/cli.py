@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import os
 import signal
 import sys
 import threading
@@ -37,7 +38,7 @@ from recipes.config import (
 )
 from recipes.console import log_to_console
 from recipes.registry import BUILTIN, Recipe, builtin_recipes, entry_point_names, load_recipe, resolve_spec
-from recipes.rundir import RESUMABLE_CHANGES
+from recipes.rundir import RESUMABLE_CHANGES, check_not_in_use
 
 __all__ = ["main", "build_parser"]
 
@@ -190,8 +191,8 @@ def _list() -> int:
 
 
 def _recipe_line(name: str, recipe: Recipe) -> str:
-    others = ", ".join(list(recipe.datasets)[1:]) or "none"
-    return f"{name:<7} {recipe.description} [dataset: {recipe.default_dataset}; also: {others}]"
+    others = ", ".join(list(recipe.datasets)[1:])
+    return f"{name:<7} {recipe.description} [dataset: {recipe.default_dataset}{'; also: ' + others if others else ''}]"
 
 
 def _run(args: argparse.Namespace, recipe: Recipe, debug: bool) -> int:
@@ -223,6 +224,8 @@ def _resume(args: argparse.Namespace, debug: bool) -> int:
 
 
 def _launch(cfg: Config, recipe: Recipe, debug: bool) -> int:
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 holds the directory for all
+        check_not_in_use(cfg.output_dir)  # before torch is imported: a second run is told at once
     from recipes.launch import exit_finished_worker, launch, under_torchrun  # torch, Ignite and the rest: only now
 
     console = functools.partial(log_to_console, debug)

@@ -86,9 +86,9 @@ class RunDirLock:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            owner = f.read().strip() or "another process"
+            owner = f.read()
             f.close()
-            raise UsageError(f"output dir {self.directory} is in use by process {owner}; wait for it or choose another -o") from None
+            raise _in_use(self.directory, owner) from None
         try:
             f.seek(0)
             f.truncate()
@@ -104,6 +104,29 @@ class RunDirLock:
         if self._file is not None:
             self._file.close()  # closing releases the lock; the file stays (removing it would race a waiter)
             self._file = None
+
+
+def check_not_in_use(directory: str | os.PathLike[str]) -> None:
+    """Refuse a directory another run holds, at once: the CLI asks before it imports torch.
+
+    A shared lock taken and dropped: it fails while a :class:`RunDirLock` holds the directory.
+    The run claims the directory itself later; this only makes the usual refusal immediate.
+    """
+    import fcntl
+
+    try:
+        f = open(Path(directory) / LOCK_NAME, encoding="utf-8")
+    except OSError:  # a new directory, or an unreadable file: RunDirLock decides
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(Path(directory), f.read()) from None
+
+
+def _in_use(directory: Path, owner: str) -> UsageError:
+    return UsageError(f"output dir {directory} is in use by process {owner.strip() or 'another process'}; wait for it or choose another -o")
 
 
 def _write_error(path: Path, error: OSError) -> OSError:

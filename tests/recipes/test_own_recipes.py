@@ -133,7 +133,7 @@ def test_an_installed_package_adds_its_recipe_through_an_entry_point(tmp_path):
         return subprocess.run([sys.executable, "-m", "recipes", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
 
     listed = flint("list")
-    assert listed.returncode == 0 and "mytiny  a tiny classifier of my own [dataset: made-up; also: none]" in listed.stdout
+    assert listed.returncode == 0 and "mytiny  a tiny classifier of my own [dataset: made-up]" in listed.stdout
     assert listed.stdout.splitlines()[0].startswith("lenet")  # the built-ins first
     run = flint("run", "mytiny", "--epochs", "2", "--no-progress", "-o", "out")
     assert run.returncode == 0, run.stderr

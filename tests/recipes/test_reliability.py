@@ -66,10 +66,13 @@ def test_a_second_run_on_a_directory_in_use_exits_2_and_a_killed_run_releases_it
     out = tmp_path / "run"
     first = start_flint("run", str(recipe), "--no-progress", "-o", str(out))
     wait_for(out / "loading", first)  # it holds the directory
-    second = subprocess.run([sys.executable, "-m", "recipes", "run", "lenet", *QUICK, "-o", str(out)], env={**os.environ, "PYTHONPATH": str(REPO)},
-                            cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert second.returncode == 2, second.stderr
-    assert second.stderr == f"flint: error: output dir {out} is in use by process {first.pid} ({sys.executable} -m recipes run {recipe} --no-progress -o {out}); wait for it or choose another -o\n"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONPROFILEIMPORTTIME": "1"}
+    for command in (["run", "lenet", *QUICK, "-o", str(out)], ["resume", str(out)]):
+        second = subprocess.run([sys.executable, "-m", "recipes", *command], env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert second.returncode == 2, second.stderr
+        err = [line for line in second.stderr.splitlines() if not line.startswith("import time:")]
+        assert err == [f"flint: error: output dir {out} is in use by process {first.pid} ({sys.executable} -m recipes run {recipe} --no-progress -o {out}); wait for it or choose another -o"]
+        assert "torch" not in {line.rsplit("|", 1)[-1].strip() for line in second.stderr.splitlines()}  # told at once
     first.kill()  # SIGKILL: no cleanup at all
     first.communicate(timeout=900)
     assert main(["run", "lenet", *QUICK, "-o", str(out)]) == 0  # the kernel released its lock (no checkpoint: a new run)
