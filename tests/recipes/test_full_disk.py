@@ -68,8 +68,8 @@ def test_a_full_disk_while_tensorboard_writes_ends_the_run_with_one_line(tmp_pat
 
 @pytest.mark.slow
 def test_a_full_disk_during_a_checkpoint_keeps_the_last_good_one(tmp_path):
-    # 1.75 MB: epoch 1's two checkpoints (0.5 MB each) and two epochs of histograms fit, checkpoint_2.pt does not.
-    with small_disk(tmp_path / "disk", "1750k") as disk:
+    # 1.25 MB: epoch 1's two checkpoints (0.5 MB each) and the small files fit, checkpoint_2.pt does not.
+    with small_disk(tmp_path / "disk", "1250k") as disk:
         out = disk / "run"
         result = flint_run(out, "--epochs", "3")
         assert_failed_naming(result, "checkpoint", re.escape(str(out / "checkpoints" / "checkpoint_2.pt")))
