@@ -127,13 +127,14 @@ class Preemption:
             return  # the run is complete and saves at its end anyway: nothing to stop (every rank alike)
         self._maybe_stop(engine)
 
+    def any_requested(self) -> bool:
+        """Whether a stop was requested here or, with ``agree``, on any rank: every rank must call it at the same point."""
+        return self.agree(self.requested is not None) if self.agree is not None else self.requested is not None
+
     def _maybe_stop(self, engine: Engine) -> None:
         if self.triggered:
             return
-        requested = self.requested is not None
-        if self.agree is not None:  # every rank calls this at the same iterations
-            requested = self.agree(requested)
-        if not requested:
+        if not self.any_requested():
             return
         name = signal.Signals(self.requested).name if self.requested else "a stop request"
         logger.warning("Received %s: stopping at iteration %d", name, engine.state.iteration)

@@ -16,7 +16,7 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: s
 
     The run's ``config.json`` (or the options the checkpoint carries) names its recipe and options;
     the validation set, its batches and the metrics are built as training built them
-    (``recipes.train.make_loaders``, ``task_metrics``), so on the same device the numbers equal the
+    (``recipes.train.make_val_loader``, ``task_metrics``), so on the same device the numbers equal the
     ``validation`` record of the checkpoint's epoch. ``dataset`` picks another of the recipe's datasets.
 
     Returns:
@@ -31,7 +31,7 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: s
     from recipes.optim import make_loss
     from recipes.perf import channels_last_batch
     from recipes.runs import open_run
-    from recipes.train import make_loaders, resolve_device, task_metrics
+    from recipes.train import make_val_loader, resolve_device, task_metrics
 
     run = open_run(path)
     known = {f.name for f in fields(Config)}
@@ -41,10 +41,10 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: s
             raise UsageError(f"--dataset {dataset!r}: {run.recipe.name} takes {', '.join(run.recipe.datasets)}")
         cfg.dataset = dataset
     where = resolve_device(device)
-    train_set, val_set = run.recipe.datasets[cfg.dataset](cfg)
+    _, val_set = run.recipe.datasets[cfg.dataset](cfg)
     if val_set is None:
         raise UsageError(f"{cfg.dataset} of {run.recipe.name} has no validation set")
-    _, val_loader, _ = make_loaders(cfg, train_set, val_set, where)
+    val_loader = make_val_loader(cfg, val_set, where)
     model = run.model().to(where)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

@@ -155,7 +155,7 @@ def _spawn(cfg: Config, recipe: Any, handlers: Sequence[Any], loss_fn: Any, opti
     import ignite.distributed as idist
     import torch.multiprocessing as mp
 
-    from recipes.resume import check_before_writing, claim_run_dir, last_summary
+    from recipes.resume import claim_run_dir, last_summary
 
     results = mp.get_context("spawn").SimpleQueue()
 
@@ -167,8 +167,7 @@ def _spawn(cfg: Config, recipe: Any, handlers: Sequence[Any], loss_fn: Any, opti
                 pass
 
     launch_error: Exception | None = None
-    with claim_run_dir(cfg):  # held by this process; bad usage is found here, once, not by every worker
-        _, done = check_before_writing(cfg)
+    with claim_run_dir(cfg) as (_, done):  # held by this process; bad usage is found here, once, not by every worker
         if done is not None:
             return last_summary(Path(cfg.output_dir), done)
         previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}

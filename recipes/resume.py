@@ -107,21 +107,17 @@ def check_before_writing(cfg: Config) -> tuple[Path | str | None, str | None]:
 
 
 @contextlib.contextmanager
-def claim_run_dir(cfg: Config) -> Iterator[None]:
-    """Hold the run's directory (:class:`recipes.rundir.RunDirLock`) for the block.
+def claim_run_dir(cfg: Config) -> Iterator[tuple[Path | str | None, str | None]]:
+    """Hold the run's directory (:class:`recipes.rundir.RunDirLock`) for the block; yields :func:`check_before_writing`'s result.
 
     A directory already there is locked at once, so a second run is told which process holds it;
-    a new one only once :func:`check_before_writing` passed, so that a refused run creates nothing."""
+    a new one only once the checks passed, so that a refused run creates nothing."""
     out = Path(cfg.output_dir)
-    with contextlib.ExitStack() as owned:
-        if out.is_dir():
-            owned.enter_context(RunDirLock(out))
-        else:
-            check_before_writing(cfg)
-            owned.enter_context(RunDirLock(out))
+    checked = None if out.is_dir() else check_before_writing(cfg)
+    with RunDirLock(out):
         if cfg.progress_file is not None:
             Path(cfg.progress_file).resolve().parent.mkdir(parents=True, exist_ok=True)
-        yield
+        yield check_before_writing(cfg) if checked is None else checked
 
 
 def last_summary(out: Path, done: str) -> dict[str, Any]:

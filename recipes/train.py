@@ -258,9 +258,10 @@ def train(
     check_global_batch(cfg.batch_size, idist.get_world_size())  # also for callers that did not come through the CLI
     rank = idist.get_rank()
     with contextlib.ExitStack() as owned:
-        if lock and rank == 0:
-            owned.enter_context(claim_run_dir(cfg))  # refusals come first when there is no directory yet
-        resume, done = check_before_writing(cfg)
+        if lock and rank == 0:  # refusals come first when there is no directory yet
+            resume, done = owned.enter_context(claim_run_dir(cfg))
+        else:
+            resume, done = check_before_writing(cfg)
         if done is not None:
             logger.info("The run in %s already %s; nothing to do", out, done)
             return last_summary(out, done)
@@ -352,33 +353,42 @@ def make_loaders(cfg: Config, train_set: Any, val_set: Any, device: torch.device
     """``(train loader, validation loader or None, train sampler)`` of ``cfg`` on this rank.
 
     Batches come from an :class:`engine.EpochSampler` (each rank its shard), or with
-    ``--data-on-device`` from tensors on the device; validation batches hold ``max(batch, 256)``."""
+    ``--data-on-device`` from tensors on the device; validation batches: :func:`make_val_loader`."""
     batch_size = cfg.batch_size // world  # --batch-size is global
-    pin = device.type == "cuda"
-    val_batch = max(batch_size, 256)
-    shard = {"num_replicas": world, "rank": rank}
     train_loader: Any
-    val_loader: Any = None
     if cfg.data_on_device:
         augment = DEVICE_AUGMENT.get(cfg.dataset)
-        train_loader = DeviceTensorLoader(train_set, batch_size, shuffle=True, device=device, augment=augment, seed=cfg.seed, **shard)
-        if val_set is not None:
-            val_loader = DeviceTensorLoader(val_set, val_batch, shuffle=False, device=device, **shard)
+        train_loader = DeviceTensorLoader(train_set, batch_size, shuffle=True, device=device, augment=augment, seed=cfg.seed,
+                                          num_replicas=world, rank=rank)  # fmt: skip
         sampler = train_loader.sampler
     else:
-        loading: dict[str, Any] = {
-            "num_workers": cfg.num_workers, "pin_memory": pin, "persistent_workers": cfg.num_workers > 0,
-            "worker_init_fn": _worker_signals if cfg.num_workers else None,
-        }  # fmt: skip
-        sampler = EpochSampler(len(train_set), seed=cfg.seed, **shard)  # type: ignore[arg-type]
-        train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, generator=sampler.generator, **loading)
-        if val_set is not None:
-            val_sampler = EpochSampler(len(val_set), shuffle=False, pad=False, **shard)  # type: ignore[arg-type]
-            val_loader = DataLoader(val_set, batch_size=val_batch, sampler=val_sampler, **loading)
+        sampler = EpochSampler(len(train_set), seed=cfg.seed, num_replicas=world, rank=rank)  # type: ignore[arg-type]
+        train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, generator=sampler.generator, **_loading(cfg, device))
     if cfg.test_run:
         train_loader = FirstBatches(train_loader, 1)
-        val_loader = FirstBatches(val_loader, 1) if val_loader is not None else None
-    return train_loader, val_loader, sampler
+    return train_loader, make_val_loader(cfg, val_set, device, world, rank), sampler
+
+
+def make_val_loader(cfg: Config, val_set: Any, device: torch.device, world: int = 1, rank: int = 0) -> Any:
+    """The validation loader of ``cfg`` on this rank, or None without a set: batches of ``max(batch, 256)``, in order, unpadded."""
+    if val_set is None:
+        return None
+    val_batch = max(cfg.batch_size // world, 256)
+    loader: Any
+    if cfg.data_on_device:
+        loader = DeviceTensorLoader(val_set, val_batch, shuffle=False, device=device, num_replicas=world, rank=rank)
+    else:
+        val_sampler = EpochSampler(len(val_set), shuffle=False, pad=False, num_replicas=world, rank=rank)  # type: ignore[arg-type]
+        loader = DataLoader(val_set, batch_size=val_batch, sampler=val_sampler, **_loading(cfg, device))
+    return FirstBatches(loader, 1) if cfg.test_run else loader
+
+
+def _loading(cfg: Config, device: torch.device) -> dict[str, Any]:
+    """The DataLoader options both loaders share: worker processes, pinned memory on CUDA."""
+    return {
+        "num_workers": cfg.num_workers, "pin_memory": device.type == "cuda", "persistent_workers": cfg.num_workers > 0,
+        "worker_init_fn": _worker_signals if cfg.num_workers else None,
+    }  # fmt: skip
 
 
 def build_job(
@@ -521,9 +531,7 @@ def run_job(job: Job, resume: Path | str | None, on_settled: Callable[[], None] 
         if loaded is not None and (trainer.state.epoch >= cfg.epochs or (job.stopper is not None and job.stopper.stopped)):
             outcome.status = None  # checked before anything was written (recipes.resume.nothing_left); Ignite would start over
             return last_summary(job.out, f"ended after epoch {trainer.state.epoch}")
-        requested = job.preemption.requested is not None  # a signal during the setup: every rank decides alike
-        if job.preemption.agree is not None:
-            requested = job.preemption.agree(requested)
+        requested = job.preemption.any_requested()  # a signal during the setup: every rank decides alike
         if requested:  # nothing trained, nothing new to save
             settle()
             if loaded is None:
