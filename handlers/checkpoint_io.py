@@ -36,6 +36,9 @@ def read_state(path: str | os.PathLike[str], map_location: str | torch.device | 
     return state
 
 
+_MISFIT = (KeyError, ValueError, TypeError, RuntimeError, IndexError)  # what torch and Ignite raise for a state that does not fit
+
+
 def restore(objects: Mapping[str, Any], state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """``load_state_dict`` of each of ``objects`` from ``state``, or one :class:`CheckpointError` naming the object.
 
@@ -50,8 +53,8 @@ def restore(objects: Mapping[str, Any], state: Mapping[str, Any], path: str | os
             _check_optimizer_state(obj, state[key], f"checkpoint {path}: its {key}")
         try:
             Checkpoint.load_objects({key: obj}, {key: state[key]})
-        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
-            if type(e) not in (KeyError, ValueError, TypeError, RuntimeError, IndexError):
+        except _MISFIT as e:
+            if type(e) not in _MISFIT:
                 raise  # an error of its own kind (a run refusing other options): as it is
             detail = str(e).splitlines()[0] if str(e) else ""
             raise CheckpointError(

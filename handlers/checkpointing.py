@@ -216,7 +216,7 @@ class Checkpointing:
         state = read_state(path, map_location)
         objects = self._objects()
         restore({k: v for k, v in objects.items() if k in state or k in self.to_save}, state, path)  # to_save: all required
-        for key in [k for k in objects if k not in state and k not in self.to_save and k not in ("best_score", "best_checkpointer")]:
+        for key in [k for k in objects if k not in state and k not in ("best_score", "best_checkpointer")]:  # to_save's are all there
             # a handler attached now that the run saving it did not have (or an earlier Flint's layout)
             logger.warning("Checkpoint %s holds no state for %s: it starts afresh", path, key)
         if "checkpointer" in state:

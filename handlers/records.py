@@ -202,7 +202,7 @@ class TensorBoardSink:
                     self.writer.add_scalar(f"{tag}/group_{i}", float(v), step)
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(tag, float(value), step)
-        if phase in ("training", "validation"):  # once an epoch; batch points ride on the writer's timer
+        if phase in ("training", "validation"):  # once an epoch; batch points wait in the events file's buffer
             self.writer.flush()
 
     def close(self) -> None:

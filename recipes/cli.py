@@ -37,13 +37,13 @@ from recipes.config import (
     resolve_config,
 )
 from recipes.console import log_to_console
+from recipes.export import FORMATS  # torch-free until a model is exported
 from recipes.registry import BUILTIN, Recipe, builtin_recipes, entry_point_names, load_recipe, resolve_spec
 from recipes.rundir import RESUMABLE_CHANGES, check_not_in_use
 
 __all__ = ["main", "build_parser"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
-FORMATS = ("onnx", "torchscript", "state_dict")  # recipes.export.FORMATS (tested equal), named without importing torch
 # Options `flint resume` may be given again: those that do not alter what is trained.
 RESUME_OPTIONS = tuple(o for o in RESUMABLE_CHANGES if o not in ("resume", "output_dir"))
 
@@ -216,9 +216,9 @@ def _resume(args: argparse.Namespace, debug: bool) -> int:
         raise UsageError(f"resume {run_dir}: the run was made by fit(); call fit() again with resume=True")
     recipe = load_recipe(saved["recipe"])
     known = {f.name for f in option_fields()}
-    options = {k: v for k, v in saved.items() if k in known and k not in ("resume",)}
-    options.update(_given(args), output_dir=str(run_dir), resume="")
-    cfg = resolve_config(recipe, options, spec=saved["recipe"], typed=set(_given(args)))
+    given = _given(args)
+    options = {**{k: v for k, v in saved.items() if k in known}, **given, "output_dir": str(run_dir), "resume": ""}
+    cfg = resolve_config(recipe, options, spec=saved["recipe"], typed=set(given))
     args.out_dir = cfg.output_dir
     return _launch(cfg, recipe, debug)
 

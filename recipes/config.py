@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = [
     "Config", "UsageError", "StopSignal", "Option", "DEVICES", "OPTIMIZERS", "REFUSED_OPTIMIZERS", "LOSSES", "DEFAULT_LOSS", "LR_MODES",
-    "TASKS", "resolve_config", "option_fields", "option_name", "check_global_batch", "task_metric_names", "parse_monitor",
+    "TASKS", "resolve_config", "option_fields", "option_name", "check_global_batch", "task_metric_names", "parse_monitor", "monitor_problem",
 ]  # fmt: skip
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -116,7 +116,8 @@ def _lr_mult(value: Any) -> str | None:
     return f"factors must be finite numbers > 0, got {', '.join(bad)}" if bad else None
 
 
-def _monitor(value: Any) -> str | None:
+def monitor_problem(value: Any) -> str | None:
+    """What is wrong with a ``--monitor`` value (``NAME[:min|max]``, or empty for the default), or None."""
     if not isinstance(value, str):
         return "must be NAME or NAME:min or NAME:max"
     name, _, mode = value.partition(":")
@@ -183,7 +184,7 @@ class Config:
     interrupt_at: int | None = _opt(None, "after this epoch's validation, save and exit with status 3", _optional(_positive_int), metavar="EPOCH")
     val_every: int = _opt(1, "epochs between validations (the last epoch is always validated)", _positive_int, metavar="N")
     monitor: str = _opt("", "the validation metric that picks the best checkpoint and drives early stopping, and its "
-                        "direction (default accuracy:max, or loss:min for regression)", _monitor, metavar="NAME[:min|max]")  # fmt: skip
+                        "direction (default accuracy:max, or loss:min for regression)", monitor_problem, metavar="NAME[:min|max]")  # fmt: skip
     early_stopping: int | None = _opt(None, "stop after N validations without improving the monitored metric",
                                       _optional(_positive_int), metavar="PATIENCE")  # fmt: skip
     save_frequency: int = _opt(1, "epochs between checkpoints (the last epoch and any stop are always saved)", _positive_int, metavar="N")

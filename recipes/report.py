@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from recipes.config import UsageError, parse_monitor
+from recipes.config import UsageError, monitor_problem, parse_monitor
 
 __all__ = ["read_records", "read_config", "monitor_of", "summarise", "plot_data", "write_report", "Panel", "Plot", "CORE_PHASES"]
 
@@ -114,7 +114,7 @@ def monitor_of(config: dict[str, Any]) -> tuple[str, str] | None:
     text = config.get("monitor")
     if not text:
         return None
-    if not isinstance(text, str) or not text.partition(":")[0] or text.partition(":")[2] not in ("", "min", "max"):
+    if monitor_problem(text) is not None:
         logger.warning("config.json: monitor %r is not NAME[:min|max]; using the default (accuracy, else loss)", text)
         return None
     return parse_monitor(text, "classification")  # a name given: its direction does not depend on the task

@@ -3,7 +3,7 @@
 The baseline of the whole-process comparison (``bench_loop.py --process``, docs/performance.md): what
 a careful person would write by hand to get what ``flint run lenet --epochs 15`` gives with its
 defaults. It imports only torch, scikit-learn (the digits) and tensorboardX, not Flint or Ignite;
-the model and the data are copies of ``recipes.lenet.LeNet`` and ``recipes.data.digits``, so from
+the model and the data are copies of ``recipes.models.LeNet`` and ``recipes.data.digits``, so from
 the same seed it trains the same weights, and the comparison checks that both runs end with the
 same validation accuracy. Run it from anywhere::
 
@@ -49,7 +49,7 @@ CONFIG = {"batch_size": 64, "lr": 0.05, "momentum": 0.9, "wd": 1e-4, "log_interv
 
 
 class LeNet(nn.Module):
-    """LeNet-5 with BatchNorm for 1x28x28 images (``recipes.lenet.LeNet``, layer for layer)."""
+    """LeNet-5 with BatchNorm for 1x28x28 images (``recipes.models.LeNet``, layer for layer)."""
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()

@@ -74,3 +74,10 @@ def test_a_loss_of_the_other_task_is_refused_with_the_choices():
         make_loss("classification", "huber")
     with pytest.raises(UsageError, match="--label-smoothing applies to --loss cross-entropy, not nll"):
         make_loss("classification", "nll", 0.1)
+
+
+def test_the_torch_free_lr_modes_are_the_schedules():
+    from handlers import LR_MODES
+    from recipes import config
+
+    assert config.LR_MODES == tuple(LR_MODES)  # the CLI names them without importing torch
