@@ -1,10 +1,10 @@
 """Flint's engines: Ignite engines that replicate BMXNet's training step and fire Flint's events."""
 
-from engine.engine import Engine, FlintEvents, TrainEvents, iteration_in_epoch, register_state, registered_states, when
-from engine.evaluator import create_evaluator
-from engine.rng import RNGState, seed_everything
-from engine.sampler import EpochSampler
-from engine.trainer import batch_size_of, create_trainer, epoch_loss_total, is_last_update_of_epoch, samples_seen
+from flint.engine.engine import Engine, FlintEvents, TrainEvents, iteration_in_epoch, register_state, registered_states, when
+from flint.engine.evaluator import create_evaluator
+from flint.engine.rng import RNGState, seed_everything
+from flint.engine.sampler import EpochSampler
+from flint.engine.trainer import batch_size_of, create_trainer, epoch_loss_total, is_last_update_of_epoch, samples_seen
 
 __all__ = [
     "Engine",

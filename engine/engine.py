@@ -2,7 +2,7 @@
 
 Ignite runs the handlers of one event in the order they were attached: a logger attached before a
 metric reads last epoch's value, a checkpoint attached before validation misses the best score. A
-Flint engine (from :func:`engine.create_trainer` or :func:`engine.create_evaluator`) also fires
+Flint engine (from :func:`flint.engine.create_trainer` or :func:`flint.engine.create_evaluator`) also fires
 :class:`FlintEvents`, each right after all handlers of the Ignite event it follows, and Flint's
 handlers attach to the event of their role: what must happen before something else is on an
 earlier event, whatever the order of ``attach`` calls.
@@ -54,7 +54,7 @@ class FlintEvents(EventEnum):
 
 
 class TrainEvents(EventEnum):
-    """Events fired by a trainer from :func:`engine.create_trainer`, once per real optimizer step.
+    """Events fired by a trainer from :func:`flint.engine.create_trainer`, once per real optimizer step.
 
     ``BEFORE_OPTIMIZER_STEP`` fires when the gradients of the whole update cycle are present (already
     unscaled under AMP): the place for clipping, gradient norms and gradient histograms.
@@ -72,7 +72,7 @@ _EPOCH_END = (FlintEvents.EPOCH_REPORT, FlintEvents.VALIDATE, FlintEvents.SAVE)
 class Engine(ignite.engine.Engine):
     """Ignite's ``Engine`` (its own loop), firing :class:`FlintEvents` once they are registered.
 
-    :func:`engine.create_trainer` and :func:`engine.create_evaluator` call :meth:`fire_flint_events`;
+    :func:`flint.engine.create_trainer` and :func:`flint.engine.create_evaluator` call :meth:`fire_flint_events`;
     constructed directly it behaves as Ignite's (Ignite's own engine and handler tests pass with it).
     The one override, ``_fire_event``, runs Ignite's (without formatting its per-event debug message
     while DEBUG is off) and then fires the Flint events that follow the event just fired. Named
@@ -157,7 +157,7 @@ class Stateful(Protocol):
 def register_state(engine: ignite.engine.Engine, key: str, obj: Stateful) -> None:
     """Have ``obj``'s ``state_dict()`` saved and restored with ``engine``'s checkpoints under ``key``.
 
-    Stateful handlers call this in ``attach``; ``handlers.Checkpointing`` saves and loads every
+    Stateful handlers call this in ``attach``; ``flint.handlers.Checkpointing`` saves and loads every
     object registered on its trainer beside its own ``to_save`` (Lightning's ``state_key``).
 
     Raises:

@@ -10,8 +10,8 @@ from ignite.engine import Events
 from ignite.engine import _prepare_batch as _ignite_prepare_batch
 from ignite.metrics import Metric
 
-from engine.engine import Engine
-from engine.trainer import PrepareBatch, _autocast_dtype, _resolve_device
+from flint.engine.engine import Engine
+from flint.engine.trainer import PrepareBatch, _autocast_dtype, _resolve_device
 
 __all__ = ["create_evaluator"]
 
@@ -32,7 +32,7 @@ def create_evaluator(
     ``{"y_pred": ..., "y": ..., "criterion_kwargs": {}}``, the form Ignite's metrics (``Loss`` too)
     read directly. Each metric is reset when the run starts and computed into
     ``engine.state.metrics[name]`` when it ends. Under ``amp`` the predictions are cast back to
-    float32 for the metrics. The engine fires Flint's events (``engine.FlintEvents``) as the
+    float32 for the metrics. The engine fires Flint's events (``flint.engine.FlintEvents``) as the
     trainer's does.
 
     Args:

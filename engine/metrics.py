@@ -18,7 +18,7 @@ from ignite.exceptions import NotComputableError
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 
-from engine.trainer import batch_size_of
+from flint.engine.trainer import batch_size_of
 
 __all__ = ["MeanLoss", "TopOneAccuracy"]
 

@@ -5,7 +5,7 @@ What this adds over ``ignite.engine.create_supervised_trainer``: the loss stays 
 partial window is stepped and weighted by its samples (so a cycle equals one large batch exactly),
 ``TrainEvents`` fire around each real optimizer step, AMP works on CPU (bf16) as well as CUDA, the
 state counts samples seen and keeps the epoch's running loss for every handler that reads it, and
-the engine fires Flint's events (``engine.FlintEvents``), so handlers compose in any order.
+the engine fires Flint's events (``flint.engine.FlintEvents``), so handlers compose in any order.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ignite.engine import Engine as IgniteEngine
 from ignite.engine import Events
 from ignite.engine import _prepare_batch as _ignite_prepare_batch
 
-from engine.engine import Engine, FlintEvents, TrainEvents, register_state
+from flint.engine.engine import Engine, FlintEvents, TrainEvents, register_state
 
 __all__ = ["create_trainer", "batch_size_of", "samples_seen", "is_last_update_of_epoch", "epoch_loss_total"]
 
@@ -56,7 +56,7 @@ def epoch_loss_total(engine: IgniteEngine) -> tuple[float, int]:
     made by :func:`create_trainer`. Reads one value back from the device: call it at log points only."""
     state: Any = engine.state
     if not isinstance(getattr(state, "loss_sum", None), torch.Tensor):
-        raise TypeError("the engine keeps no running loss (state.loss_sum): use a trainer from engine.create_trainer")
+        raise TypeError("the engine keeps no running loss (state.loss_sum): use a trainer from flint.engine.create_trainer")
     total: torch.Tensor = idist.all_reduce(state.loss_sum.clone())  # type: ignore[assignment]
     return float(total.item()), int(state.epoch_samples)
 
@@ -139,7 +139,7 @@ def create_trainer(
     the sum of each batch's loss times its size on this rank, ``engine.state.epoch_samples`` the
     samples of the epoch on all ranks; both restart at each epoch (not when resuming mid-epoch) and
     are saved by ``engine.state_dict()``; every rank's ``loss_sum`` is also registered
-    (``engine.register_state``, key ``loss_sums``), so under ``ignite.distributed`` each rank resumes
+    (``flint.engine.register_state``, key ``loss_sums``), so under ``ignite.distributed`` each rank resumes
     with its own, and with another number of ranks the epoch's total stays whole.
     Read them with :func:`epoch_loss_total`.
 

@@ -1,26 +1,26 @@
 """Flint's handlers: one concern each, attachable to any Ignite Engine with ``attach(engine, ...)``."""
 
-from handlers.batch_logger import BatchLogger
-from handlers.checkpoint_io import CheckpointError
-from handlers.checkpointing import Checkpointing
-from handlers.data_order import DataOrder
-from handlers.early_stopping import EarlyStopping
-from handlers.epoch_metrics import EpochMetrics
-from handlers.epoch_timer import EpochTimer
-from handlers.eta import ETA
-from handlers.files import WriteError, write_text_atomic
-from handlers.interrupt_at import InterruptAt
-from handlers.log_file import LogFile
-from handlers.lr_schedule import LR_MODES, LRSchedule, lr_multiplier
-from handlers.loss_guard import LossGuard, NonFiniteLoss
-from handlers.lr_tracker import LRTracker, current_lrs
-from handlers.meters import BestScore, Throughput, average_excluding_first, remaining_time
-from handlers.net_summaries import NetSummaries
-from handlers.preemption import Preemption
-from handlers.records import JsonlSink, LoggingSink, Record, RecordStream, TensorBoardSink
-from handlers.safe_disk_saver import SafeDiskSaver
-from handlers.tensorboard_writer import TensorBoardWriter
-from handlers.validation import Validation
+from flint.handlers.batch_logger import BatchLogger
+from flint.handlers.checkpoint_io import CheckpointError
+from flint.handlers.checkpointing import Checkpointing
+from flint.handlers.data_order import DataOrder
+from flint.handlers.early_stopping import EarlyStopping
+from flint.handlers.epoch_metrics import EpochMetrics
+from flint.handlers.epoch_timer import EpochTimer
+from flint.handlers.eta import ETA
+from flint.handlers.files import WriteError, write_text_atomic
+from flint.handlers.interrupt_at import InterruptAt
+from flint.handlers.log_file import LogFile
+from flint.handlers.lr_schedule import LR_MODES, LRSchedule, lr_multiplier
+from flint.handlers.loss_guard import LossGuard, NonFiniteLoss
+from flint.handlers.lr_tracker import LRTracker, current_lrs
+from flint.handlers.meters import BestScore, Throughput, average_excluding_first, remaining_time
+from flint.handlers.net_summaries import NetSummaries
+from flint.handlers.preemption import Preemption
+from flint.handlers.records import JsonlSink, LoggingSink, Record, RecordStream, TensorBoardSink
+from flint.handlers.safe_disk_saver import SafeDiskSaver
+from flint.handlers.tensorboard_writer import TensorBoardWriter
+from flint.handlers.validation import Validation
 
 __all__ = [
     "ETA",

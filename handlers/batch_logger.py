@@ -11,11 +11,11 @@ from ignite.engine import Engine, Events
 from ignite.exceptions import NotComputableError
 from ignite.metrics import Metric
 
-from engine.engine import FlintEvents, register_state, when
-from engine.trainer import epoch_loss_total, samples_seen
-from handlers.lr_tracker import current_lrs
-from handlers.meters import Throughput
-from handlers.records import RecordStream
+from flint.engine.engine import FlintEvents, register_state, when
+from flint.engine.trainer import epoch_loss_total, samples_seen
+from flint.handlers.lr_tracker import current_lrs
+from flint.handlers.meters import Throughput
+from flint.handlers.records import RecordStream
 
 __all__ = ["BatchLogger"]
 
@@ -28,7 +28,7 @@ class BatchLogger:
     counts the interval's samples over its wall time (both intervals restart at each epoch start, so
     validation time is not counted), ``lr`` lists each param group's LR, and each metric given is
     its running value over the epoch so far (BMXNet's ``metric.get()`` at log time). The loss comes
-    from the running sum a trainer made by ``engine.create_trainer`` keeps on the device, read back
+    from the running sum a trainer made by ``flint.engine.create_trainer`` keeps on the device, read back
     only when a record is written; under ``ignite.distributed`` it covers all ranks (call this on
     every rank; give the others a stream with no sinks).
 
@@ -48,7 +48,7 @@ class BatchLogger:
 
     Example:
         >>> import torch
-        >>> from engine import create_trainer
+        >>> from flint.engine import create_trainer
         >>> seen = []
         >>> ticks = iter(range(100))
         >>> model = torch.nn.Linear(1, 1, bias=False)

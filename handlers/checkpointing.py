@@ -14,10 +14,10 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-from engine.engine import FlintEvents, registered_states, when
-from handlers.checkpoint_io import CheckpointError, read_state, restore
-from handlers.meters import BestScore
-from handlers.safe_disk_saver import SafeDiskSaver
+from flint.engine.engine import FlintEvents, registered_states, when
+from flint.handlers.checkpoint_io import CheckpointError, read_state, restore
+from flint.handlers.meters import BestScore
+from flint.handlers.safe_disk_saver import SafeDiskSaver
 
 __all__ = ["Checkpointing"]
 
@@ -36,7 +36,7 @@ class Checkpointing:
     checkpoint holds the same state whatever order handlers were attached in.
 
     Each file holds every object of ``to_save``, every handler state registered on the trainer
-    (:func:`engine.register_state`: ``BatchLogger``, ``EpochMetrics``, ``EpochTimer``,
+    (:func:`flint.engine.register_state`: ``BatchLogger``, ``EpochMetrics``, ``EpochTimer``,
     ``LRSchedule``, ...), the best score and both handlers' rotation lists, so a resumed run keeps
     rotating and comparing as if never stopped. Everything is tensors and plain values: files load
     with ``torch.load(weights_only=True)``.
@@ -48,7 +48,7 @@ class Checkpointing:
     Args:
         dirname: the checkpoint directory.
         to_save: name -> object with ``state_dict``/``load_state_dict`` (model, optimizer, trainer,
-            ``engine.RNGState()``, ...); attached handlers' states are added by themselves.
+            ``flint.engine.RNGState()``, ...); attached handlers' states are added by themselves.
         n_latest: latest checkpoints kept. Default 2.
         metric: the evaluator metric to monitor; None keeps no best checkpoint. Default None.
         mode: ``"max"`` or ``"min"``: which direction of ``metric`` is better. Default ``"max"``.

@@ -6,7 +6,7 @@ from typing import Protocol
 
 from ignite.engine import Engine, Events
 
-from engine.engine import iteration_in_epoch
+from flint.engine.engine import iteration_in_epoch
 
 __all__ = ["DataOrder"]
 
@@ -19,7 +19,7 @@ class DataOrder:
     """At every EPOCH_STARTED, sets the sampler's epoch; on a resume mid-epoch, skips the batches done.
 
     Ignite's Engine neither calls ``set_epoch`` (needed by ``DistributedSampler`` and
-    :class:`engine.EpochSampler`) nor skips, on a resume mid-epoch, the batches already trained on:
+    :class:`flint.engine.EpochSampler`) nor skips, on a resume mid-epoch, the batches already trained on:
     it would start the epoch's data over. With this handler the resumed epoch continues with the
     same batches, in the same order, as the run that was stopped. Skipping needs a sampler with
     ``skip(n)`` (``EpochSampler``); ``batch_size`` converts batches to samples.
@@ -31,7 +31,7 @@ class DataOrder:
     Example:
         >>> from ignite.engine import Engine
         >>> from torch.utils.data import DataLoader
-        >>> from engine import EpochSampler
+        >>> from flint.engine import EpochSampler
         >>> sampler = EpochSampler(4, seed=0)
         >>> loader = DataLoader(list(range(4)), batch_size=2, sampler=sampler)
         >>> seen = []

@@ -7,7 +7,7 @@ from typing import Any, Literal
 import ignite.handlers
 from ignite.engine import Engine, Events
 
-from engine.engine import register_state
+from flint.engine.engine import register_state
 
 __all__ = ["EarlyStopping"]
 

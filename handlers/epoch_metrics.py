@@ -12,9 +12,9 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from ignite.metrics.metric import MetricUsage
 
-from engine.engine import FlintEvents, register_state, when
-from engine.trainer import samples_seen
-from handlers.records import RecordStream
+from flint.engine.engine import FlintEvents, register_state, when
+from flint.engine.trainer import samples_seen
+from flint.handlers.records import RecordStream
 
 __all__ = ["EpochMetrics"]
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from engine.engine import register_state
-from handlers.meters import average_excluding_first
+from flint.engine.engine import register_state
+from flint.handlers.meters import average_excluding_first
 
 __all__ = ["EpochTimer"]
 
@@ -17,7 +17,7 @@ __all__ = ["EpochTimer"]
 class EpochTimer:
     """Times each epoch from EPOCH_STARTED to EPOCH_COMPLETED: the training time, without validation.
 
-    On a Flint engine validation and checkpoints run after EPOCH_COMPLETED (``engine.FlintEvents``),
+    On a Flint engine validation and checkpoints run after EPOCH_COMPLETED (``flint.engine.FlintEvents``),
     so they are never counted. Ignite's ``Timer`` averages every epoch and is not injectable; this
     keeps the list and averages without the first epoch of the process, whose time includes
     warm-up (after a resume too). The time spent in the current epoch is saved with the engine's

@@ -11,9 +11,9 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from engine.engine import FlintEvents, when
-from handlers.files import write_text_atomic
-from handlers.meters import remaining_time
+from flint.engine.engine import FlintEvents, when
+from flint.handlers.files import write_text_atomic
+from flint.handlers.meters import remaining_time
 
 __all__ = ["ETA"]
 
@@ -28,7 +28,7 @@ class ETA:
     "status"}`` is rewritten atomically every ``every`` iterations and at each epoch end, with
     ``status`` ``"running"``, then at the end ``"finished"`` (every epoch ran) or ``"stopped"`` (an
     interrupt, a preemption or early stopping ended it before its last epoch); if it cannot
-    be (a full disk), :class:`handlers.WriteError` (``cannot write progress file PATH: REASON``) stops
+    be (a full disk), :class:`flint.handlers.WriteError` (``cannot write progress file PATH: REASON``) stops
     the run and the file keeps its last content.
 
     Args:

@@ -16,7 +16,7 @@ class InterruptAt:
 
     Calls ``trainer.terminate()`` at that epoch's EPOCH_COMPLETED: Ignite stops once the epoch's
     handlers have run, and on a Flint engine its records, validation and checkpoint too
-    (``engine.FlintEvents``); ``handlers.Checkpointing`` saves the stopped run at COMPLETED.
+    (``flint.engine.FlintEvents``); ``flint.handlers.Checkpointing`` saves the stopped run at COMPLETED.
     ``triggered`` tells the caller the run was interrupted, so a CLI can exit with status 3 for a
     scheduler to relaunch it with ``--resume``. A library handler does not exit the process: Ignite
     swallows ``SystemExit`` raised in handlers whenever an EXCEPTION_RAISED handler is attached.

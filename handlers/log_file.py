@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from handlers.files import WriteError
+from flint.handlers.files import WriteError
 
 __all__ = ["LogFile", "raise_log_file_errors"]
 
@@ -20,7 +20,7 @@ class LogFile(logging.FileHandler):
     handler instead keeps the first ``OSError`` as ``error``, a :class:`WriteError` naming the file
     (``cannot write log file RUN/train.log: No space left on device``), closes the file and drops
     the records that follow, printing nothing (what it adds). Something must raise the error:
-    :class:`handlers.LoggingSink` does at its next record and when closed (see
+    :class:`flint.handlers.LoggingSink` does at its next record and when closed (see
     :func:`raise_log_file_errors`), so a run that reports through one stops within one log interval.
     Other errors (a bad format string) are reported by ``logging`` as usual.
 

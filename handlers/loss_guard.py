@@ -6,7 +6,7 @@ import math
 
 from ignite.engine import Engine, Events
 
-from engine.trainer import epoch_loss_total
+from flint.engine.trainer import epoch_loss_total
 
 __all__ = ["LossGuard", "NonFiniteLoss"]
 
@@ -21,7 +21,7 @@ class LossGuard:
     Ignite's ``TerminateOnNan`` reads every output back to the host (a device sync per iteration)
     and only asks the engine to terminate, so handlers later on the same event still run and can
     save the broken weights. This guard reads the epoch's running loss sum that a trainer made by
-    ``engine.create_trainer`` keeps on the device (NaN or infinite once any loss was; nothing per
+    ``flint.engine.create_trainer`` keeps on the device (NaN or infinite once any loss was; nothing per
     step) every ``every`` iterations at ITERATION_COMPLETED, at each EPOCH_COMPLETED and at
     TERMINATE, and raises. On a Flint engine the epoch's records, validation and checkpoints come
     after EPOCH_COMPLETED, and ``Checkpointing`` saves a stopped run at COMPLETED, after TERMINATE:
@@ -33,7 +33,7 @@ class LossGuard:
 
     Example:
         >>> import torch
-        >>> from engine import create_trainer
+        >>> from flint.engine import create_trainer
         >>> model = torch.nn.Linear(1, 1)
         >>> trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.mse_loss)
         >>> _ = LossGuard(every=2).attach(trainer)

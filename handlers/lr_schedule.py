@@ -10,7 +10,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ParamScheduler
 
-from engine.engine import register_state
+from flint.engine.engine import register_state
 
 __all__ = ["LRSchedule", "lr_multiplier", "LR_MODES"]
 

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from ignite.engine import Engine
 
-from engine.engine import FlintEvents, TrainEvents, when
-from engine.trainer import samples_seen
-from handlers.records import RecordStream
+from flint.engine.engine import FlintEvents, TrainEvents, when
+from flint.engine.trainer import samples_seen
+from flint.handlers.records import RecordStream
 
 __all__ = ["LRTracker", "current_lrs"]
 
@@ -24,7 +24,7 @@ class LRTracker:
 
     Records look like ``{"phase": "lr", "epoch", "iteration", "samples", "lr": [per group]}``; the
     TensorBoard sink plots them as ``training/lr/group_<i>``. On a trainer from
-    ``engine.create_trainer`` they are taken at ``TrainEvents.BEFORE_OPTIMIZER_STEP``, so each shows
+    ``flint.engine.create_trainer`` they are taken at ``TrainEvents.BEFORE_OPTIMIZER_STEP``, so each shows
     the LR that step uses, whatever LR scheduler runs before (per epoch or per iteration) and in
     whatever order it was attached; ``every`` counts optimizer steps. On another engine they are
     taken at ITERATION_COMPLETED and ``every`` counts iterations. The epoch's record is armed at

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine
 
-from engine.engine import FlintEvents, TrainEvents, when
-from engine.trainer import samples_seen
+from flint.engine.engine import FlintEvents, TrainEvents, when
+from flint.engine.trainer import samples_seen
 
 __all__ = ["NetSummaries"]
 
@@ -39,7 +39,7 @@ class NetSummaries:
 
     Example:
         >>> import torch
-        >>> from engine import create_trainer
+        >>> from flint.engine import create_trainer
         >>> class Writer:
         ...     def __init__(self): self.tags = []
         ...     def add_histogram(self, tag, values, step, bins): self.tags.append((tag, step))

@@ -12,8 +12,8 @@ from types import FrameType
 
 from ignite.engine import Engine, Events
 
-from engine.engine import FlintEvents, when
-from engine.trainer import is_last_update_of_epoch
+from flint.engine.engine import FlintEvents, when
+from flint.engine.trainer import is_last_update_of_epoch
 
 __all__ = ["Preemption"]
 
@@ -26,7 +26,7 @@ class Preemption:
     Ignite has no signal handling; cluster schedulers send SIGTERM some time before they kill a job.
     While :meth:`signal_handlers` is active, the first signal only sets a flag; the trainer then
     finishes the current iteration (on a Flint trainer, the current update cycle, so no accumulated
-    gradient is lost) and terminates, and ``triggered`` is True: ``handlers.Checkpointing`` saves
+    gradient is lost) and terminates, and ``triggered`` is True: ``flint.handlers.Checkpointing`` saves
     the stopped run at COMPLETED, and the CLI exits 3 for a relaunch with ``--resume``. A signal in
     an epoch's last iteration or during validation takes effect at the epoch's ``FlintEvents.SAVE``,
     after its records and validation. A second signal raises ``KeyboardInterrupt`` where the

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from handlers.files import WriteError
-from handlers.log_file import raise_log_file_errors
+from flint.handlers.files import WriteError
+from flint.handlers.log_file import raise_log_file_errors
 
 __all__ = ["Record", "RecordStream", "LoggingSink", "JsonlSink", "TensorBoardSink"]
 
@@ -86,9 +86,9 @@ def _fmt(value: Any) -> str:
 class LoggingSink:
     """Logs each record as one readable line, e.g. ``[Epoch 2] validation: loss=0.0931 accuracy=0.975``.
 
-    Python's ``logging`` does not raise when a handler cannot write. If a :class:`handlers.LogFile`
+    Python's ``logging`` does not raise when a handler cannot write. If a :class:`flint.handlers.LogFile`
     that the logger's records reach has failed (a full disk), the next record and ``close()`` raise
-    its :class:`handlers.WriteError`, naming the log file.
+    its :class:`flint.handlers.WriteError`, naming the log file.
 
     Args:
         logger: where lines go. Default: this module's logger.
@@ -119,7 +119,7 @@ class JsonlSink:
 
     Non-finite floats are written as ``null`` to keep every line valid JSON. If a line cannot be
     written (a full disk), the part of it that was is cut off again, so the file holds whole lines
-    only (a resumed run appends after them), the file is closed and :class:`handlers.WriteError` is
+    only (a resumed run appends after them), the file is closed and :class:`flint.handlers.WriteError` is
     raised: ``cannot write metrics file PATH: No space left on device``. Every later call raises it
     again.
 
@@ -175,13 +175,13 @@ class TensorBoardSink:
     one scalar per param group (``<field>/group_<i>``). Records of phase ``"lr"`` go to
     ``training/lr/group_<i>``, the one LR curve (LR lists on other phases are not plotted twice).
 
-    Write errors are the writer's: :class:`handlers.TensorBoardWriter` raises one naming the events
+    Write errors are the writer's: :class:`flint.handlers.TensorBoardWriter` raises one naming the events
     file at the call that hit it. (tensorboardX's own ``SummaryWriter`` writes in a thread: on a full
     disk the thread dies and the next ``add_scalar`` blocks forever.)
 
     Args:
         writer: anything with ``add_scalar(tag, value, step)``, ``flush()`` and ``close()``, e.g. a
-            :class:`handlers.TensorBoardWriter` or a ``tensorboardX.SummaryWriter``.
+            :class:`flint.handlers.TensorBoardWriter` or a ``tensorboardX.SummaryWriter``.
     """
 
     def __init__(self, writer: Any) -> None:

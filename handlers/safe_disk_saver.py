@@ -12,7 +12,7 @@ from typing import IO, Any
 import ignite.distributed as idist
 from ignite.handlers import DiskSaver
 
-from handlers.files import WriteError
+from flint.handlers.files import WriteError
 
 __all__ = ["SafeDiskSaver"]
 
@@ -60,7 +60,7 @@ class SafeDiskSaver(DiskSaver):
     (about 10-15 ms for a 5 MB file on a cloud disk, seconds for large models). :meth:`wait` joins the
     thread and raises its error; the next save waits first, so a failed write stops the run one save
     later at the latest. Call :meth:`wait` before reading the directory or exiting (a pending thread
-    also finishes at interpreter exit). Every write error is a :class:`handlers.WriteError`, e.g.
+    also finishes at interpreter exit). Every write error is a :class:`flint.handlers.WriteError`, e.g.
     ``cannot write checkpoint PATH: No space left on device``.
 
     Args:

@@ -15,7 +15,7 @@ from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import RecordWriter, directory_check
 from tensorboardX.writer import FileWriter
 
-from handlers.files import WriteError
+from flint.handlers.files import WriteError
 
 __all__ = ["TensorBoardWriter"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ignite.engine import Engine
 
-from engine.engine import FlintEvents, when
+from flint.engine.engine import FlintEvents, when
 
 __all__ = ["Validation"]
 
@@ -19,7 +19,7 @@ class Validation:
     before checkpoints are saved, whatever order handlers were attached in.
 
     Args:
-        evaluator: the evaluation engine (see ``engine.create_evaluator``).
+        evaluator: the evaluation engine (see ``flint.engine.create_evaluator``).
         data: the validation data.
         every: epochs between validations. Default 1.
         epoch_length: batches per validation; default: all of ``data``.

@@ -3,8 +3,8 @@
 Importing this package imports no torch: the command line starts at once.
 """
 
-from recipes.fit import fit
-from recipes.registry import Recipe, builtin_recipes, load_recipe
+from flint.recipes.app.fit import fit
+from flint.recipes.app.registry import Recipe, builtin_recipes, load_recipe
 
 __all__ = ["RECIPES", "Recipe", "fit", "load_recipe"]
 

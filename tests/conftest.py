@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from handlers import RecordStream
+from flint.handlers import RecordStream
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,10 +47,10 @@ def model() -> torch.nn.Module:
 
 
 def run_flint(*args: str, cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run the real CLI (``python -m recipes``) in a subprocess and capture its output."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    """Run the real CLI (``python -m flint``) in a subprocess and capture its output."""
+    env = dict(os.environ)
     return subprocess.run(
-        [sys.executable, "-m", "recipes", *args],
+        [sys.executable, "-m", "flint", *args],
         cwd=cwd or REPO,
         env=env,
         capture_output=True,

@@ -20,7 +20,7 @@ def test_readme_compose_example_trains_logs_and_checkpoints(tmp_path, monkeypatc
 
 
 def test_every_cli_option_is_documented_in_the_readme_and_docs():
-    from recipes.cli import build_parser
+    from flint.recipes.app.cli import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     options = {o for sub in commands.values() for a in sub._actions for o in a.option_strings if o != "--help"}

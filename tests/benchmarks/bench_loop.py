@@ -12,8 +12,8 @@ Both loops train the same model from the same seed on the same in-memory fake da
 iterations, with the same features: interval loss and samples/sec every ``--log-interval`` iterations,
 running training accuracy and epoch loss accumulated on the device, per-epoch validation, latest and
 best checkpoints, log lines to a file, a JSON-lines file and TensorBoard scalars and histograms.
-A is written by hand as a careful person would (seed 004 style); B is ``engine.create_trainer`` and
-``engine.create_evaluator`` with the handlers attached exactly as ``recipes/train.py`` attaches them.
+A is written by hand as a careful person would (seed 004 style); B is ``flint.engine.create_trainer`` and
+``flint.engine.create_evaluator`` with the handlers attached exactly as ``recipes/train.py`` attaches them.
 Everything runs in one process: within each repetition A and B take turns every ``--interleave``
 iterations (so a busy neighbour slows both alike), the first loop alternating between repetitions;
 the table gives the ratio paired per chunk of iterations (:func:`paired_ratio`) and the implied
@@ -49,8 +49,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 # name -> (recipe module, batch size, training iterations per epoch by default)
 CASES = {
-    "mlp": ("recipes.mlp", 64, 500),
-    "lenet": ("recipes.lenet", 128, 170),
+    "mlp": ("flint.recipes.builtin.mlp", 64, 500),
+    "lenet": ("flint.recipes.builtin.lenet", 128, 170),
 }
 
 
@@ -99,7 +99,7 @@ def _fake_data(n_train: int, n_val: int, seed: int = 0) -> tuple[Any, Any]:
 
 
 def _loaders(train_set: Any, val_set: Any, batch_size: int, device: Any, kind: str, seed: int) -> Callable[[], Data]:
-    """A factory of fresh (train loader, validation loader, train sampler), fed as ``recipes.train`` feeds them.
+    """A factory of fresh (train loader, validation loader, train sampler), fed as ``flint.recipes.app.train`` feeds them.
 
     ``device``: the tensors on the device, batched by ``DeviceTensorLoader`` (``--data-on-device``);
     ``dataloader``: ``DataLoader``s over the datasets with ``EpochSampler``s. Each loop gets its own
@@ -107,8 +107,8 @@ def _loaders(train_set: Any, val_set: Any, batch_size: int, device: Any, kind: s
     """
     from torch.utils.data import DataLoader, TensorDataset
 
-    from engine import EpochSampler
-    from recipes.data import DeviceTensorLoader
+    from flint.engine import EpochSampler
+    from flint.recipes.builtin.data import DeviceTensorLoader
 
     val_batch = max(batch_size, 256)
     if kind == "device":
@@ -131,7 +131,7 @@ def _loaders(train_set: Any, val_set: Any, batch_size: int, device: Any, kind: s
 
 
 def _config(case: str, out: Path, epochs: int, batch_size: int, device: Any, args: argparse.Namespace) -> Any:
-    from recipes.config import Config
+    from flint.recipes.app.config import Config
 
     return Config(
         recipe=case, dataset="fake", epochs=epochs, batch_size=batch_size, lr=LR, optimizer="sgd", momentum=0.9,
@@ -143,7 +143,7 @@ def _config(case: str, out: Path, epochs: int, batch_size: int, device: Any, arg
 def _fresh_model(case: str, device: Any, seed: int) -> Any:
     import importlib
 
-    from engine import seed_everything
+    from flint.engine import seed_everything
 
     seed_everything(seed)  # the model's init and the first shuffle draw from here, in both loops
     return importlib.import_module(CASES[case][0]).RECIPE.build_model().to(device)
@@ -167,8 +167,8 @@ def hand_loop(case: str, cfg: Any, data: Data, device: Any, out: Path, chunk: in
     import torch
     from tensorboardX import SummaryWriter  # type: ignore[import-untyped]
 
-    from recipes.optim import make_loss
-    from recipes.train import build_optimizer
+    from flint.recipes.app.optim import make_loss
+    from flint.recipes.app.train import build_optimizer
 
     log = logging.getLogger(logger)
     model = _fresh_model(case, device, cfg.seed)
@@ -301,11 +301,11 @@ def hand_loop(case: str, cfg: Any, data: Data, device: Any, out: Path, chunk: in
 
 
 def build_flint(case: str, cfg: Any, data: Data, device: Any, out: Path) -> Any:
-    """The trainer, evaluator and handlers of ``recipes.train.build_job`` (the recipe's own wiring) on the case's data."""
+    """The trainer, evaluator and handlers of ``flint.recipes.app.train.build_job`` (the recipe's own wiring) on the case's data."""
     import importlib
 
-    from recipes.registry import Recipe
-    from recipes.train import build_job
+    from flint.recipes.app.registry import Recipe
+    from flint.recipes.app.train import build_job
 
     recipe: Recipe = importlib.import_module(CASES[case][0]).RECIPE
     fake = Recipe(recipe.name, "", recipe.build_model, {"fake": lambda cfg: (data.train_set, data.val_set)})
@@ -703,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch.set_num_threads for both loops (0: torch's default, one per core); default 1, with "
                         "--process 0 (as `flint run`), N>0 sets OMP_NUM_THREADS=N in both processes")  # fmt: skip
     parser.add_argument("--data", choices=("device", "dataloader"), default="device",
-                        help="device: tensors batched by recipes.data.DeviceTensorLoader; dataloader: DataLoader over a TensorDataset")  # fmt: skip
+                        help="device: tensors batched by flint.recipes.builtin.data.DeviceTensorLoader; dataloader: DataLoader over a TensorDataset")  # fmt: skip
     parser.add_argument("--log-interval", type=int, default=50, help="iterations between batch records")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--interleave", type=int, default=50, metavar="N",

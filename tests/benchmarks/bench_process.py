@@ -48,7 +48,7 @@ def command(loop: str, out: Path, epochs: int, importtime: bool = False) -> list
     python = [sys.executable, *(["-X", "importtime"] if importtime else [])]
     if loop == "hand":
         return [*python, str(HERE / "hand_lenet.py"), "--epochs", str(epochs), "-o", str(out)]
-    return [*python, "-m", "recipes", "run", "lenet", "--epochs", str(epochs), "-o", str(out)]
+    return [*python, "-m", "flint", "run", "lenet", "--epochs", str(epochs), "-o", str(out)]
 
 
 def launch(loop: str, out: Path, epochs: int, importtime: bool = False, threads: int | None = None) -> tuple[float, float, float]:
@@ -56,7 +56,7 @@ def launch(loop: str, out: Path, epochs: int, importtime: bool = False, threads:
 
     ``threads``: torch's intra-op threads through ``OMP_NUM_THREADS``; None or 0 leaves torch's default.
     """
-    env = {**os.environ, "PYTHONPATH": str(REPO)}  # `python -m recipes` runs this checkout's Flint
+    env = dict(os.environ)  # `python -m flint` runs this checkout's Flint
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     with open(f"{out}.log", "wb") as console:
@@ -93,7 +93,7 @@ def phases(launched: float, exited: float, lines: list[str], epoch_times: list[f
     ``start-up``: launch to the first epoch's start (its training record's time less its
     ``epoch_time``), split into ``to first log line`` (the interpreter, imports, options: up to the
     "Run config" line) and ``set-up`` (data, model, optimizer, writers, engines and handlers);
-    ``training``: the epochs' ``epoch_time`` (first to last iteration, as ``handlers.EpochTimer``);
+    ``training``: the epochs' ``epoch_time`` (first to last iteration, as ``flint.handlers.EpochTimer``);
     ``epoch ends``: the rest up to the summary record (records, histograms, validation, checkpoints,
     each epoch's start); ``exit``: the summary record to the process's exit (closing files, waiting
     for checkpoint writes, the interpreter's shut-down). Log times have millisecond resolution.
@@ -172,7 +172,7 @@ def _timed_round(epochs: int, order: tuple[str, ...], root: Path, tag: str, thre
 def run(args: argparse.Namespace) -> int:
     """``bench_loop.py --process``: ``args.rounds`` alternating rounds of ``args.epochs`` epochs; prints the table."""
     epochs = args.epochs or 15
-    print(f"# each round: `python -m recipes run lenet --epochs {epochs} -o DIR` (flint) and `python {HERE.relative_to(REPO)}/hand_lenet.py "
+    print(f"# each round: `python -m flint run lenet --epochs {epochs} -o DIR` (flint) and `python {HERE.relative_to(REPO)}/hand_lenet.py "
           f"--epochs {epochs} -o DIR` (hand), each a fresh process, timed from launch to exit; "
           f"{args.rounds} round(s), the first process alternating (hand first in odd rounds), after an untimed warm-up round of 1 epoch; medians")  # fmt: skip
     runs: dict[str, list[Run]] = {loop: [] for loop in LOOPS}

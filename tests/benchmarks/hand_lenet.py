@@ -3,7 +3,7 @@
 The baseline of the whole-process comparison (``bench_loop.py --process``, docs/performance.md): what
 a careful person would write by hand to get what ``flint run lenet --epochs 15`` gives with its
 defaults. It imports only torch, scikit-learn (the digits) and tensorboardX, not Flint or Ignite;
-the model and the data are copies of ``recipes.models.LeNet`` and ``recipes.data.digits``, so from
+the model and the data are copies of ``flint.recipes.builtin.models.LeNet`` and ``flint.recipes.builtin.data.digits``, so from
 the same seed it trains the same weights, and the comparison checks that both runs end with the
 same validation accuracy. Run it from anywhere::
 
@@ -11,7 +11,7 @@ same validation accuracy. Run it from anywhere::
 
 The same work as Flint's run: seed 42; digits (1,438 training images, 359 validation) through a
 ``DataLoader``, batch 64, each epoch's order a permutation seeded with ``seed + epoch`` (as
-``engine.EpochSampler``), validation batch 256; SGD lr 0.05, momentum 0.9, weight decay 1e-4 on
+``flint.engine.EpochSampler``), validation batch 256; SGD lr 0.05, momentum 0.9, weight decay 1e-4 on
 weights only; cross-entropy; a cosine LR set before every step; every 50 iterations a batch record
 (interval loss, samples/s over the interval, LRs, running training accuracy) and an LR record; per
 epoch a training record (accuracy, mean loss, epoch time, LRs), weight histograms, the last step's
@@ -49,7 +49,7 @@ CONFIG = {"batch_size": 64, "lr": 0.05, "momentum": 0.9, "wd": 1e-4, "log_interv
 
 
 class LeNet(nn.Module):
-    """LeNet-5 with BatchNorm for 1x28x28 images (``recipes.models.LeNet``, layer for layer)."""
+    """LeNet-5 with BatchNorm for 1x28x28 images (``flint.recipes.builtin.models.LeNet``, layer for layer)."""
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
@@ -64,7 +64,7 @@ class LeNet(nn.Module):
 
 
 def digits(size: int = 28, val_fraction: float = 0.2, split_seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
-    """scikit-learn's 8x8 digits upsampled to 28x28 and standardised, split 80/20 (``recipes.data.digits``)."""
+    """scikit-learn's 8x8 digits upsampled to 28x28 and standardised, split 80/20 (``flint.recipes.builtin.data.digits``)."""
     from sklearn.datasets import load_digits
 
     raw = load_digits()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from engine import Engine, FlintEvents, TrainEvents, create_evaluator, create_trainer, register_state, registered_states, when
+from flint.engine import Engine, FlintEvents, TrainEvents, create_evaluator, create_trainer, register_state, registered_states, when
 
 
 class Tracer(Engine):

@@ -1,7 +1,7 @@
 import torch
 from ignite.metrics import Accuracy, Loss
 
-from engine import create_evaluator
+from flint.engine import create_evaluator
 
 
 def test_evaluator_computes_metrics_in_eval_mode_without_gradients(model, batches):

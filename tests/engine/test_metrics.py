@@ -3,8 +3,8 @@ import torch
 from ignite.exceptions import NotComputableError
 from ignite.metrics import Accuracy, Average
 
-from engine import create_trainer
-from engine.metrics import MeanLoss, TopOneAccuracy
+from flint.engine import create_trainer
+from flint.engine.metrics import MeanLoss, TopOneAccuracy
 
 
 def test_lean_metrics_equal_ignites_on_a_real_trainer(model, batches):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import RNGState, seed_everything
+from flint.engine import RNGState, seed_everything
 
 
 def draw() -> tuple:

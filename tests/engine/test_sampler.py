@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from engine import EpochSampler
+from flint.engine import EpochSampler
 
 
 def test_order_is_a_function_of_seed_and_epoch():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from engine import TrainEvents, create_evaluator, create_trainer
+from flint.engine import TrainEvents, create_evaluator, create_trainer
 
 
 class FFNN(torch.nn.Module):
@@ -206,7 +206,7 @@ def test_a_wrapped_model_is_back_in_train_mode_after_an_evaluator_ran_the_plain_
 
 
 def test_each_rank_resumes_with_its_own_running_loss_and_another_world_size_with_the_total(model, batches):
-    from engine.trainer import _RankLossSums
+    from flint.engine.trainer import _RankLossSums
 
     trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
     trainer.run(batches, max_epochs=1)

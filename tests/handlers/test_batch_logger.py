@@ -3,8 +3,8 @@ import torch
 from ignite.engine import Events
 from ignite.metrics import Accuracy
 
-from engine import create_trainer
-from handlers import BatchLogger
+from flint.engine import create_trainer
+from flint.handlers import BatchLogger
 
 
 class FakeClock:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from handlers.checkpoint_io import CheckpointError, read_state, restore
+from flint.handlers.checkpoint_io import CheckpointError, read_state, restore
 
 
 def test_read_state_names_a_truncated_file_and_calls_it_corrupt(tmp_path):

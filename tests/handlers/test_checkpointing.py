@@ -4,8 +4,8 @@ from ignite.engine import Events
 from ignite.metrics import Accuracy
 from torch.utils.data import DataLoader, TensorDataset
 
-from engine import EpochSampler, RNGState, create_evaluator, create_trainer, seed_everything
-from handlers import BatchLogger, CheckpointError, Checkpointing, DataOrder, EpochMetrics, EpochTimer, Preemption, Validation
+from flint.engine import EpochSampler, RNGState, create_evaluator, create_trainer, seed_everything
+from flint.handlers import BatchLogger, CheckpointError, Checkpointing, DataOrder, EpochMetrics, EpochTimer, Preemption, Validation
 
 
 def make_run(tmp_path, metric="accuracy", mode="max"):
@@ -125,7 +125,7 @@ def test_rejects_bad_counts(tmp_path):
 
 
 def test_save_frequency_keeps_the_last_epoch_and_a_stop(tmp_path, model, batches):
-    from engine import create_trainer
+    from flint.engine import create_trainer
 
     trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
     Checkpointing(tmp_path, {"model": model, "trainer": trainer}, n_latest=10, every=3).attach(trainer)

@@ -3,8 +3,8 @@ import torch
 from ignite.engine import Engine
 from torch.utils.data import DataLoader, TensorDataset
 
-from engine import EpochSampler
-from handlers import DataOrder
+from flint.engine import EpochSampler
+from flint.handlers import DataOrder
 
 
 def recording_run(sampler, state=None, max_epochs=3):

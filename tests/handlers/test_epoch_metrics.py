@@ -2,8 +2,8 @@ import torch
 from ignite.engine import Events
 from ignite.metrics import Accuracy, Average
 
-from engine import create_evaluator, create_trainer
-from handlers import EpochMetrics
+from flint.engine import create_evaluator, create_trainer
+from flint.handlers import EpochMetrics
 
 
 def test_training_metrics_reset_each_epoch_and_match_a_recount(model, batches, collector):

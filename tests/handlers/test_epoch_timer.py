@@ -1,6 +1,6 @@
 from ignite.engine import Engine, Events
 
-from handlers import EpochTimer
+from flint.handlers import EpochTimer
 
 
 def test_times_each_epoch_and_averages_without_the_first():

@@ -3,7 +3,7 @@ import json
 import pytest
 from ignite.engine import Engine, Events
 
-from handlers import ETA, WriteError
+from flint.handlers import ETA, WriteError
 from tests.full_disk import DEV_FULL, needs_dev_full
 
 

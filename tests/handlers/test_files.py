@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from handlers import WriteError, write_text_atomic
+from flint.handlers import WriteError, write_text_atomic
 from tests.full_disk import DEV_FULL, needs_dev_full
 
 

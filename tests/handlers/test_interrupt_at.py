@@ -3,8 +3,8 @@ import logging
 import pytest
 import torch
 
-from engine import FlintEvents, create_trainer
-from handlers import Checkpointing, InterruptAt
+from flint.engine import FlintEvents, create_trainer
+from flint.handlers import Checkpointing, InterruptAt
 
 
 def test_stops_after_the_epochs_validation_and_saves_without_exiting(tmp_path, model, batches):
@@ -37,5 +37,5 @@ def test_says_it_interrupts_after_the_epochs_records(model, batches, caplog):
     trainer.add_event_handler(FlintEvents.EPOCH_REPORT, lambda e: logging.getLogger("report").info("Epoch %d", e.state.epoch))
     with caplog.at_level(logging.INFO):
         trainer.run(batches, max_epochs=3)
-    lines = [r.getMessage() for r in caplog.records if r.name in ("report", "handlers.interrupt_at")]
+    lines = [r.getMessage() for r in caplog.records if r.name in ("report", "flint.handlers.interrupt_at")]
     assert lines == ["Epoch 1", "Interrupting after epoch 1 as asked (interrupt-at)"]

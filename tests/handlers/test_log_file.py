@@ -2,7 +2,7 @@ import logging
 
 import pytest
 
-from handlers import LogFile, LoggingSink, WriteError
+from flint.handlers import LogFile, LoggingSink, WriteError
 from tests.full_disk import DEV_FULL, needs_dev_full
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from engine import create_trainer
-from handlers import LossGuard, NonFiniteLoss
+from flint.engine import create_trainer
+from flint.handlers import LossGuard, NonFiniteLoss
 
 
 def trainer_over(losses):
@@ -56,7 +56,7 @@ def test_needs_a_flint_trainer():
 
     engine = Engine(lambda e, b: {"loss": torch.tensor(b)})
     LossGuard(every=1).attach(engine)
-    with pytest.raises(TypeError, match="use a trainer from engine.create_trainer"):
+    with pytest.raises(TypeError, match="use a trainer from flint.engine.create_trainer"):
         engine.run([1.0])
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from handlers import LRSchedule, lr_multiplier
+from flint.handlers import LRSchedule, lr_multiplier
 
 
 def multipliers(n: int, **kwargs) -> list[float]:

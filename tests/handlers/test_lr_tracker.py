@@ -3,8 +3,8 @@ import torch
 from ignite.engine import Events
 from ignite.handlers import LRScheduler
 
-from engine import TrainEvents, create_trainer
-from handlers import LRTracker
+from flint.engine import TrainEvents, create_trainer
+from flint.handlers import LRTracker
 
 
 def test_tracks_every_param_group_at_epoch_start_and_every_n(model, batches, collector):
@@ -32,7 +32,7 @@ def test_records_the_lr_a_scheduler_set_for_the_epoch(model, batches, collector)
 def test_records_the_first_step_lr_of_a_per_iteration_schedule(model, batches, collector):
     from functools import partial
 
-    from handlers import LRSchedule, lr_multiplier
+    from flint.handlers import LRSchedule, lr_multiplier
 
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy)

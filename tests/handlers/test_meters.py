@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from handlers import BestScore, Throughput, average_excluding_first
+from flint.handlers import BestScore, Throughput, average_excluding_first
 
 
 def test_throughput_is_averaged_over_the_whole_window():

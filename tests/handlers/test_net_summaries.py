@@ -2,8 +2,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from engine import TrainEvents, create_trainer
-from handlers import NetSummaries, TensorBoardWriter
+from flint.engine import TrainEvents, create_trainer
+from flint.handlers import NetSummaries, TensorBoardWriter
 from tests.handlers.test_tensorboard_writer import read_events
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from engine import FlintEvents, create_trainer
-from handlers import Preemption
+from flint.engine import FlintEvents, create_trainer
+from flint.handlers import Preemption
 
 
 def stopped_at(engine: Engine) -> list[int]:

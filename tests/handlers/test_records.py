@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from handlers import JsonlSink, LoggingSink, RecordStream, TensorBoardSink, WriteError
+from flint.handlers import JsonlSink, LoggingSink, RecordStream, TensorBoardSink, WriteError
 from tests.full_disk import DEV_FULL, needs_dev_full, small_disk
 
 

@@ -5,7 +5,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-from handlers import SafeDiskSaver, WriteError
+from flint.handlers import SafeDiskSaver, WriteError
 from tests.full_disk import DEV_FULL, needs_dev_full
 
 
@@ -58,7 +58,7 @@ WRITER = """
 import sys, torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
-from handlers import SafeDiskSaver
+from flint.handlers import SafeDiskSaver
 
 engine = Engine(lambda e, b: None)
 payload = torch.arange(2_000_000, dtype=torch.float32)
@@ -88,7 +88,7 @@ def test_a_writer_killed_at_random_moments_leaves_only_complete_checkpoints(tmp_
     payload = torch.arange(2_000_000, dtype=torch.float32)
     killed_mid_write = 0
     for attempt in range(5):
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = dict(os.environ)
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), f"run{attempt}"], env=env)
         seen: set[str] = set()
         while len(seen) <= attempt:  # poll (no sleep): the temp files of this attempt's writes

@@ -9,7 +9,7 @@ import torch
 from tensorboardX import record_writer
 from tensorboardX.proto import event_pb2
 
-from handlers import TensorBoardSink, TensorBoardWriter, WriteError
+from flint.handlers import TensorBoardSink, TensorBoardWriter, WriteError
 from tests.full_disk import DEV_FULL, needs_dev_full
 
 

@@ -4,8 +4,8 @@ from ignite.metrics import Accuracy
 
 import torch
 
-from engine import create_evaluator, create_trainer
-from handlers import Validation
+from flint.engine import create_evaluator, create_trainer
+from flint.handlers import Validation
 
 
 def test_runs_the_evaluator_every_n_epochs_and_after_the_last(model, batches):

@@ -14,8 +14,8 @@ import pytest
 import torch
 from ignite.engine import Events
 
-import recipes.train
-from recipes.cli import main
+import flint.recipes.app.train
+from flint.recipes.app.cli import main
 
 TIMING = {"epoch_time", "samples_per_sec", "avg_epoch_time", "model_tflops", "elapsed"}
 
@@ -39,7 +39,7 @@ class SignalDuringValidation:
 
 def run(tmp_path: Path, name: str, options: list[str], seed: int | None, monkeypatch, extra: list[Any]) -> dict[str, Any]:
     """Run the mlp recipe with its handlers attached in the recipe's order (None), reversed (-1), or shuffled by ``seed``."""
-    attach_all = recipes.train.attach_all
+    attach_all = flint.recipes.app.train.attach_all
 
     def shuffled(handlers, trainer, evaluator):
         handlers = [*handlers, *extra]
@@ -49,7 +49,7 @@ def run(tmp_path: Path, name: str, options: list[str], seed: int | None, monkeyp
             random.Random(seed).shuffle(handlers)
         attach_all(handlers, trainer, evaluator)
 
-    monkeypatch.setattr(recipes.train, "attach_all", shuffled)
+    monkeypatch.setattr(flint.recipes.app.train, "attach_all", shuffled)
     out = tmp_path / name
     status = main(["run", "mlp", "--batch-size", "128", "--log-interval", "5", "--update-cycle", "2", "--no-progress",
                    "--save-frequency", "2", *options, "-o", str(out)])  # fmt: skip
@@ -61,7 +61,7 @@ def run(tmp_path: Path, name: str, options: list[str], seed: int | None, monkeyp
 def masked(value: Any) -> Any:
     """``value`` with each timing replaced by a mark: whether it was measured must still agree, not its value."""
     if isinstance(value, dict):
-        if set(value) == {"json"}:  # the run's options (engine.register_state "config"): all but where it ran
+        if set(value) == {"json"}:  # the run's options (flint.engine.register_state "config"): all but where it ran
             return {k: v for k, v in json.loads(value["json"]).items() if k != "output_dir"}
         return {k: (None if v is None else "<time>") if k in TIMING else masked(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

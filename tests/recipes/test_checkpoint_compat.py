@@ -4,12 +4,13 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
-from handlers import Checkpointing
-from recipes.cli import main
+from flint.handlers import Checkpointing
+from flint.recipes.app.cli import main
 
-OLD_RUN = Path(__file__).resolve().parents[1] / "data" / "run_849c816"
+DATA = Path(__file__).resolve().parents[1] / "data"
 OPTIONS = ["run", "ffnn", "--epochs", "6", "--log-interval", "1", "--lr-mode", "cosine", "--early-stopping", "3", "--no-progress"]
 TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time", "model_tflops")
 
@@ -20,9 +21,10 @@ def trained(run_dir: Path, after: int) -> list[dict]:
             if r["phase"] in ("batch", "training", "validation") and r["iteration"] > after]  # fmt: skip
 
 
-def test_a_mid_epoch_checkpoint_of_849c816_resumes_as_an_unbroken_run(tmp_path):
+@pytest.mark.parametrize("commit", ["849c816", "bc273ed"])
+def test_a_mid_epoch_checkpoint_of_an_earlier_flint_resumes_as_an_unbroken_run(tmp_path, commit):
     run = tmp_path / "old"
-    shutil.copytree(OLD_RUN, run)
+    shutil.copytree(DATA / f"run_{commit}", run)
     assert main([*OPTIONS, "--resume", "-o", str(run)]) == 0
     assert main([*OPTIONS, "-o", str(tmp_path / "straight")]) == 0
     resumed = torch.load(Checkpointing.find_latest(run / "checkpoints"), weights_only=True)

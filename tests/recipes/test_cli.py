@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from handlers import Checkpointing
-from recipes.cli import main
+from flint.handlers import Checkpointing
+from flint.recipes.app.cli import main
 
 TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time")
 

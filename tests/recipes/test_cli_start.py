@@ -27,20 +27,20 @@ from tests.conftest import REPO
     ],
 )
 def test_no_torch_is_imported(tmp_path, args, status):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONPROFILEIMPORTTIME": "1"}
-    result = subprocess.run([sys.executable, "-m", "recipes", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    result = subprocess.run([sys.executable, "-m", "flint", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == status, result.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in result.stderr.splitlines() if line.startswith("import time:")}
-    assert "recipes" in imported  # the profile is there
+    assert "flint" in imported  # the profile is there
     assert not imported & {"torch", "torchvision", "ignite", "numpy", "matplotlib", "sklearn", "tensorboardX"}, sorted(imported)
     assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_a_run_imports_only_what_it_uses(tmp_path):
     # lenet on the embedded digits: no torchvision (MNIST, ResNet), matplotlib (report), onnx (export).
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONPROFILEIMPORTTIME": "1"}
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
     args = ["run", "lenet", "--epochs", "1", "--test-run", "--no-progress", "-o", str(tmp_path / "run")]
-    result = subprocess.run([sys.executable, "-m", "recipes", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run([sys.executable, "-m", "flint", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert {"torch", "ignite", "sklearn", "tensorboardX"} <= imported

@@ -15,9 +15,9 @@ from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping
 from ignite.utils import setup_logger
 
-from engine import create_trainer
-from handlers import ETA
-from recipes.console import (
+from flint.engine import create_trainer
+from flint.handlers import ETA
+from flint.recipes.app.console import (
     ConsoleSink,
     closing_lines,
     duration,
@@ -28,7 +28,7 @@ from recipes.console import (
     route_ignite_logging,
     significant,
 )
-from recipes.progress import IntervalLoss, attach_progress_bar
+from flint.recipes.app.progress import IntervalLoss, attach_progress_bar
 
 
 # --- formatting ---------------------------------------------------------------------------------
@@ -284,8 +284,8 @@ def test_the_console_filter_drops_ignite_and_the_record_lines():
         return logging.makeLogRecord({"name": name})
 
     assert not for_console(named("ignite")) and not for_console(named("ignite.engine.engine.Engine"))
-    assert not for_console(named("recipes.records"))
-    assert all(for_console(named(n)) for n in ("recipes.console", "recipes.train", "handlers.checkpointing", "ignited", "recipes.recordsx"))
+    assert not for_console(named("flint.records"))
+    assert all(for_console(named(n)) for n in ("flint.recipes.app.console", "flint.recipes.app.train", "flint.handlers.checkpointing", "ignited", "flint.recordsx"))
 
 
 def test_ignites_own_loggers_propagate_to_the_root_handlers(tmp_path):
@@ -340,11 +340,11 @@ def test_the_cli_console_has_a_header_one_line_per_epoch_and_the_best_checkpoint
     assert "{" not in result.stderr and "Engine run" not in result.stderr and "ignite" not in result.stderr
 
     log = (out / "train.log").read_text()
-    assert log.count("recipes.records: Run config: {") == 1
+    assert log.count("flint.records: Run config: {") == 1
     for phase in ("lr", "batch", "training", "validation", "summary"):  # every record, in full as before
         assert log.count(f" {phase}: ") == sum(r["phase"] == phase for r in records), phase
     assert "training: accuracy=0.046875 loss=2.42181 epoch_time=" in log  # LoggingSink's own 6 digits
     for line in lines:  # the console's lines too
-        assert f"recipes.console: {line}\n" in log
+        assert f"flint.recipes.app.console: {line}\n" in log
     assert "ignite.engine.engine.Engine: Engine run starting with max_epochs=2." in log
     assert "ignite.engine.engine.Engine: Epoch[1] Complete." in log

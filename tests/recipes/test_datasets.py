@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from recipes.cli import main
+from flint.recipes.app.cli import main
 from tests.conftest import REPO
-from recipes.data import DIGITS_MEAN_STD, DatasetCorrupt, DatasetMissing, dataset_info, digits, torchvision_dataset
+from flint.recipes.builtin.data import DIGITS_MEAN_STD, DatasetCorrupt, DatasetMissing, dataset_info, digits, torchvision_dataset
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -180,7 +180,7 @@ def test_dataset_info_gives_the_normalisation_and_class_names():
 
 def test_importing_the_recipes_loads_no_heavy_optional_package():
     code = (
-        "import recipes.resnet, recipes.data, recipes.report, recipes.export; import sys; "
+        "import flint.recipes.builtin.resnet, flint.recipes.builtin.data, flint.recipes.app.report, flint.recipes.app.export; import sys; "
         "print(sorted(m for m in ('torchvision', 'matplotlib', 'onnx', 'sklearn') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=900)
@@ -221,7 +221,7 @@ def test_resnet_on_cifar10_files_and_mlp_on_fashion_mnist_with_workers(tmp_path,
 def test_device_loader_serves_every_sample_once_per_epoch_in_a_seeded_order():
     from torch.utils.data import TensorDataset
 
-    from recipes.data import DeviceTensorLoader
+    from flint.recipes.builtin.data import DeviceTensorLoader
 
     data = TensorDataset(torch.arange(10.0).unsqueeze(1), torch.arange(10))
     loader = DeviceTensorLoader(data, batch_size=4, shuffle=True, seed=0)
@@ -236,7 +236,7 @@ def test_device_loader_serves_every_sample_once_per_epoch_in_a_seeded_order():
 
 
 def test_random_crop_flip_shifts_within_the_padding_and_mirrors():
-    from recipes.data import random_crop_flip
+    from flint.recipes.builtin.data import random_crop_flip
 
     torch.manual_seed(0)
     x = torch.arange(32.0).repeat(64, 1, 32, 1)  # each row counts 0..31 left to right

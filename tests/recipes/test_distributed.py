@@ -14,12 +14,12 @@ import pytest
 import torch
 from ignite.metrics import Accuracy
 
-from engine import create_evaluator
-from handlers import Checkpointing
-from recipes.cli import main
-from recipes.launch import _free_port
-from recipes.data import digits
-from recipes.models import LeNet
+from flint.engine import create_evaluator
+from flint.handlers import Checkpointing
+from flint.recipes.app.cli import main
+from flint.recipes.app.launch import _free_port
+from flint.recipes.builtin.data import digits
+from flint.recipes.builtin.models import LeNet
 from tests.conftest import REPO, run_flint
 from tests.recipes.test_resilience import final_model, records, start_flint, trained, wait_for_record
 
@@ -73,10 +73,10 @@ def test_batch_size_must_divide_among_the_workers(tmp_path, capsys):
 
 def test_under_torchrun_each_worker_joins_its_process_group(tmp_path):
     # What a multi-node launch does on each node, here with one node of two workers.
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = dict(os.environ)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port())]
     common = ("run", "ffnn", "--dataset", "fake", "--epochs", "2", "--batch-size", "16", "--no-progress")
-    result = subprocess.run([*torchrun, "-m", "recipes", *common, "-o", str(tmp_path / "two")], env=env, cwd=REPO,
+    result = subprocess.run([*torchrun, "-m", "flint", *common, "-o", str(tmp_path / "two")], env=env, cwd=REPO,
                             capture_output=True, text=True, timeout=900)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert main([*common, "-o", str(tmp_path / "one")]) == 0
@@ -91,7 +91,7 @@ import atexit, os
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
-from recipes import Recipe
+from flint.recipes import Recipe
 
 
 def build():
@@ -130,11 +130,11 @@ RESUMABLE = ("run", "lenet", "--epochs", "4", "--log-interval", "5", "--no-progr
 
 def torchrun(*options: str) -> list[str]:
     """torchrun on this machine (c10d rendezvous on a free port), running the CLI: the rest of the command."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *options, "-m", "recipes"]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *options, "-m", "flint"]
 
 
 def run_under_torchrun(*args: str, options: tuple[str, ...] = (), env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*torchrun(*options), *args], env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+    return subprocess.run([*torchrun(*options), *args], env={**os.environ, **(env or {})},
                           cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
 
 
@@ -226,7 +226,7 @@ def _rank(pid: int) -> str | None:
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers through /proc")
 def test_torchrun_restarts_the_workers_after_one_is_killed_and_the_run_equals_an_unbroken_one(tmp_path, unbroken):
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # see docs/distributed.md
+    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # see docs/distributed.md
     proc = subprocess.Popen([*torchrun("--max-restarts", "1"), *RESUMABLE, "--resume", "-o", str(out)], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     wait_for_record(proc, out, "batch", 30)  # in epoch 2

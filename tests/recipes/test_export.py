@@ -10,10 +10,10 @@ import onnxruntime
 import pytest
 import torch
 
-from recipes import RECIPES
-from recipes.cli import main
-from recipes.export import METADATA_FILE
-from recipes.runs import best_checkpoint
+from flint.recipes import RECIPES
+from flint.recipes.app.cli import main
+from flint.recipes.app.export import METADATA_FILE
+from flint.recipes.app.runs import best_checkpoint
 
 
 @pytest.fixture(scope="module")

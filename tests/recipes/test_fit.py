@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from engine import TrainEvents, register_state
-from handlers import Checkpointing
-from recipes import fit
+from flint.engine import TrainEvents, register_state
+from flint.handlers import Checkpointing
+from flint.recipes import fit
 
 TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time", "model_tflops")
 

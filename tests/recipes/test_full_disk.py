@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from handlers import WriteError
-from recipes.rundir import LOCK_NAME, RunDirLock
+from flint.handlers import WriteError
+from flint.recipes.app.rundir import LOCK_NAME, RunDirLock
 from tests.conftest import REPO
 from tests.full_disk import DEV_FULL, needs_dev_full, small_disk
 
@@ -25,8 +25,8 @@ FULL = "No space left on device"
 
 
 def flint_run(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "recipes", "run", "lenet", "--test-run", "--no-progress", "-o", str(out), *extra]
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "flint", "run", "lenet", "--test-run", "--no-progress", "-o", str(out), *extra]
     # Before the fix a full disk under TensorBoard hung the run for good: the timeout is the only bound.
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 

@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from recipes.config import UsageError
-from recipes.models import LeNet
-from recipes.optim import LOSSES, OPTIMIZERS, make_loss, make_optimizer, param_groups
+from flint.recipes.app.config import UsageError
+from flint.recipes.builtin.models import LeNet
+from flint.recipes.app.optim import LOSSES, OPTIMIZERS, make_loss, make_optimizer, param_groups
 
 
 def names_of(model: nn.Module, group: dict) -> set[str]:
@@ -77,7 +77,7 @@ def test_a_loss_of_the_other_task_is_refused_with_the_choices():
 
 
 def test_the_torch_free_lr_modes_are_the_schedules():
-    from handlers import LR_MODES
-    from recipes import config
+    from flint.handlers import LR_MODES
+    from flint.recipes.app import config
 
     assert config.LR_MODES == tuple(LR_MODES)  # the CLI names them without importing torch

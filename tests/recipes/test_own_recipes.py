@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from handlers import Checkpointing
-from recipes.cli import main
+from flint.handlers import Checkpointing
+from flint.recipes.app.cli import main
 from tests.conftest import REPO
 
 TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time", "model_tflops")
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from recipes import Recipe
+from flint.recipes import Recipe
 
 
 class Tiny(nn.Module):
@@ -100,9 +100,9 @@ def test_a_named_recipe_of_a_file_or_a_module(tmp_path, recipe_file, monkeypatch
     "spec,message",
     [
         ("{dir}/missing.py", "recipe {dir}/missing.py: no such file {dir}/missing.py"),
-        ("{file}:NOT_A_RECIPE", "recipe {file}:NOT_A_RECIPE: NOT_A_RECIPE is a int, not a recipes.Recipe; it defines ADAM, RECIPE"),
+        ("{file}:NOT_A_RECIPE", "recipe {file}:NOT_A_RECIPE: NOT_A_RECIPE is a int, not a flint.recipes.Recipe; it defines ADAM, RECIPE"),
         ("{file}:NOPE", "recipe {file}:NOPE: NOPE is no Recipe; it defines ADAM, RECIPE"),
-        ("{dir}/empty.py", "recipe {dir}/empty.py: RECIPE is no Recipe; it defines no recipes.Recipe"),
+        ("{dir}/empty.py", "recipe {dir}/empty.py: RECIPE is no Recipe; it defines no flint.recipes.Recipe"),
         ("{dir}/broken.py", "recipe {dir}/broken.py: {dir}/broken.py failed to load (line 1): SyntaxError:"),
         ("no_such_module:RECIPE", "recipe no_such_module:RECIPE: cannot import no_such_module: No module named 'no_such_module'"),
         ("lenett", "unknown recipe 'lenett': choose from lenet, mlp, resnet, ffnn"),
@@ -127,10 +127,10 @@ def test_an_installed_package_adds_its_recipe_through_an_entry_point(tmp_path):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mytiny\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[flint.recipes]\nmytiny = mytiny:RECIPE\n")
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{site}"}
+    env = {**os.environ, "PYTHONPATH": str(site)}
 
     def flint(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "recipes", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        return subprocess.run([sys.executable, "-m", "flint", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
 
     listed = flint("list")
     assert listed.returncode == 0 and "mytiny  a tiny classifier of my own [dataset: made-up]" in listed.stdout

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipes import RECIPES
-from recipes.cli import main
-from recipes.config import Config
-from recipes.perf import channels_last_batch, peak_flops, train_flops_per_sample
+from flint.recipes import RECIPES
+from flint.recipes.app.cli import main
+from flint.recipes.app.config import Config
+from flint.recipes.app.perf import channels_last_batch, peak_flops, train_flops_per_sample
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -71,8 +71,8 @@ def test_no_host_device_sync_between_log_points(tmp_path):
 
     from ignite.engine import Engine, Events
 
-    from engine import FlintEvents
-    from recipes.train import train
+    from flint.engine import FlintEvents
+    from flint.recipes.app.train import train
 
     cfg = Config(recipe="lenet", dataset="digits", epochs=10, log_interval=50, device="cuda", progress=False,
                  output_dir=str(tmp_path), data_on_device=True, amp=True)  # fmt: skip

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from recipes import RECIPES
-from recipes.data import DOWNLOADABLE, digits
-from recipes.models import LeNet
-from recipes.config import UsageError
-from recipes.optim import param_groups
+from flint.recipes import RECIPES
+from flint.recipes.builtin.data import DOWNLOADABLE, digits
+from flint.recipes.builtin.models import LeNet
+from flint.recipes.app.config import UsageError
+from flint.recipes.app.optim import param_groups
 
 
 def test_digits_are_a_fixed_disjoint_split_of_28x28_images():
@@ -48,7 +48,7 @@ def test_every_recipe_runs_a_batch_of_each_embedded_dataset(name):
 
 
 def test_ffnn_data_is_seed_001s():
-    from recipes.data import seed001_split
+    from flint.recipes.builtin.data import seed001_split
 
     train, val = seed001_split()
     x, y = train.tensors

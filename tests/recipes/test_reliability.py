@@ -14,9 +14,9 @@ import pytest
 import torch
 from ignite.engine import Events
 
-import recipes.train
-from handlers import Checkpointing
-from recipes.cli import main
+import flint.recipes.app.train
+from flint.handlers import Checkpointing
+from flint.recipes.app.cli import main
 from tests.conftest import REPO
 
 QUICK = ["--test-run", "--epochs", "2", "--no-progress"]
@@ -27,8 +27,8 @@ def records(run_dir: Path) -> list[dict]:
 
 
 def start_flint(*args: str, cwd: Path = REPO) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "recipes", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+    env = dict(os.environ)
+    return subprocess.Popen([sys.executable, "-m", "flint", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
@@ -46,8 +46,8 @@ BLOCKING_RECIPE = '''
 import signal
 from pathlib import Path
 
-from recipes import Recipe
-from recipes.registry import lazy
+from flint.recipes import Recipe
+from flint.recipes.app.registry import lazy
 
 
 def blocked(cfg):
@@ -56,7 +56,7 @@ def blocked(cfg):
     raise AssertionError("not reached")
 
 
-RECIPE = Recipe("blocking", "waits in its data loading", build_model=lazy("recipes.models:LeNet"), datasets={"digits": blocked})
+RECIPE = Recipe("blocking", "waits in its data loading", build_model=lazy("flint.recipes.builtin.models:LeNet"), datasets={"digits": blocked})
 '''
 
 
@@ -66,12 +66,12 @@ def test_a_second_run_on_a_directory_in_use_exits_2_and_a_killed_run_releases_it
     out = tmp_path / "run"
     first = start_flint("run", str(recipe), "--no-progress", "-o", str(out))
     wait_for(out / "loading", first)  # it holds the directory
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONPROFILEIMPORTTIME": "1"}
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
     for command in (["run", "lenet", *QUICK, "-o", str(out)], ["resume", str(out)]):
-        second = subprocess.run([sys.executable, "-m", "recipes", *command], env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+        second = subprocess.run([sys.executable, "-m", "flint", *command], env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
         assert second.returncode == 2, second.stderr
         err = [line for line in second.stderr.splitlines() if not line.startswith("import time:")]
-        assert err == [f"flint: error: output dir {out} is in use by process {first.pid} ({sys.executable} -m recipes run {recipe} --no-progress -o {out}); wait for it or choose another -o"]
+        assert err == [f"flint: error: output dir {out} is in use by process {first.pid} ({sys.executable} -m flint run {recipe} --no-progress -o {out}); wait for it or choose another -o"]
         assert "torch" not in {line.rsplit("|", 1)[-1].strip() for line in second.stderr.splitlines()}  # told at once
     first.kill()  # SIGKILL: no cleanup at all
     first.communicate(timeout=900)
@@ -120,8 +120,8 @@ class Signals:
 
 @pytest.mark.parametrize("signum,again", [(signal.SIGTERM, "after the save"), (signal.SIGINT, "at once"), (signal.SIGINT, "after the save")])
 def test_more_signals_once_the_stop_is_decided_still_exit_3_with_the_checkpoint(tmp_path, monkeypatch, capsys, signum, again):
-    attach_all = recipes.train.attach_all
-    monkeypatch.setattr(recipes.train, "attach_all", lambda hs, t, e: attach_all([*hs, Signals(30, signum, again)], t, e))
+    attach_all = flint.recipes.app.train.attach_all
+    monkeypatch.setattr(flint.recipes.app.train, "attach_all", lambda hs, t, e: attach_all([*hs, Signals(30, signum, again)], t, e))
     assert main(["run", "lenet", "--epochs", "2", "--no-progress", "-o", str(tmp_path)]) == 3
     assert records(tmp_path)[-1]["status"] == "interrupted"
     assert Checkpointing.find_latest(tmp_path / "checkpoints").name == "checkpoint_30.pt"

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from recipes.cli import main
-from recipes.report import NO_SUMMARY, plot_data, read_records, summarise, write_report
+from flint.recipes.app.cli import main
+from flint.recipes.app.report import NO_SUMMARY, plot_data, read_records, summarise, write_report
 
 
 def run_records(resumed: bool = False, lr: tuple[float, float] = (0.1, 0.1), lr_end: tuple[float, float] = (0.01, 0.01)) -> list[dict]:
@@ -146,8 +146,8 @@ def test_a_loop_of_your_own_with_a_custom_phase_and_no_summary(tmp_path, capsys,
     from ignite.engine import Events
     from ignite.metrics import Accuracy
 
-    from engine import create_evaluator, create_trainer
-    from handlers import BatchLogger, EpochMetrics, EpochTimer, JsonlSink, RecordStream, Validation
+    from flint.engine import create_evaluator, create_trainer
+    from flint.handlers import BatchLogger, EpochMetrics, EpochTimer, JsonlSink, RecordStream, Validation
 
     stream = RecordStream([JsonlSink(tmp_path / "metrics.jsonl")])
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

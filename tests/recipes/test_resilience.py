@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from handlers import Checkpointing
-from recipes.cli import main
+from flint.handlers import Checkpointing
+from flint.recipes.app.cli import main
 from tests.conftest import REPO
 
 TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time")
@@ -32,9 +32,9 @@ def trained(recs: list[dict]) -> list[dict]:
 
 
 def start_flint(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = dict(os.environ)
     return subprocess.Popen(
-        [sys.executable, "-m", "recipes", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "flint", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, **kwargs,
     )  # fmt: skip
 
@@ -210,8 +210,8 @@ def _limit_file_size() -> None:
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "recipes", "run", "lenet", "--test-run", "--epochs", "2", "--no-progress", "-o", str(tmp_path)]
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "flint", "run", "lenet", "--test-run", "--epochs", "2", "--no-progress", "-o", str(tmp_path)]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, preexec_fn=_limit_file_size, timeout=900)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if "rror" in line]

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from handlers import CheckpointError, Checkpointing
-from recipes.config import Config, UsageError
-from recipes.rundir import RunConfig, RunDirLock, config_changes
-from recipes.runs import trained_epochs
+from flint.handlers import CheckpointError, Checkpointing
+from flint.recipes.app.config import Config, UsageError
+from flint.recipes.app.rundir import RunConfig, RunDirLock, config_changes
+from flint.recipes.app.runs import trained_epochs
 
 __all__ = ["resume_point", "nothing_left", "check_before_writing", "claim_run_dir", "last_summary", "load_resume_point"]
 
@@ -108,7 +108,7 @@ def check_before_writing(cfg: Config) -> tuple[Path | str | None, str | None]:
 
 @contextlib.contextmanager
 def claim_run_dir(cfg: Config) -> Iterator[tuple[Path | str | None, str | None]]:
-    """Hold the run's directory (:class:`recipes.rundir.RunDirLock`) for the block; yields :func:`check_before_writing`'s result.
+    """Hold the run's directory (:class:`flint.recipes.app.rundir.RunDirLock`) for the block; yields :func:`check_before_writing`'s result.
 
     A directory already there is locked at once, so a second run is told which process holds it;
     a new one only once the checks passed, so that a refused run creates nothing."""

@@ -1,7 +1,7 @@
 """The options of a training run, as one dataclass, and their checks; the resolved copy is saved as ``config.json``.
 
 Each option is a :class:`Config` field whose metadata says how ``flint run`` spells it and what
-values it takes. ``flint run`` and :func:`recipes.fit` both go through :func:`resolve_config`: the
+values it takes. ``flint run`` and :func:`flint.recipes.app.fit` both go through :func:`resolve_config`: the
 same names, defaults and checks, before anything is written. Nothing here imports torch, so the
 command line answers ``--help`` and every bad option at once.
 """
@@ -20,7 +20,7 @@ __all__ = [
 
 DEVICES = ("auto", "cpu", "cuda")
 TASKS = ("classification", "regression")
-LR_MODES = ("constant", "step", "cosine", "poly")  # handlers.LR_MODES (tested equal)
+LR_MODES = ("constant", "step", "cosine", "poly")  # flint.handlers.LR_MODES (tested equal)
 # optimizer -> the options besides lr and weight decay it takes (the others are refused when given)
 OPTIMIZERS: dict[str, tuple[str, ...]] = {
     "sgd": ("momentum", "nesterov"), "adam": (), "adamw": (), "adamax": (), "adagrad": (), "adadelta": (),
@@ -240,7 +240,7 @@ def resolve_config(
 ) -> Config:
     """The recipe's defaults, overridden by the options ``given``, checked one by one and together.
 
-    ``recipe`` is a :class:`recipes.Recipe`; ``spec`` how it was named (default its name); ``typed``
+    ``recipe`` is a :class:`flint.recipes.Recipe`; ``spec`` how it was named (default its name); ``typed``
     the options the user gave now (default: all of ``given``), which alone are refused when the
     optimizer would ignore them (``flint resume`` gives the saved ones too). Raises
     :class:`UsageError` naming the first bad option as ``style`` spells it (``"cli"`` or ``"python"``).

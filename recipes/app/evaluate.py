@@ -6,7 +6,7 @@ import os
 from dataclasses import fields
 from typing import Any
 
-from recipes.config import Config, UsageError
+from flint.recipes.app.config import Config, UsageError
 
 __all__ = ["evaluate"]
 
@@ -16,22 +16,22 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: s
 
     The run's ``config.json`` (or the options the checkpoint carries) names its recipe and options;
     the validation set, its batches and the metrics are built as training built them
-    (``recipes.train.make_val_loader``, ``task_metrics``), so on the same device the numbers equal the
+    (``flint.recipes.app.train.make_val_loader``, ``task_metrics``), so on the same device the numbers equal the
     ``validation`` record of the checkpoint's epoch. ``dataset`` picks another of the recipe's datasets.
 
     Returns:
         ``{"checkpoint", "epoch", "dataset", "loss", <metric>}`` (``accuracy``, or ``mae`` for regression).
 
     Raises:
-        UsageError: not a run or checkpoint (see :func:`recipes.runs.open_run`), or an unknown ``dataset``.
+        UsageError: not a run or checkpoint (see :func:`flint.recipes.app.runs.open_run`), or an unknown ``dataset``.
     """
     import torch
 
-    from engine import create_evaluator
-    from recipes.optim import make_loss
-    from recipes.perf import channels_last_batch
-    from recipes.runs import open_run
-    from recipes.train import make_val_loader, resolve_device, task_metrics
+    from flint.engine import create_evaluator
+    from flint.recipes.app.optim import make_loss
+    from flint.recipes.app.perf import channels_last_batch
+    from flint.recipes.app.runs import open_run
+    from flint.recipes.app.train import make_val_loader, resolve_device, task_metrics
 
     run = open_run(path)
     known = {f.name for f in fields(Config)}

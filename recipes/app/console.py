@@ -38,8 +38,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RECORDS = logging.getLogger("recipes.records")
-"""The run's full record lines (``handlers.LoggingSink``) and its config: for ``train.log``, not the console."""
+RECORDS = logging.getLogger("flint.records")
+"""The run's full record lines (``flint.handlers.LoggingSink``) and its config: for ``train.log``, not the console."""
 
 LOG_ONLY = ("ignite", RECORDS.name)
 """Loggers whose lines go to ``train.log`` only (with their children): Ignite's own and the full records."""
@@ -66,7 +66,7 @@ def for_console(record: logging.LogRecord) -> bool:
     Example:
         >>> for_console(logging.makeLogRecord({"name": "ignite.engine.engine.Engine"}))
         False
-        >>> for_console(logging.makeLogRecord({"name": "recipes.console"}))
+        >>> for_console(logging.makeLogRecord({"name": "flint.recipes.app.console"}))
         True
     """
     return not any(record.name == name or record.name.startswith(name + ".") for name in LOG_ONLY)
@@ -109,7 +109,7 @@ def log_to_console(debug: bool = False, rank: int = 0, quiet: bool = False) -> N
 
     Adds one handler to the root logger (replacing one this function added before), filtered by
     :func:`for_console`, and routes Ignite's lines to the root logger (:func:`route_ignite_logging`).
-    ``flint`` calls it; call it before :func:`recipes.fit` to see the same lines (``fit()`` itself
+    ``flint`` calls it; call it before :func:`flint.recipes.app.fit` to see the same lines (``fit()`` itself
     leaves your logging configuration as it is and writes every line to ``train.log``).
 
     Args:

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recipes.config import TASKS, UsageError
+from flint.recipes.app.config import TASKS, UsageError
 
 if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import Dataset
 
-    from recipes.config import Config
+    from flint.recipes.app.config import Config
 
 __all__ = ["Recipe", "TASKS", "BUILTIN", "lazy", "load_recipe", "resolve_spec", "builtin_recipes", "entry_point_names"]
 
@@ -39,7 +39,7 @@ ENTRY_POINT_GROUP = "flint.recipes"
 
 @dataclass(frozen=True)
 class Recipe:
-    """A training job's ingredients: ``flint run`` and :func:`recipes.fit` add the loop.
+    """A training job's ingredients: ``flint run`` and :func:`flint.recipes.app.fit` add the loop.
 
     Example:
         >>> recipe = Recipe("tiny", "a tiny model", build_model=dict, datasets={"mine": lambda cfg: ([], [])})
@@ -91,7 +91,7 @@ def lazy(target: str, *args: Any) -> Callable[..., Any]:
 
 def builtin_recipes() -> dict[str, Recipe]:
     """The built-in recipes by name (importing them imports no torch)."""
-    return {name: importlib.import_module(f"recipes.{name}").RECIPE for name in BUILTIN}
+    return {name: importlib.import_module(f"flint.recipes.builtin.{name}").RECIPE for name in BUILTIN}
 
 
 def entry_point_names() -> dict[str, str]:
@@ -123,19 +123,29 @@ def load_recipe(spec: str) -> Recipe:
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
-            raise UsageError(f"recipe {spec}: cannot import {module_name}: {e}") from None
+            raise UsageError(_old_layout(spec, e) or f"recipe {spec}: cannot import {module_name}: {e}") from None
         return _pick(module, attr, spec)
     points = {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
     if spec in points:
         try:
             found = points[spec].load()
         except Exception as e:
-            raise UsageError(f"recipe {spec}: its entry point {points[spec].value} cannot be loaded: {type(e).__name__}: {e}") from None
+            raise UsageError(
+                _old_layout(spec, e) or f"recipe {spec}: its entry point {points[spec].value} cannot be loaded: {type(e).__name__}: {e}"
+            ) from None
         if not isinstance(found, Recipe):
-            raise UsageError(f"recipe {spec}: its entry point {points[spec].value} is a {type(found).__name__}, not a recipes.Recipe")
+            raise UsageError(f"recipe {spec}: its entry point {points[spec].value} is a {type(found).__name__}, not a flint.recipes.Recipe")
         return found
     names = [*BUILTIN, *sorted(points)]
     raise UsageError(f"unknown recipe {spec!r}: choose from {', '.join(names)}, or give path/to/file.py[:NAME] or package.module:NAME")
+
+
+def _old_layout(spec: str, error: BaseException) -> str | None:
+    """The one line for recipe code written for Flint's old top-level packages (``from recipes import Recipe``), or None."""
+    top = (getattr(error, "name", None) or "").partition(".")[0] if isinstance(error, ImportError) else ""
+    if top not in ("engine", "handlers", "recipes"):
+        return None
+    return f"recipe {spec} imports {top!r}: Flint's packages are flint.engine, flint.handlers and flint.recipes (from flint.recipes import Recipe)"
 
 
 def _from_file(spec: str) -> Recipe:
@@ -153,10 +163,10 @@ def _from_file(spec: str) -> Recipe:
     sys.path.insert(0, str(path.resolve().parent))
     try:
         module_spec.loader.exec_module(module)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a recipe's sys.exit() at import is a failure to load, not the command's status
         del sys.modules[name]
         where = f" (line {e.lineno})" if isinstance(e, SyntaxError) else ""
-        raise UsageError(f"recipe {spec}: {path} failed to load{where}: {type(e).__name__}: {e}") from None
+        raise UsageError(_old_layout(spec, e) or f"recipe {spec}: {path} failed to load{where}: {type(e).__name__}: {e}") from None
     finally:
         sys.path.remove(str(path.resolve().parent))
     return _pick(module, attr or "RECIPE", spec)
@@ -167,6 +177,6 @@ def _pick(module: Any, attr: str, spec: str) -> Recipe:
     if isinstance(found, Recipe):
         return found
     recipes = sorted(k for k, v in vars(module).items() if isinstance(v, Recipe))
-    has = f"it defines {', '.join(recipes)}" if recipes else "it defines no recipes.Recipe"
-    what = "no Recipe" if found is None else f"a {type(found).__name__}, not a recipes.Recipe"
+    has = f"it defines {', '.join(recipes)}" if recipes else "it defines no flint.recipes.Recipe"
+    what = "no Recipe" if found is None else f"a {type(found).__name__}, not a flint.recipes.Recipe"
     raise UsageError(f"recipe {spec}: {attr} is {what}; {has}")

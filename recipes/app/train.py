@@ -2,7 +2,7 @@
 
 :func:`train` sets the run's directory up; :func:`build_job` tells the rest as a story: data,
 model, engines, reporting, safety; :func:`run_job` runs it. Handlers attach in any order: Flint's engine fires their events in
-a fixed sequence (``engine.FlintEvents``), and every stateful one reaches the checkpoints by itself.
+a fixed sequence (``flint.engine.FlintEvents``), and every stateful one reaches the checkpoints by itself.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from ignite.metrics import Accuracy, Loss, MeanAbsoluteError, Metric
 from torch import nn
 from torch.utils.data import DataLoader
 
-from engine import EpochSampler, RNGState, create_evaluator, create_trainer, epoch_loss_total, register_state, seed_everything
-from engine.metrics import TopOneAccuracy
-from handlers import (
+from flint.engine import EpochSampler, RNGState, create_evaluator, create_trainer, epoch_loss_total, register_state, seed_everything
+from flint.engine.metrics import TopOneAccuracy
+from flint.handlers import (
     ETA,
     BatchLogger,
     CheckpointError,
@@ -58,14 +58,14 @@ from handlers import (
     lr_multiplier,
     write_text_atomic,
 )
-from recipes.config import Config, StopSignal, UsageError, check_global_batch, parse_monitor
-from recipes.console import RECORDS, ConsoleSink, log_header
-from recipes.data import DEVICE_AUGMENT, DeviceTensorLoader, FirstBatches
-from recipes.optim import make_loss, make_optimizer, param_groups
-from recipes.perf import channels_last_batch, peak_flops, profile_table, train_flops_per_sample
-from recipes.registry import Recipe
-from recipes.resume import check_before_writing, claim_run_dir, last_summary, load_resume_point
-from recipes.rundir import RunConfig
+from flint.recipes.app.config import Config, StopSignal, UsageError, check_global_batch, parse_monitor
+from flint.recipes.app.console import RECORDS, ConsoleSink, log_header
+from flint.recipes.builtin.data import DEVICE_AUGMENT, DeviceTensorLoader, FirstBatches
+from flint.recipes.app.optim import make_loss, make_optimizer, param_groups
+from flint.recipes.app.perf import channels_last_batch, peak_flops, profile_table, train_flops_per_sample
+from flint.recipes.app.registry import Recipe
+from flint.recipes.app.resume import check_before_writing, claim_run_dir, last_summary, load_resume_point
+from flint.recipes.app.rundir import RunConfig
 
 __all__ = [
     "train", "build_job", "run_job", "Job", "attach_all", "build_optimizer", "resolve_device", "task_metrics",
@@ -84,7 +84,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_with_torch(cfg: Config, recipe: Recipe) -> None:
-    """The checks :func:`recipes.config.resolve_config` leaves for torch; ``cfg`` is left as given.
+    """The checks :func:`flint.recipes.app.config.resolve_config` leaves for torch; ``cfg`` is left as given.
 
     ``cfg.device`` stays as the user wrote it ("auto" is resolved on each run), so a run saved on a
     GPU machine resumes on a CPU one without a config change.
@@ -118,13 +118,13 @@ def task_metrics(task: str, loss_fn: Callable, device: torch.device, monitor: st
     """(training metrics, validation metrics, monitored metric, "max"|"min") for a recipe's task.
 
     Classification reports accuracy, regression the mean absolute error; validation also the loss
-    (training's comes from the trainer's own running sum, ``engine.epoch_loss_total``). All
-    accumulate on ``device``. ``monitor`` (``NAME[:min|max]``, see ``recipes.config.parse_monitor``)
+    (training's comes from the trainer's own running sum, ``flint.engine.epoch_loss_total``). All
+    accumulate on ``device``. ``monitor`` (``NAME[:min|max]``, see ``flint.recipes.app.config.parse_monitor``)
     picks the best checkpoint: by default the best accuracy, or the lowest loss for regression.
     """
     classification = task == "classification"
     name = "accuracy" if classification else "mae"
-    # Updated every training iteration: Flint's lean accuracy (engine.metrics) costs half of Ignite's.
+    # Updated every training iteration: Flint's lean accuracy (flint.engine.metrics) costs half of Ignite's.
     train: dict[str, Metric] = {name: TopOneAccuracy(device=device) if classification else MeanAbsoluteError(device=device)}
     val = {"loss": Loss(loss_fn, device=device), name: Accuracy(device=device) if classification else MeanAbsoluteError(device=device)}
     return (train, val, *parse_monitor(monitor, task))
@@ -248,7 +248,7 @@ def train(
 
     ``handlers`` are attached beside the recipe's own (:func:`attach_all`); ``loss_fn`` and
     ``optimizer`` (a class or factory, see :func:`build_optimizer`) replace the named ones. With
-    ``lock``, rank 0 holds the output dir's lock (:class:`recipes.rundir.RunDirLock`) for the run;
+    ``lock``, rank 0 holds the output dir's lock (:class:`flint.recipes.app.rundir.RunDirLock`) for the run;
     ``on_settled()`` is called once the run's outcome is decided (see :func:`run_job`).
     Raises ``UsageError`` before anything is written for a bad resume, ``NonFiniteLoss`` when the
     loss becomes NaN or infinite (status ``"failed"``), ``KeyboardInterrupt`` on a second stop signal
@@ -281,7 +281,7 @@ def train(
             raise
 
 
-FLINT_LOGGERS = ("engine", "handlers", "recipes")
+FLINT_LOGGERS = ("flint",)
 
 
 @contextlib.contextmanager
@@ -352,7 +352,7 @@ class Job:
 def make_loaders(cfg: Config, train_set: Any, val_set: Any, device: torch.device, world: int = 1, rank: int = 0) -> tuple[Any, Any, Any]:
     """``(train loader, validation loader or None, train sampler)`` of ``cfg`` on this rank.
 
-    Batches come from an :class:`engine.EpochSampler` (each rank its shard), or with
+    Batches come from an :class:`flint.engine.EpochSampler` (each rank its shard), or with
     ``--data-on-device`` from tensors on the device; validation batches: :func:`make_val_loader`."""
     batch_size = cfg.batch_size // world  # --batch-size is global
     train_loader: Any
@@ -435,7 +435,7 @@ def build_job(
         net = torch.compile(net)
         eval_net = net if world == 1 else torch.compile(model)
 
-    # --- engines: Flint's handlers attach in any order (engine.FlintEvents orders their work) -------
+    # --- engines: Flint's handlers attach in any order (flint.engine.FlintEvents orders their work) -------
     prepare = channels_last_batch if cfg.channels_last else None
     trainer = create_trainer(
         net, optimizer, loss_fn, device=device, accumulation_steps=cfg.update_cycle, amp=cfg.amp,
@@ -470,7 +470,7 @@ def build_job(
     if tb is not None:
         handlers.append(NetSummaries(model, tb))
     if cfg.progress and sys.stderr.isatty() and rank == 0:
-        from recipes.progress import attach_progress_bar
+        from flint.recipes.app.progress import attach_progress_bar
 
         every = max(1, len(train_loader) // 50)  # redrawing per iteration costs ~85 us each
         attach_progress_bar(trainer, eta, cfg.log_interval, every)
@@ -506,7 +506,7 @@ def build_job(
 
 
 def run_job(job: Job, resume: Path | str | None, on_settled: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Resume ``job`` from ``resume`` (see :func:`recipes.resume.resume_point`), train it and close it; the summary record.
+    """Resume ``job`` from ``resume`` (see :func:`flint.recipes.app.resume.resume_point`), train it and close it; the summary record.
 
     SIGTERM and SIGINT go to ``job.preemption`` from the checkpoint's load to the last file closed.
     One that came before training started ends the launch there: ``"interrupted"`` if a checkpoint
@@ -529,7 +529,7 @@ def run_job(job: Job, resume: Path | str | None, on_settled: Callable[[], None] 
         loaded = load_resume_point(job.checkpoints, resume, job.device)
         _same_iteration_on_every_rank(trainer)
         if loaded is not None and (trainer.state.epoch >= cfg.epochs or (job.stopper is not None and job.stopper.stopped)):
-            outcome.status = None  # checked before anything was written (recipes.resume.nothing_left); Ignite would start over
+            outcome.status = None  # checked before anything was written (flint.recipes.app.resume.nothing_left); Ignite would start over
             return last_summary(job.out, f"ended after epoch {trainer.state.epoch}")
         requested = job.preemption.any_requested()  # a signal during the setup: every rank decides alike
         if requested:  # nothing trained, nothing new to save
@@ -569,7 +569,7 @@ def attach_all(handlers: Sequence[Any], trainer: Engine, evaluator: Engine) -> N
     """``handler.attach(trainer, evaluator)`` if its ``attach`` takes two engines, else ``handler.attach(trainer)``.
 
     ``attach`` takes two when it has a parameter named ``evaluator`` or two required positional ones.
-    On Flint's engines the order does not decide what the handlers do (``engine.FlintEvents``).
+    On Flint's engines the order does not decide what the handlers do (``flint.engine.FlintEvents``).
     """
     for handler in handlers:
         params = inspect.signature(handler.attach).parameters

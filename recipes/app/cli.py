@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from recipes.config import (
+from flint.recipes.app.config import (
     DEVICES,
     OPTIMIZERS,
     REFUSED_OPTIMIZERS,
@@ -36,10 +36,10 @@ from recipes.config import (
     option_name,
     resolve_config,
 )
-from recipes.console import log_to_console
-from recipes.export import FORMATS  # torch-free until a model is exported
-from recipes.registry import BUILTIN, Recipe, builtin_recipes, entry_point_names, load_recipe, resolve_spec
-from recipes.rundir import RESUMABLE_CHANGES, check_not_in_use
+from flint.recipes.app.console import log_to_console
+from flint.recipes.app.export import FORMATS  # torch-free until a model is exported
+from flint.recipes.app.registry import BUILTIN, Recipe, builtin_recipes, entry_point_names, load_recipe, resolve_spec
+from flint.recipes.app.rundir import RESUMABLE_CHANGES, check_not_in_use
 
 __all__ = ["main", "build_parser"]
 
@@ -53,7 +53,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-# --- option text -> value (ranges and combinations are checked by recipes.config) -------------------
+# --- option text -> value (ranges and combinations are checked by flint.recipes.app.config) -------------------
 
 
 def _int(text: str) -> int:
@@ -91,7 +91,7 @@ _CONVERT = {"int": _int, "int | None": _int, "float": _float, "float | None": _f
 
 
 def _add_options(parser: argparse.ArgumentParser, recipe: Recipe | None, only: Sequence[str] | None = None) -> None:
-    """One option per :class:`recipes.config.Config` field (or, for ``flint resume``, those in ``only``,
+    """One option per :class:`flint.recipes.app.config.Config` field (or, for ``flint resume``, those in ``only``,
     whose defaults are the run's), with its default in the help."""
     overridden = {key for r in builtin_recipes().values() for key in r.defaults}
     for f in option_fields():
@@ -165,7 +165,7 @@ def _version() -> str:
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
-    """The options given on the command line, as :class:`recipes.config.Config` values."""
+    """The options given on the command line, as :class:`flint.recipes.app.config.Config` values."""
     known = {f.name for f in option_fields()}
     given = {k: v for k, v in vars(args).items() if k in known}
     if "lr_mult" in given:
@@ -226,7 +226,7 @@ def _resume(args: argparse.Namespace, debug: bool) -> int:
 def _launch(cfg: Config, recipe: Recipe, debug: bool) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 holds the directory for all
         check_not_in_use(cfg.output_dir)  # before torch is imported: a second run is told at once
-    from recipes.launch import exit_finished_worker, launch, under_torchrun  # torch, Ignite and the rest: only now
+    from flint.recipes.app.launch import exit_finished_worker, launch, under_torchrun  # torch, Ignite and the rest: only now
 
     console = functools.partial(log_to_console, debug)
     console(0)
@@ -238,7 +238,7 @@ def _launch(cfg: Config, recipe: Recipe, debug: bool) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from recipes.evaluate import evaluate
+    from flint.recipes.app.evaluate import evaluate
 
     log_to_console(args.debug, quiet=not args.debug)
     result = evaluate(args.path, dataset=args.dataset, device=args.device)
@@ -251,7 +251,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from recipes.report import write_report
+    from flint.recipes.app.report import write_report
 
     log_to_console(args.debug, quiet=not args.debug)
     path, table = write_report(args.run_dir)
@@ -261,7 +261,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from recipes.export import export_model
+    from flint.recipes.app.export import export_model
 
     log_to_console(args.debug, quiet=not args.debug)  # stdout carries the path; exporters log progress
     print(export_model(args.path, args.format, args.output))

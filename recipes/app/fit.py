@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from recipes.config import resolve_config
-from recipes.registry import Recipe
+from flint.recipes.app.config import resolve_config
+from flint.recipes.app.registry import Recipe
 
 if TYPE_CHECKING:
     from torch import nn
@@ -49,7 +49,7 @@ def fit(
     latest and best checkpoints in ``output_dir/checkpoints``, ``metrics.jsonl``, TensorBoard files,
     ``train.log``, a SIGTERM or SIGINT stopping at the next update with a checkpoint, exact resume.
     Every ``flint run`` option is a keyword with its Python name and the same default (see
-    ``recipes.config.Config``: ``epochs``, ``batch_size``, ``lr``, ``lr_mult``, ``update_cycle``,
+    ``flint.recipes.app.config.Config``: ``epochs``, ``batch_size``, ``lr``, ``lr_mult``, ``update_cycle``,
     ``lr_mode``, ``interrupt_at``, ``early_stopping``, ``monitor``, ``val_every``, ``clip_grad_norm``,
     ``amp``, ``device="auto"``, ``progress``, ``seed``, ...); ``resume=True`` continues the run in
     ``output_dir`` from its latest checkpoint (a new run if it has none), ``resume=PATH`` from a checkpoint.
@@ -68,7 +68,7 @@ def fit(
             ``weight_decay``) and returning an optimizer. Default ``"sgd"``.
         handlers: more handlers; each gets ``attach(trainer)``, or ``attach(trainer, evaluator)`` when
             its ``attach`` takes two engines. Their state is checkpointed if they register it
-            (``engine.register_state``).
+            (``flint.engine.register_state``).
         **options: ``flint run``'s options by their Python names.
 
     Returns:
@@ -78,7 +78,7 @@ def fit(
 
     Raises:
         ValueError: a bad option or argument, named, before anything is written.
-        handlers.NonFiniteLoss: the loss became NaN or infinite (the last good checkpoint is kept).
+        flint.handlers.NonFiniteLoss: the loss became NaN or infinite (the last good checkpoint is kept).
 
     Example:
         >>> import tempfile, torch
@@ -130,7 +130,7 @@ def fit(
         cfg.loss = f"custom:{_qualname(loss_fn)}"
     if factory is not None:
         cfg.optimizer = f"custom:{_qualname(factory)}"
-    from recipes.launch import launch
+    from flint.recipes.app.launch import launch
 
     summary = launch(cfg, recipe, handlers, loss_fn, factory)
     if cfg.nproc_per_node > 1 or summary.get("nothing_to_do"):  # trained elsewhere: model takes the run's last weights
@@ -141,8 +141,8 @@ def fit(
 def _load_last_weights(model: nn.Module, output_dir: str) -> None:
     from pathlib import Path
 
-    from handlers import Checkpointing
-    from recipes.runs import load_weights, read_checkpoint
+    from flint.handlers import Checkpointing
+    from flint.recipes.app.runs import load_weights, read_checkpoint
 
     latest = Checkpointing.find_latest(Path(output_dir) / "checkpoints")
     if latest is not None:

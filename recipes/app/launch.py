@@ -1,6 +1,6 @@
 """Launching a run: in this process, on ``--nproc-per-node`` spawned workers, or as one worker of torchrun.
 
-``flint run`` and :func:`recipes.fit` both call :func:`launch`. A spawned worker reports a
+``flint run`` and :func:`flint.recipes.app.fit` both call :func:`launch`. A spawned worker reports a
 :class:`WorkerResult` (its summary, or the class and message of the exception it stopped on), which
 the launching process turns back into the same outcome: no text is parsed.
 """
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from recipes.config import Config, StopSignal, UsageError
-from recipes.registry import BUILTIN
+from flint.recipes.app.config import Config, StopSignal, UsageError
+from flint.recipes.app.registry import BUILTIN
 
 __all__ = ["launch", "under_torchrun", "exit_finished_worker", "WorkerResult", "Console"]
 
@@ -42,7 +42,7 @@ class WorkerResult:
 
     def raise_error(self) -> None:
         """Raise what the worker raised: Flint's own exceptions as themselves, any other as RuntimeError."""
-        from handlers import CheckpointError, NonFiniteLoss
+        from flint.handlers import CheckpointError, NonFiniteLoss
 
         kinds: dict[str, Callable[[str], BaseException]] = {
             "UsageError": UsageError, "KeyboardInterrupt": KeyboardInterrupt, "NonFiniteLoss": NonFiniteLoss,
@@ -56,14 +56,14 @@ class WorkerResult:
 
 def launch(cfg: Config, recipe: Any, handlers: Sequence[Any] = (), loss_fn: Any = None, optimizer: Any = None,
            console: Console | None = None, on_settled: Callable[[], None] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Run ``cfg`` where it asks to run; the summary record (see :func:`recipes.train.train`).
+    """Run ``cfg`` where it asks to run; the summary record (see :func:`flint.recipes.app.train.train`).
 
-    ``recipe`` is a :class:`recipes.Recipe`; spawned workers get it as it is if it is a built-in or
+    ``recipe`` is a :class:`flint.recipes.Recipe`; spawned workers get it as it is if it is a built-in or
     ``fit()``'s, else load it again by ``cfg.recipe`` (a recipe file's objects may not pickle).
     ``console(rank)`` sets up each worker's logging; ``on_settled()`` is called once the run's
     outcome is decided (the CLI then ignores stop signals).
     """
-    from recipes.train import check_with_torch, train
+    from flint.recipes.app.train import check_with_torch, train
 
     check_with_torch(cfg, recipe)
     if under_torchrun():
@@ -99,7 +99,7 @@ def exit_finished_worker(code: int) -> NoReturn:
 
 def _recipe(recipe: Any) -> Any:
     if isinstance(recipe, str):
-        from recipes.registry import load_recipe
+        from flint.recipes.app.registry import load_recipe
 
         return load_recipe(recipe)
     return recipe
@@ -112,7 +112,7 @@ def _free_port() -> int:
 
 
 def _backend(cfg: Config) -> str:
-    from recipes.train import resolve_device
+    from flint.recipes.app.train import resolve_device
 
     return "nccl" if resolve_device(cfg.device).type == "cuda" else "gloo"
 
@@ -124,7 +124,7 @@ def _worker(
     import ignite.distributed as idist
     import torch
 
-    from recipes.train import train
+    from flint.recipes.app.train import train
 
     def stop_before_training(signum: int, frame: object) -> None:  # until the run's own handlers take over
         raise StopSignal(signum)
@@ -155,7 +155,7 @@ def _spawn(cfg: Config, recipe: Any, handlers: Sequence[Any], loss_fn: Any, opti
     import ignite.distributed as idist
     import torch.multiprocessing as mp
 
-    from recipes.resume import claim_run_dir, last_summary
+    from flint.recipes.app.resume import claim_run_dir, last_summary
 
     results = mp.get_context("spawn").SimpleQueue()
 
@@ -213,11 +213,11 @@ def _under_torchrun(cfg: Config, recipe: Any, handlers: Sequence[Any], loss_fn: 
     """One worker of a torchrun launch: the process group comes from torchrun's environment."""
     import ignite.distributed as idist
 
-    from recipes.train import train
+    from flint.recipes.app.train import train
 
     _check_restartable()
     if console is not None:
-        from recipes.console import route_ignite_logging
+        from flint.recipes.app.console import route_ignite_logging
 
         route_ignite_logging()  # before idist.Parallel makes its logger, with a stderr handler of its own
     summaries: list[dict[str, Any]] = []

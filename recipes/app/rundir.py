@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from recipes.config import UsageError
+from flint.recipes.app.config import UsageError
 
 __all__ = ["RunDirLock", "RunConfig", "config_changes", "RESUMABLE_CHANGES"]
 
@@ -39,9 +39,9 @@ def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 
 class RunConfig:
-    """The run's options, kept in its checkpoints (``engine.register_state`` key ``config``).
+    """The run's options, kept in its checkpoints (``flint.engine.register_state`` key ``config``).
 
-    ``load_state_dict`` refuses, with a :class:`recipes.config.UsageError` naming each change, a
+    ``load_state_dict`` refuses, with a :class:`flint.recipes.app.config.UsageError` naming each change, a
     checkpoint saved under options that change what is trained (:func:`config_changes`): wherever
     a checkpoint is resumed, it continues the run it belongs to.
     """
@@ -130,7 +130,7 @@ def _in_use(directory: Path, owner: str) -> UsageError:
 
 
 def _write_error(path: Path, error: OSError) -> OSError:
-    from handlers.files import WriteError  # imports torch: only when it fails
+    from flint.handlers.files import WriteError  # imports torch: only when it fails
 
     return WriteError.from_error("lock file", path, error)
 

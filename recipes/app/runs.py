@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from handlers import Checkpointing
-from recipes.config import UsageError
-from recipes.registry import Recipe, load_recipe
+from flint.handlers import Checkpointing
+from flint.recipes.app.config import UsageError
+from flint.recipes.app.registry import Recipe, load_recipe
 
 __all__ = ["Run", "open_run", "trained_epochs", "best_checkpoint", "checkpoint_of", "read_checkpoint", "load_weights"]
 
@@ -33,7 +33,7 @@ _MODES = {"accuracy": "max", "loss": "min", "mae": "min"}  # the metrics Flint's
 
 def _monitor(run_dir: Path) -> tuple[str, str] | None:
     """``config.json``'s ``monitor`` as (NAME, mode), if there is one."""
-    from recipes.report import monitor_of, read_config
+    from flint.recipes.app.report import monitor_of, read_config
 
     return monitor_of(read_config(run_dir))
 
@@ -212,7 +212,7 @@ def open_run(path: str | os.PathLike[str]) -> Run:
 
     Raises:
         UsageError: no such run or checkpoint, a file that is not a Flint checkpoint, no config to
-            tell its recipe, a recipe that cannot be loaded (see :func:`recipes.load_recipe`).
+            tell its recipe, a recipe that cannot be loaded (see :func:`flint.recipes.load_recipe`).
         RuntimeError: a damaged or unreadable file; one line naming it.
     """
     checkpoint, run_dir = checkpoint_of(Path(path))
@@ -225,7 +225,7 @@ def open_run(path: str | os.PathLike[str]) -> Run:
         except (OSError, ValueError) as e:
             raise RuntimeError(f"cannot read {config_file}: {e}".splitlines()[0]) from None
     elif isinstance(state.get("config"), Mapping) and isinstance(state["config"].get("json"), str):
-        config = json.loads(state["config"]["json"])  # the options a checkpoint carries (engine.register_state)
+        config = json.loads(state["config"]["json"])  # the options a checkpoint carries (flint.engine.register_state)
     if not isinstance(config, dict) or not isinstance(config.get("recipe"), str):
         raise UsageError(f"no config.json in {run_dir} (nor options in {checkpoint.name}) to tell which recipe it belongs to")
     spec = config["recipe"]

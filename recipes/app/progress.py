@@ -10,10 +10,10 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 
-from engine import FlintEvents
-from engine.engine import when
-from handlers import ETA
-from recipes.console import significant
+from flint.engine import FlintEvents
+from flint.engine.engine import when
+from flint.handlers import ETA
+from flint.recipes.app.console import significant
 
 __all__ = ["IntervalLoss", "attach_progress_bar", "BAR_FORMAT"]
 
@@ -21,7 +21,7 @@ __all__ = ["IntervalLoss", "attach_progress_bar", "BAR_FORMAT"]
 class IntervalLoss:
     """The trainer's mean loss per sample over the current log interval, read when a progress bar redraws.
 
-    The interval is :class:`handlers.BatchLogger`'s: it restarts every ``every`` iterations, at each
+    The interval is :class:`flint.handlers.BatchLogger`'s: it restarts every ``every`` iterations, at each
     epoch's start and where a launch starts (a resume). At a log point the value is the one the
     ``"batch"`` record gets (on one worker; with several, this worker's own). The trainer keeps the
     epoch's running sum on the device (``state.loss_sum``); the interval's start is kept there too
@@ -34,7 +34,7 @@ class IntervalLoss:
         every: iterations per log interval (``--log-interval``).
 
     Example:
-        >>> from engine import create_trainer
+        >>> from flint.engine import create_trainer
         >>> model = torch.nn.Linear(1, 1, bias=False)
         >>> _ = torch.nn.init.zeros_(model.weight)
         >>> trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), torch.nn.functional.l1_loss)
@@ -62,7 +62,7 @@ class IntervalLoss:
     def _restart(self, trainer: Engine) -> None:
         state: Any = trainer.state
         if not isinstance(getattr(state, "loss_sum", None), torch.Tensor):
-            raise TypeError("the engine keeps no running loss (state.loss_sum): use a trainer from engine.create_trainer")
+            raise TypeError("the engine keeps no running loss (state.loss_sum): use a trainer from flint.engine.create_trainer")
         self._start = (state.loss_sum.clone(), int(state.epoch_samples))
 
     def _new_epoch(self, trainer: Engine) -> None:
@@ -103,8 +103,8 @@ def attach_progress_bar(trainer: Engine, eta: ETA, log_interval: int, every: int
     The bar is redrawn, and the loss read back, every ``every`` iterations.
 
     Args:
-        trainer: a trainer from ``engine.create_trainer``.
-        eta: the :class:`handlers.ETA` attached to it, for the run's ETA.
+        trainer: a trainer from ``flint.engine.create_trainer``.
+        eta: the :class:`flint.handlers.ETA` attached to it, for the run's ETA.
         log_interval: iterations per log interval (see :class:`IntervalLoss`).
         every: iterations between redraws. Default 1.
         **tqdm_kwargs: passed to tqdm through ``ProgressBar`` (``file=``, ``mininterval=``...).

@@ -11,7 +11,7 @@ from ignite.engine import Engine, Events
 from ignite.engine import _prepare_batch as _ignite_prepare_batch
 from ignite.handlers import HandlersTimeProfiler
 
-from engine import FlintEvents, TrainEvents
+from flint.engine import FlintEvents, TrainEvents
 
 __all__ = ["channels_last_batch", "train_flops_per_sample", "peak_flops", "profile_table"]
 

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from recipes.config import UsageError
-from recipes.registry import Recipe
+from flint.recipes.app.config import UsageError
+from flint.recipes.app.registry import Recipe
 
 __all__ = ["FORMATS", "METADATA_FILE", "export_model", "model_metadata"]
 
@@ -29,12 +29,12 @@ def model_metadata(recipe: Recipe, config: Mapping[str, Any], checkpoint: str | 
     ``checkpoint`` (the file the weights came from) and ``config`` (the run's ``config.json``).
 
     Example:
-        >>> from recipes import RECIPES
+        >>> from flint.recipes import RECIPES
         >>> meta = model_metadata(RECIPES["lenet"], {"recipe": "lenet", "dataset": "mnist"}, "best.pt")
         >>> meta["input_shape"], meta["mean"], meta["std"], meta["classes"][:3]
         ([1, 28, 28], [0.1307], [0.3081], ['0', '1', '2'])
     """
-    from recipes.data import DatasetInfo, dataset_info
+    from flint.recipes.builtin.data import DatasetInfo, dataset_info
 
     dataset = str(config.get("dataset") or recipe.default_dataset)
     try:
@@ -75,12 +75,12 @@ def export_model(path: str | Path, fmt: str, output: str | Path | None = None) -
             without checkpoints or ``config.json``, or a file that is not a Flint checkpoint.
         RuntimeError: a damaged checkpoint or one that does not fit the recipe's model, an
             unreadable ``config.json``; each one line naming the file.
-        handlers.WriteError: a file that could not be written, named, with the reason.
+        flint.handlers.WriteError: a file that could not be written, named, with the reason.
     """
     import torch
 
-    from handlers.files import WriteError, write_atomic, write_text_atomic
-    from recipes.runs import open_run
+    from flint.handlers.files import WriteError, write_atomic, write_text_atomic
+    from flint.recipes.app.runs import open_run
 
     if fmt not in FORMATS:
         raise UsageError(f"export --format {fmt!r}: choose from {', '.join(FORMATS)}")

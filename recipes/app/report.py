@@ -1,7 +1,7 @@
 """``flint report RUN_DIR``: a run's curves as ``report.png`` and a short table of its results.
 
 The run is read from ``RUN_DIR/metrics.jsonl``, as written by ``flint run`` or by any loop that
-sends its records to a ``handlers.JsonlSink``, and from ``RUN_DIR/config.json`` when there is one
+sends its records to a ``flint.handlers.JsonlSink``, and from ``RUN_DIR/config.json`` when there is one
 (``flint run`` writes it: ``compile`` and ``monitor`` are read from it). matplotlib is imported only
 by :func:`write_report`.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from recipes.config import UsageError, monitor_problem, parse_monitor
+from flint.recipes.app.config import UsageError, monitor_problem, parse_monitor
 
 __all__ = ["read_records", "read_config", "monitor_of", "summarise", "plot_data", "write_report", "Panel", "Plot", "CORE_PHASES"]
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from engine.sampler import EpochSampler
+from flint.engine.sampler import EpochSampler
 
 __all__ = [
     "digits", "seed001_data", "seed001_split", "digits_for", "seed001_for", "torchvision_for", "fake_images_for",
@@ -123,7 +123,7 @@ def seed001_split() -> tuple[TensorDataset, TensorDataset]:
 
 
 # The built-in recipes' datasets as ``Recipe.datasets`` calls them, with the run's config last
-# (through ``recipes.registry.lazy``, so that naming them imports nothing).
+# (through ``flint.recipes.app.registry.lazy``, so that naming them imports nothing).
 
 
 def digits_for(cfg: Any) -> tuple[Dataset, Dataset]:
@@ -399,8 +399,8 @@ class DeviceTensorLoader:
     """A whole (small) dataset held as two tensors on a device, served in batches without a DataLoader.
 
     The dataset's transforms run once, when it is loaded; ``augment`` (e.g. :func:`random_crop_flip`)
-    runs per batch on the device. The order comes from ``sampler``, an :class:`engine.EpochSampler`
-    (``handlers.DataOrder`` sets its epoch and, on a resume mid-epoch, the batches to skip), so a run
+    runs per batch on the device. The order comes from ``sampler``, an :class:`flint.engine.EpochSampler`
+    (``flint.handlers.DataOrder`` sets its epoch and, on a resume mid-epoch, the batches to skip), so a run
     repeats with its seed and resumes exactly like one with a DataLoader.
 
     Example:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recipes.config import DEFAULT_LOSS, LOSSES, OPTIMIZERS, REFUSED_OPTIMIZERS, UsageError
+from flint.recipes.app.config import DEFAULT_LOSS, LOSSES, OPTIMIZERS, REFUSED_OPTIMIZERS, UsageError
 
 __all__ = ["OPTIMIZERS", "REFUSED_OPTIMIZERS", "LOSSES", "DEFAULT_LOSS", "make_optimizer", "make_loss", "param_groups"]
 
@@ -90,7 +90,7 @@ _LOSSES: dict[str, Callable[[float], nn.Module]] = {
     "l1": lambda _: nn.L1Loss(),
     "smooth-l1": lambda _: nn.SmoothL1Loss(),
     "huber": lambda _: nn.HuberLoss(),
-}  # the names, by task, are recipes.config.LOSSES
+}  # the names, by task, are flint.recipes.app.config.LOSSES
 
 
 def make_loss(task: str, name: str, label_smoothing: float = 0.0) -> nn.Module:

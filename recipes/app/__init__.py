@@ -1,0 +1,1 @@
+"""The application around the recipes: options, the training job, launching, the run directory, the ``flint`` command."""
