@@ -82,6 +82,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object], 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        open(tmp, "wb").close()  # an unwritable place fails here with the OS's reason, whatever `write` would raise
         write(tmp)
         os.replace(tmp, path)
     except Exception as e:

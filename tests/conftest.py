@@ -26,6 +26,15 @@ class Collector(RecordStream):
         return [r for r in self.records if r["phase"] == name]
 
 
+@pytest.fixture(autouse=True)
+def _signals_given_back():
+    """``flint.recipes.app.cli.main`` keeps stop signals to the end of its process; called in-process, the next test gets them back."""
+    yield
+    from flint.recipes.app.stopping import STOPS
+
+    STOPS.uninstall()
+
+
 @pytest.fixture
 def collector() -> Collector:
     return Collector()

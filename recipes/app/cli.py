@@ -4,7 +4,9 @@ Exit status: 0 completed; 3 stopped with a checkpoint to resume from (``--interr
 a first Ctrl-C; relaunch with ``flint resume RUN_DIR``); 2 bad usage, one line naming the bad value
 and the choices, nothing written; 1 any other failure, one line ``flint: error: ...`` (the traceback
 goes to the run's ``train.log``, or to the terminal with ``--debug``); 128+N when signal N stopped it
-with nothing to resume (130 for SIGINT, 143 for SIGTERM).
+with nothing to resume (130 for SIGINT, 143 for SIGTERM). Once a command's outcome is settled (a
+run's summary is being written, a command's result printed), no signal changes its exit status
+(:mod:`flint.recipes.app.stopping`).
 
 The command imports torch only once it has a run to do: ``--help``, ``list`` and every bad option
 answer at once.
@@ -19,33 +21,20 @@ import json
 import os
 import signal
 import sys
-import threading
 import traceback
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from flint.recipes.app.config import (
-    DEVICES,
-    OPTIMIZERS,
-    REFUSED_OPTIMIZERS,
-    Config,
-    StopSignal,
-    UsageError,
-    option_fields,
-    option_name,
-    resolve_config,
-)
+from flint import __version__
+from flint.recipes.app.config import DEVICES, Config, UsageError, option_fields, option_name, resolve_config
 from flint.recipes.app.console import log_to_console
 from flint.recipes.app.export import FORMATS  # torch-free until a model is exported
+from flint.recipes.app.fingerprint import check_recipe_file
 from flint.recipes.app.registry import BUILTIN, Recipe, builtin_recipes, entry_point_names, load_recipe, resolve_spec
-from flint.recipes.app.rundir import RESUMABLE_CHANGES, check_not_in_use
+from flint.recipes.app.rundir import RunDir
+from flint.recipes.app.stopping import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, STOPS, StopSignal, exit_status
 
 __all__ = ["main", "build_parser"]
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
-# Options `flint resume` may be given again: those that do not alter what is trained.
-RESUME_OPTIONS = tuple(o for o in RESUMABLE_CHANGES if o not in ("resume", "output_dir"))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,54 +42,17 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-# --- option text -> value (ranges and combinations are checked by flint.recipes.app.config) -------------------
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-
-
-def _epochs(text: str) -> list[int]:
-    return [_int(part) for part in text.split(",")]
-
-
-def _name_factor(text: str) -> tuple[str, float]:
-    name, sep, factor = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=FACTOR, e.g. fc2=0.1")
-    return name, _float(factor)
-
-
-def _optimizer(name: str) -> str:
-    if name in REFUSED_OPTIMIZERS:
-        raise argparse.ArgumentTypeError(f"{name} is not supported: {REFUSED_OPTIMIZERS[name]}; choose from {', '.join(OPTIMIZERS)}")
-    return name
-
-
-_CONVERT = {"int": _int, "int | None": _int, "float": _float, "float | None": _float, "list[int]": _epochs}
-
-
-def _add_options(parser: argparse.ArgumentParser, recipe: Recipe | None, only: Sequence[str] | None = None) -> None:
-    """One option per :class:`flint.recipes.app.config.Config` field (or, for ``flint resume``, those in ``only``,
-    whose defaults are the run's), with its default in the help."""
+def _add_options(parser: argparse.ArgumentParser, recipe: Recipe | None, resuming: bool = False) -> None:
+    """One option per :class:`flint.recipes.app.config.Config` field of the command line (for ``flint resume``,
+    those a resumed run may change, whose defaults are the run's), with its default in the help."""
     overridden = {key for r in builtin_recipes().values() for key in r.defaults}
-    for f in option_fields():
-        if only is not None and f.name not in only:
-            continue
+    for f in option_fields("cli"):
         opt = f.metadata["option"]
+        if resuming and (not opt.resumable or f.name in ("resume", "output_dir")):
+            continue
         flags = [*([opt.short] if opt.short else []), option_name(f.name, "cli")]
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-        if only is not None:
+        if resuming:
             shown = "default: the run's"
         elif recipe is not None and f.name == "dataset":
             shown = f"{recipe.default_dataset}; also {', '.join(list(recipe.datasets)[1:]) or 'none'}"
@@ -114,18 +66,17 @@ def _add_options(parser: argparse.ArgumentParser, recipe: Recipe | None, only: S
         if opt.kind == "switch":
             parser.add_argument(*flags, dest=f.name, action="store_const", const=not opt.flag, help=help_text)
         elif opt.kind == "list":
-            parser.add_argument(*flags, dest=f.name, type=_name_factor, action="append", metavar=opt.metavar, help=help_text)
+            parser.add_argument(*flags, dest=f.name, type=opt.parse, action="append", metavar=opt.metavar, help=help_text)
         elif opt.kind == "optional":
             parser.add_argument(*flags, dest=f.name, nargs="?", const="", metavar=opt.metavar, help=help_text)
         else:
-            convert = _optimizer if f.name == "optimizer" else _CONVERT.get(str(f.type), str)
-            parser.add_argument(*flags, dest=f.name, type=convert, metavar=opt.metavar, help=help_text)
+            parser.add_argument(*flags, dest=f.name, type=opt.parse, metavar=opt.metavar, help=help_text)
 
 
 def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
     """The command line; ``recipe``'s defaults shown in ``flint run RECIPE --help``."""
     parser = _Parser(prog="flint", description="Flint: the BMXNet training loop on PyTorch-Ignite.")
-    parser.add_argument("--version", action="version", version=f"flint {_version()}")
+    parser.add_argument("--version", action="version", version=f"flint {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{list,run,resume,evaluate,report,export}",
                                      parser_class=_Parser)  # fmt: skip
     commands.add_parser("list", help="list the recipes: the built-ins and installed packages'")
@@ -136,7 +87,7 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
     run.add_argument("--debug", action="store_true", help="show tracebacks")
     resume = commands.add_parser("resume", help="continue a run with the options in RUN_DIR/config.json", argument_default=argparse.SUPPRESS)
     resume.add_argument("run_dir", metavar="RUN_DIR")
-    _add_options(resume, None, only=RESUME_OPTIONS)
+    _add_options(resume, None, resuming=True)
     resume.add_argument("--debug", action="store_true", help="show tracebacks")
     evaluate = commands.add_parser("evaluate", help="evaluate a run's best checkpoint (or the one given) on its validation set")
     evaluate.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
@@ -155,18 +106,9 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _version() -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("flint")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown (not installed)"
-
-
 def _given(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on the command line, as :class:`flint.recipes.app.config.Config` values."""
-    known = {f.name for f in option_fields()}
+    known = {f.name for f in option_fields("cli")}
     given = {k: v for k, v in vars(args).items() if k in known}
     if "lr_mult" in given:
         given["lr_mult"] = dict(given["lr_mult"])
@@ -177,17 +119,16 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _list() -> int:
-    for recipe in builtin_recipes().values():
-        print(_recipe_line(recipe.name, recipe))
+    lines = [_recipe_line(recipe.name, recipe) for recipe in builtin_recipes().values()]
     installed = entry_point_names()
     if installed:
-        print("installed (entry points flint.recipes):")
+        lines.append("installed (entry points flint.recipes):")
         for name in sorted(installed):
             try:
-                print(_recipe_line(name, load_recipe(name)))
+                lines.append(_recipe_line(name, load_recipe(name)))
             except UsageError as e:
-                print(f"{name:<7} cannot be loaded: {e}")
-    return EXIT_OK
+                lines.append(f"{name:<7} cannot be loaded: {e}")
+    return _print_settled("\n".join(lines))
 
 
 def _recipe_line(name: str, recipe: Recipe) -> str:
@@ -202,22 +143,20 @@ def _run(args: argparse.Namespace, recipe: Recipe, debug: bool) -> int:
 
 
 def _resume(args: argparse.Namespace, debug: bool) -> int:
-    run_dir = Path(args.run_dir)
-    config_file = run_dir / "config.json"
-    try:
-        saved = json.loads(config_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"resume {run_dir}: no config.json there: not a run directory of flint run") from None
-    except (OSError, ValueError) as e:
-        raise UsageError(f"resume {run_dir}: cannot read {config_file}: {e}".splitlines()[0]) from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("recipe"), str):
-        raise UsageError(f"resume {run_dir}: {config_file} names no recipe")
+    run = RunDir(args.run_dir)
+    run.check_not_in_use()  # a run still starting has no config.json yet
+    saved = run.config()
+    if saved is None:
+        raise UsageError(f"resume {run.path}: no config.json there: not a run directory of flint run")
+    if not isinstance(saved.get("recipe"), str):
+        raise UsageError(f"resume {run.path}: {run.config_file} names no recipe")
     if saved["recipe"].startswith("fit:"):
-        raise UsageError(f"resume {run_dir}: the run was made by fit(); call fit() again with resume=True")
+        raise UsageError(f"resume {run.path}: the run was made by fit(); call fit() again with resume=True")
+    check_recipe_file(saved["recipe"], saved.get("fingerprint"), str(run.path))  # the code the run recorded, before it is run
     recipe = load_recipe(saved["recipe"])
     known = {f.name for f in option_fields()}
     given = _given(args)
-    options = {**{k: v for k, v in saved.items() if k in known}, **given, "output_dir": str(run_dir), "resume": ""}
+    options = {**{k: v for k, v in saved.items() if k in known}, **given, "output_dir": str(run.path), "resume": ""}
     cfg = resolve_config(recipe, options, spec=saved["recipe"], typed=set(given))
     args.out_dir = cfg.output_dir
     return _launch(cfg, recipe, debug)
@@ -225,13 +164,12 @@ def _resume(args: argparse.Namespace, debug: bool) -> int:
 
 def _launch(cfg: Config, recipe: Recipe, debug: bool) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 holds the directory for all
-        check_not_in_use(cfg.output_dir)  # before torch is imported: a second run is told at once
+        RunDir(cfg.output_dir).check_not_in_use()  # before torch is imported: a second run is told at once
     from flint.recipes.app.launch import exit_finished_worker, launch, under_torchrun  # torch, Ignite and the rest: only now
 
     console = functools.partial(log_to_console, debug)
     console(0)
-    summary = launch(cfg, recipe, console=console, on_settled=_SETTLED.set)
-    code = EXIT_INTERRUPTED if summary.get("status") == "interrupted" else EXIT_OK
+    code = exit_status(launch(cfg, recipe, console=console))
     if under_torchrun():  # this process is a worker: its run is over on every rank
         exit_finished_worker(code)
     return code
@@ -243,11 +181,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     log_to_console(args.debug, quiet=not args.debug)
     result = evaluate(args.path, dataset=args.dataset, device=args.device)
     if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:<12} {value:.4f}" if isinstance(value, float) else f"{key:<12} {value}")
-    return EXIT_OK
+        return _print_settled(json.dumps(result))
+    return _print_settled("\n".join(f"{key:<12} {value:.4f}" if isinstance(value, float) else f"{key:<12} {value}" for key, value in result.items()))
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -255,48 +190,34 @@ def _report(args: argparse.Namespace) -> int:
 
     log_to_console(args.debug, quiet=not args.debug)
     path, table = write_report(args.run_dir)
-    print(table)
-    print(f"curves: {path}")
-    return EXIT_OK
+    return _print_settled(f"{table}\ncurves: {path}")
 
 
 def _export(args: argparse.Namespace) -> int:
     from flint.recipes.app.export import export_model
 
     log_to_console(args.debug, quiet=not args.debug)  # stdout carries the path; exporters log progress
-    print(export_model(args.path, args.format, args.output))
+    return _print_settled(str(export_model(args.path, args.format, args.output)))
+
+
+def _print_settled(text: str) -> int:
+    """A command's result: settled (no signal changes the exit status from here), then printed."""
+    STOPS.settle()
+    print(text, flush=True)
     return EXIT_OK
 
 
 # --- the terminal ----------------------------------------------------------------------------------
 
 
-_SETTLED = threading.Event()  # the run's outcome is decided: stop signals no longer change it
-
-
-def _stop_before_training(signum: int, frame: object) -> None:
-    if not _SETTLED.is_set():
-        raise StopSignal(signum)
-
-
-def _resumable(args: argparse.Namespace | None) -> Path | None:
-    """The newest checkpoint a relaunch of this command would resume from, if any."""
-    out = getattr(args, "out_dir", None)
-    if out is None:
-        return None
-    found = [p for p in (Path(out) / "checkpoints").glob("checkpoint_*.pt") if p.stem.split("_")[-1].isdigit()]
-    return max(found, key=lambda p: int(p.stem.split("_")[-1])) if found else None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``flint`` command line; returns the exit status."""
+    """Run the ``flint`` command line; returns the exit status.
+
+    SIGTERM and SIGINT are taken at once: until a run's own handlers take over, one ends the command
+    with one line (no traceback); once its outcome is settled they are ignored until the process ends."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    # Until a run's own handlers take over, SIGTERM or SIGINT ends the launch with one line (no
-    # traceback); once its outcome is decided they are ignored.
-    _SETTLED.clear()
-    training = bool(argv) and argv[0] in ("run", "resume")
-    previous = {s: signal.signal(s, _stop_before_training) for s in (signal.SIGTERM, signal.SIGINT)} if training else {}
+    STOPS.install()
     args: argparse.Namespace | None = None
     try:
         recipe = load_recipe(argv[1]) if len(argv) > 1 and argv[0] == "run" and not argv[1].startswith("-") else None
@@ -308,24 +229,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "resume":
             return _resume(args, debug)
         return {"evaluate": _evaluate, "report": _report, "export": _export}[args.command](args)
-    except UsageError as e:
-        print(f"flint: error: {e}", file=sys.stderr)
+    except BaseException as e:  # one line: no later signal can cut it short (Stops raises once)
+        STOPS.settle()
+        return _failed(e, args, debug)
+
+
+def _failed(error: BaseException, args: argparse.Namespace | None, debug: bool) -> int:
+    """The one line for how a command failed, and its exit status."""
+    if isinstance(error, SystemExit):  # --help, --version: argparse's own exit
+        return int(error.code or 0) if isinstance(error.code, int) or error.code is None else EXIT_USAGE
+    if isinstance(error, UsageError):
+        print(f"flint: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt as e:  # a second stop signal during training (no checkpoint for this stop), or Ctrl-C
-        signum = getattr(e, "signum", signal.SIGINT)
-        print(f"flint: aborted: {e}" if str(e) else "flint: interrupted", file=sys.stderr)
-        return 128 + int(signum)
-    except StopSignal as e:
-        found = _resumable(args)
-        where = f"flint resume {args.out_dir} continues from {found}" if found else "nothing to resume"  # type: ignore[union-attr]
-        print(f"flint: {e}; {where}", file=sys.stderr)
-        return EXIT_INTERRUPTED if found else 128 + e.signum
-    except Exception as e:
-        if debug:
-            traceback.print_exc()
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"flint: error: {message}", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    if isinstance(error, KeyboardInterrupt):  # a second stop signal during training (no checkpoint for this stop), or Ctrl-C
+        print(f"flint: aborted: {error}" if str(error) else "flint: interrupted", file=sys.stderr)
+        return 128 + int(getattr(error, "signum", signal.SIGINT))
+    if isinstance(error, StopSignal):
+        out = getattr(args, "out_dir", None)
+        found = RunDir(out).latest_checkpoint() if out is not None else None
+        where = f"flint resume {out} continues from {found}" if found else "nothing to resume"
+        print(f"flint: {error}; {where}", file=sys.stderr)
+        return EXIT_INTERRUPTED if found else 128 + error.signum
+    if not isinstance(error, Exception):
+        raise error
+    if debug:
+        traceback.print_exc()
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    print(f"flint: error: {message}", file=sys.stderr)
+    return EXIT_FAILED

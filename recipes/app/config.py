@@ -1,21 +1,27 @@
 """The options of a training run, as one dataclass, and their checks; the resolved copy is saved as ``config.json``.
 
-Each option is a :class:`Config` field whose metadata says how ``flint run`` spells it and what
-values it takes. ``flint run`` and :func:`flint.recipes.app.fit` both go through :func:`resolve_config`: the
-same names, defaults and checks, before anything is written. Nothing here imports torch, so the
-command line answers ``--help`` and every bad option at once.
+Each option is a :class:`Config` field whose :class:`Option` holds every fact about it: its help, its
+check, how ``flint run`` spells and parses it, whether a resumed run may change it, and whether it is
+an option of the command line, of :func:`flint.recipes.fit`, or both. ``flint run`` and ``fit()`` both go
+through :func:`resolve_config`: the same names, defaults and checks, before anything is written.
+Nothing here imports torch, so the command line answers ``--help`` and every bad option at once.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from flint.recipes.app.monitor import Monitor
+
 __all__ = [
-    "Config", "UsageError", "StopSignal", "Option", "DEVICES", "OPTIMIZERS", "REFUSED_OPTIMIZERS", "LOSSES", "DEFAULT_LOSS", "LR_MODES",
-    "TASKS", "resolve_config", "option_fields", "option_name", "check_global_batch", "task_metric_names", "parse_monitor", "monitor_problem",
+    "Config", "UsageError", "Option", "DEVICES", "OPTIMIZERS", "REFUSED_OPTIMIZERS", "LOSSES", "DEFAULT_LOSS", "LR_MODES",
+    "TASKS", "FLOAT32_MAX", "resolve_config", "option_fields", "option_name", "check_global_batch", "config_changes", "RunConfig",
+    "resume_refusal",
 ]  # fmt: skip
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -35,44 +41,30 @@ LOSSES = {
     "regression": ("mse", "l1", "smooth-l1", "huber"),
 }
 DEFAULT_LOSS = {"classification": "cross-entropy", "regression": "mse"}
+FLOAT32_MAX = 3.4028234663852886e38  # learning rates and weight decay become float32 tensors in torch's optimizers
+INT32_MAX = 2**31 - 1  # counts and sizes: what a DataLoader, a range or a C int takes
 
 
 class UsageError(ValueError):
     """A bad option or option combination; the CLI prints it in one line and exits 2."""
 
 
-class StopSignal(BaseException):
-    """SIGTERM or SIGINT before training started: the launch ends there, and nothing more is saved.
-
-    A ``BaseException``, like ``KeyboardInterrupt``: no ``except Exception`` on the way swallows it.
-    The CLI exits 3 if the run has a checkpoint to resume from, else 128 + the signal's number.
-    """
-
-    def __init__(self, signum: int) -> None:
-        import signal
-
-        try:
-            name = signal.Signals(signum).name
-        except ValueError:
-            name = f"signal {signum}"
-        super().__init__(f"stopped by {name} before training started")
-        self.signum = signum
-
-
 # --- value checks: each returns what is wrong with a value, or None ---------------------------------
 
 
-def _positive_int(value: Any) -> str | None:
-    return None if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else "must be a positive integer"
+def _int_in(low: int, high: int = INT32_MAX) -> Callable[[Any], str | None]:
+    text = ("a positive integer" if low == 1 else "a non-negative integer" if low == 0 else f"an integer >= {low}") + f" up to {high:,}"
+
+    def check(value: Any) -> str | None:
+        return None if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high else f"must be {text}"
+
+    return check
 
 
-def _non_negative_int(value: Any) -> str | None:
-    return None if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else "must be a non-negative integer"
-
-
-def _number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = True) -> Callable[[Any], str | None]:
+def _number(low: float, high: float = FLOAT32_MAX, low_open: bool = False, high_open: bool = False) -> Callable[[Any], str | None]:
     above = f"> {low:g}" if low_open else f">= {low:g}"
-    text = f"must be a finite number {above}" + (f" and {'<' if high_open else '<='} {high:g}" if high != math.inf else "")
+    below = f"{'<' if high_open else '<='} {high:g}"
+    text = f"must be a finite number {above} and {below}"
 
     def check(value: Any) -> str | None:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
@@ -105,7 +97,7 @@ def _seed(value: Any) -> str | None:
 
 
 def _epoch_list(value: Any) -> str | None:
-    ok = isinstance(value, list) and all(_positive_int(e) is None for e in value) and value == sorted(set(value))
+    ok = isinstance(value, list) and all(_int_in(1)(e) is None for e in value) and value == sorted(set(value))
     return None if ok else "must be increasing positive epochs, e.g. 30,60,90"
 
 
@@ -113,24 +105,52 @@ def _lr_mult(value: Any) -> str | None:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) and k for k in value):
         return "must map parameter name parts to factors, e.g. fc2=0.1"
     bad = [f"{k}={v}" for k, v in value.items() if _number(0, low_open=True)(v)]
-    return f"factors must be finite numbers > 0, got {', '.join(bad)}" if bad else None
+    return f"factors must be finite numbers > 0 and <= {FLOAT32_MAX:g}, got {', '.join(bad)}" if bad else None
 
 
-def monitor_problem(value: Any) -> str | None:
-    """What is wrong with a ``--monitor`` value (``NAME[:min|max]``, or empty for the default), or None."""
-    if not isinstance(value, str):
-        return "must be NAME or NAME:min or NAME:max"
-    name, _, mode = value.partition(":")
-    return None if value == "" or (name and mode in ("", "min", "max")) else "must be NAME or NAME:min or NAME:max, e.g. loss:min"
+# --- option text -> value: the command line's parsers ------------------------------------------------
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _parse_epochs(text: str) -> list[int]:
+    return [_parse_int(part) for part in text.split(",")]
+
+
+def _parse_name_factor(text: str) -> tuple[str, float]:
+    name, sep, factor = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=FACTOR, e.g. fc2=0.1")
+    return name, _parse_float(factor)
+
+
+def _parse_optimizer(name: str) -> str:
+    if name in REFUSED_OPTIMIZERS:
+        raise argparse.ArgumentTypeError(f"{name} is not supported: {REFUSED_OPTIMIZERS[name]}; choose from {', '.join(OPTIMIZERS)}")
+    return name
 
 
 @dataclass(frozen=True)
 class Option:
-    """How a :class:`Config` field is given on the command line and checked.
+    """Every fact about one :class:`Config` field.
 
     ``flag`` is its CLI spelling (default ``--field-name``); ``kind`` is ``"value"`` (takes a value),
     ``"optional"`` (a value or none), ``"switch"`` (present = True; a ``--no-x`` flag stores False)
-    or ``"list"`` (repeatable ``NAME=FACTOR``).
+    or ``"list"`` (repeatable ``NAME=FACTOR``); ``parse`` turns the command line's text into the value;
+    ``resumable`` says a resumed run may change it (it does not alter what is trained); ``scope`` is
+    ``"both"``, ``"cli"`` (the data and files of a recipe; ``fit()`` takes its own) or ``"python"``.
     """
 
     help: str
@@ -139,6 +159,9 @@ class Option:
     kind: str = "value"
     flag: str | None = None
     short: str | None = None
+    parse: Callable[[str], Any] = str
+    resumable: bool = False
+    scope: str = "both"
 
 
 def _opt(default: Any, help: str, check: Callable[[Any], str | None], **kwargs: Any) -> Any:
@@ -146,93 +169,92 @@ def _opt(default: Any, help: str, check: Callable[[Any], str | None], **kwargs: 
     return field(**factory, metadata={"option": Option(help, check, **kwargs)})  # type: ignore[call-overload]
 
 
+_INT, _FLOAT = {"parse": _parse_int}, {"parse": _parse_float}
+
+
 @dataclass
 class Config:
     recipe: str  # the recipe: a built-in or entry-point name, path/to/file.py[:NAME] or package.module:NAME
-    dataset: str = _opt("", "dataset; default: the recipe's first", _text, metavar="NAME")
-    data_dir: str = _opt("data", "where mnist, fashion-mnist and cifar10 are read from (and downloaded to)", _text, metavar="DIR")
-    download: bool = _opt(False, "download a missing dataset into --data-dir", _flag, kind="switch")
-    num_workers: int = _opt(0, "DataLoader worker processes (0: load in the main process)", _non_negative_int, metavar="N")
+    dataset: str = _opt("", "dataset; default: the recipe's first", _text, metavar="NAME", scope="cli")
+    data_dir: str = _opt("data", "where mnist, fashion-mnist and cifar10 are read from (and downloaded to)", _text, metavar="DIR",
+                         resumable=True, scope="cli")  # fmt: skip
+    download: bool = _opt(False, "download a missing dataset into --data-dir", _flag, kind="switch", resumable=True, scope="cli")
+    num_workers: int = _opt(0, "DataLoader worker processes (0: load in the main process)", _int_in(0, 1024), metavar="N", resumable=True, **_INT)
     data_on_device: bool = _opt(False, "hold the whole (small) dataset as tensors on the device", _flag, kind="switch")
-    epochs: int = _opt(10, "training epochs", _positive_int, metavar="N")
-    batch_size: int = _opt(64, "samples per batch, over all workers; one optimizer step sees batch_size * update_cycle", _positive_int, metavar="N")
-    lr: float = _opt(0.1, "base learning rate", _number(0, low_open=True), metavar="X")
-    optimizer: str = _opt("sgd", "optimizer", _choice(OPTIMIZERS), metavar="{" + ",".join(OPTIMIZERS) + "}")
-    momentum: float = _opt(0.9, "momentum (sgd, rmsprop)", _number(0, 1, high_open=False), metavar="X")
+    epochs: int = _opt(10, "training epochs (a resumed run may have more, not fewer)", _int_in(1, 10**6), metavar="N", resumable=True, **_INT)
+    batch_size: int = _opt(64, "samples per batch, over all workers; one optimizer step sees batch_size * update_cycle",
+                           _int_in(1, 2**24), metavar="N", **_INT)  # fmt: skip
+    lr: float = _opt(0.1, "base learning rate", _number(0, low_open=True), metavar="X", **_FLOAT)
+    optimizer: str = _opt("sgd", "optimizer", _choice(OPTIMIZERS), metavar="{" + ",".join(OPTIMIZERS) + "}", parse=_parse_optimizer)
+    momentum: float = _opt(0.9, "momentum (sgd, rmsprop)", _number(0, 1), metavar="X", **_FLOAT)
     nesterov: bool = _opt(False, "Nesterov momentum (sgd)", _flag, kind="switch")
-    wd: float = _opt(1e-4, "weight decay, on weights only: not on biases and normalisation parameters", _number(0), metavar="X")
+    wd: float = _opt(1e-4, "weight decay, on weights only: not on biases and normalisation parameters", _number(0), metavar="X", **_FLOAT)
     wd_all: bool = _opt(False, "weight decay on every parameter, biases and BatchNorm too", _flag, kind="switch")
     loss: str = _opt("", "loss; must fit the recipe's task (default: cross-entropy, or mse for regression)", _text,
                      metavar="{" + ",".join(LOSSES["classification"] + LOSSES["regression"]) + "}")  # fmt: skip
-    label_smoothing: float = _opt(0.0, "cross-entropy label smoothing", _number(0, 1), metavar="X")
+    label_smoothing: float = _opt(0.0, "cross-entropy label smoothing", _number(0, 1, high_open=True), metavar="X", **_FLOAT)
     lr_mult: dict[str, float] = _opt(dict, "parameters whose name contains NAME get lr*FACTOR in their own param group (repeatable)",
-                                     _lr_mult, metavar="NAME=FACTOR", kind="list")  # fmt: skip
-    log_interval: int = _opt(50, "iterations between batch records", _positive_int, metavar="N")
-    update_cycle: int = _opt(1, "batches per optimizer step (gradient accumulation)", _positive_int, metavar="N")
+                                     _lr_mult, metavar="NAME=FACTOR", kind="list", parse=_parse_name_factor)  # fmt: skip
+    log_interval: int = _opt(50, "iterations between batch records", _int_in(1), metavar="N", resumable=True, **_INT)
+    update_cycle: int = _opt(1, "batches per optimizer step (gradient accumulation)", _int_in(1, 2**20), metavar="N", **_INT)
     lr_mode: str = _opt("constant", "LR schedule, updated every iteration", _choice(LR_MODES), metavar="{" + ",".join(LR_MODES) + "}")
-    lr_steps: list[int] = _opt(list, "--lr-mode step: epochs after which the LR is multiplied by --lr-factor", _epoch_list, metavar="E1,E2,...")
-    lr_factor: float = _opt(0.1, "--lr-mode step: the multiplier at each of --lr-steps", _number(0, low_open=True), metavar="X")
-    warmup_epochs: int = _opt(0, "epochs of linear LR warmup before the schedule", _non_negative_int, metavar="N")
-    warmup_lr: float = _opt(0.0, "the LR warmup starts from (scaled per group like --lr-mult)", _number(0), metavar="X")
+    lr_steps: list[int] = _opt(list, "--lr-mode step: epochs after which the LR is multiplied by --lr-factor", _epoch_list,
+                               metavar="E1,E2,...", parse=_parse_epochs)  # fmt: skip
+    lr_factor: float = _opt(0.1, "--lr-mode step: the multiplier at each of --lr-steps", _number(0, low_open=True), metavar="X", **_FLOAT)
+    warmup_epochs: int = _opt(0, "epochs of linear LR warmup before the schedule", _int_in(0, 10**6), metavar="N", **_INT)
+    warmup_lr: float = _opt(0.0, "the LR warmup starts from (scaled per group like --lr-mult)", _number(0), metavar="X", **_FLOAT)
     clip_grad_norm: float | None = _opt(None, "clip the gradients' total L2 norm to X before each optimizer step",
-                                        _optional(_number(0, low_open=True)), metavar="X")  # fmt: skip
-    seed: int = _opt(42, "seeds torch, NumPy and random: same seed and options give the same metrics", _seed, metavar="N")
-    device: str = _opt("auto", "auto (CUDA if available), cpu or cuda", _choice(DEVICES), metavar="{" + ",".join(DEVICES) + "}")
-    output_dir: str = _opt("", "where the run's files go (default runs/RECIPE)", _text, metavar="DIR", short="-o")
+                                        _optional(_number(0, low_open=True)), metavar="X", **_FLOAT)  # fmt: skip
+    seed: int = _opt(42, "seeds torch, NumPy and random: same seed and options give the same metrics", _seed, metavar="N", **_INT)
+    device: str = _opt("auto", "auto (CUDA if available), cpu or cuda", _choice(DEVICES), metavar="{" + ",".join(DEVICES) + "}",
+                       resumable=True)  # fmt: skip
+    output_dir: str = _opt("", "where the run's files go (default runs/RECIPE)", _text, metavar="DIR", short="-o", resumable=True)
     resume: str | None = _opt(None, "continue from a checkpoint file or run directory; alone, the latest in the output dir",
-                              _optional(_text), metavar="PATH", kind="optional")  # fmt: skip
-    interrupt_at: int | None = _opt(None, "after this epoch's validation, save and exit with status 3", _optional(_positive_int), metavar="EPOCH")
-    val_every: int = _opt(1, "epochs between validations (the last epoch is always validated)", _positive_int, metavar="N")
+                              _optional(_text), metavar="PATH", kind="optional", resumable=True)  # fmt: skip
+    interrupt_at: int | None = _opt(None, "after this epoch's validation, save and exit with status 3", _optional(_int_in(1, 10**6)),
+                                    metavar="EPOCH", resumable=True, **_INT)  # fmt: skip
+    val_every: int = _opt(1, "epochs between validations (the last epoch is always validated)", _int_in(1, 10**6), metavar="N", **_INT)
     monitor: str = _opt("", "the validation metric that picks the best checkpoint and drives early stopping, and its "
-                        "direction (default accuracy:max, or loss:min for regression)", monitor_problem, metavar="NAME[:min|max]")  # fmt: skip
+                        "direction (default accuracy:max, or loss:min for regression)", Monitor.problem, metavar="NAME[:min|max]")  # fmt: skip
     early_stopping: int | None = _opt(None, "stop after N validations without improving the monitored metric",
-                                      _optional(_positive_int), metavar="PATIENCE")  # fmt: skip
-    save_frequency: int = _opt(1, "epochs between checkpoints (the last epoch and any stop are always saved)", _positive_int, metavar="N")
+                                      _optional(_int_in(1, 10**6)), metavar="PATIENCE", **_INT)  # fmt: skip
+    save_frequency: int = _opt(1, "epochs between checkpoints (the last epoch and any stop are always saved)", _int_in(1, 10**6),
+                               metavar="N", **_INT)  # fmt: skip
     test_run: bool = _opt(False, "one training and one validation batch per epoch", _flag, kind="switch")
-    progress: bool = _opt(True, "no progress bar (shown only when stderr is a terminal)", _flag, kind="switch", flag="--no-progress")
-    progress_file: str | None = _opt(None, "keep epoch and run ETA in this JSON file, for schedulers", _optional(_text), metavar="PATH")
+    progress: bool = _opt(True, "no progress bar (shown only when stderr is a terminal)", _flag, kind="switch", flag="--no-progress",
+                          resumable=True)  # fmt: skip
+    progress_file: str | None = _opt(None, "keep epoch and run ETA in this JSON file, for schedulers", _optional(_text), metavar="PATH",
+                                     resumable=True)  # fmt: skip
     amp: bool = _opt(False, "autocast in bfloat16 (float16 with a GradScaler on CUDA without bf16)", _flag, kind="switch")
     channels_last: bool = _opt(False, "channels-last memory format for model and images (for GPUs)", _flag, kind="switch")
     compile: bool = _opt(False, "torch.compile the model; the first iterations include the compile", _flag, kind="switch")
-    nproc_per_node: int = _opt(1, "data-parallel workers spawned on this machine (gloo on CPU, nccl on CUDA)", _positive_int, metavar="N")
-    profile: bool = _opt(False, "log each handler's cost (Ignite's HandlersTimeProfiler) at the end", _flag, kind="switch")
+    nproc_per_node: int = _opt(1, "data-parallel workers spawned on this machine (gloo on CPU, nccl on CUDA)", _int_in(1, 1024),
+                               metavar="N", resumable=True, **_INT)  # fmt: skip
+    profile: bool = _opt(False, "log each handler's cost (Ignite's HandlersTimeProfiler) at the end", _flag, kind="switch", resumable=True)
 
 
-def option_fields() -> list[Any]:
-    """The :class:`Config` fields that are options (every field but ``recipe``), in order."""
-    return [f for f in fields(Config) if "option" in f.metadata]
+def option_fields(scope: str | None = None) -> list[Any]:
+    """The :class:`Config` fields that are options (every field but ``recipe``), in order; with ``scope``
+    (``"cli"`` or ``"python"``), those that surface there."""
+    found = [f for f in fields(Config) if "option" in f.metadata]
+    return found if scope is None else [f for f in found if f.metadata["option"].scope in ("both", scope)]
+
+
+def _option(name: str) -> Option:
+    return next(f for f in fields(Config) if f.name == name).metadata["option"]
 
 
 def option_name(name: str, style: str) -> str:
     """How an option is named in messages: ``--batch-size`` (``style="cli"``) or ``batch_size`` (``"python"``)."""
     if style == "python":
         return name
-    opt: Option = next(f for f in fields(Config) if f.name == name).metadata["option"]
-    return opt.flag or "--" + name.replace("_", "-")
+    return _option(name).flag or "--" + name.replace("_", "-")
 
 
-def task_metric_names(task: str) -> tuple[str, ...]:
-    """The validation metrics of a task (what ``--monitor`` may name)."""
-    return ("loss", "accuracy") if task == "classification" else ("loss", "mae")
-
-
-def parse_monitor(monitor: str, task: str) -> tuple[str, str]:
-    """``(metric, "max"|"min")`` from ``NAME[:min|max]``; ``""`` is the task's default.
-
-    Example:
-        >>> parse_monitor("", "classification"), parse_monitor("loss", "classification"), parse_monitor("mae:max", "regression")
-        (('accuracy', 'max'), ('loss', 'min'), ('mae', 'max'))
-    """
-    if not monitor:
-        return ("accuracy", "max") if task == "classification" else ("loss", "min")
-    name, _, mode = monitor.partition(":")
-    return name, mode or ("max" if name == "accuracy" else "min")
-
-
-def check_global_batch(batch_size: int, workers: int) -> None:
-    """``--batch-size`` is global: each of ``workers`` data-parallel workers takes an equal share."""
+def check_global_batch(batch_size: int, workers: int, style: str = "cli") -> None:
+    """The batch size is global: each of ``workers`` data-parallel workers takes an equal share."""
     if batch_size % workers:
-        raise UsageError(f"--batch-size {batch_size} is global: it must divide among {workers} workers")
+        raise UsageError(f"{option_name('batch_size', style)} {batch_size} is global: it must divide among {workers} workers")
 
 
 def resolve_config(
@@ -246,24 +268,15 @@ def resolve_config(
     :class:`UsageError` naming the first bad option as ``style`` spells it (``"cli"`` or ``"python"``).
     Checks that need the model or torch (``--lr-mult`` names, a CUDA device) come later, in the run.
     """
-    def name(option: str) -> str:
-        return option_name(option, style)
 
     def show(option: str, value: Any) -> str:
-        if style == "python":
-            return f"{option}={value!r}"
-        if isinstance(value, bool):
-            return name(option)
-        if isinstance(value, Mapping):
-            return " ".join(f"{name(option)} {k}={v:g}" if isinstance(v, (int, float)) else f"{name(option)} {k}={v}" for k, v in value.items())
-        if isinstance(value, list):
-            return f"{name(option)} {','.join(map(str, value))}"
-        return f"{name(option)} {value:g}" if isinstance(value, float) else f"{name(option)} {value}"
+        return _show(option, value, style)
 
     known = {f.name for f in option_fields()}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise UsageError(f"unknown option {', '.join(map(repr, unknown))}; the options are {', '.join(sorted(known))}")
+    for source, names in (("", given), (f"recipe {recipe.name}'s defaults: ", recipe.defaults)):
+        unknown = sorted(set(names) - known)
+        if unknown:
+            raise UsageError(f"{source}unknown option {', '.join(map(repr, unknown))}; the options are {', '.join(sorted(known))}")
     values = {**recipe.defaults, **given}
     for f in option_fields():
         if f.name in values:
@@ -276,13 +289,33 @@ def resolve_config(
     values["output_dir"] = values.get("output_dir") or f"runs/{recipe.name}"
     values["loss"] = values.get("loss") or DEFAULT_LOSS[recipe.task]
     cfg = Config(recipe=spec or recipe.name, **values)
-    _check_together(cfg, recipe, set(given) if typed is None else typed, name, show)
+    _check_together(cfg, recipe.task, set(given) if typed is None else typed, style)
     return cfg
 
 
-def _check_together(cfg: Config, recipe: Any, given: set[str], name: Callable[[str], str], show: Callable[[str, Any], str]) -> None:
-    if cfg.loss not in LOSSES[recipe.task]:
-        raise UsageError(f"{show('loss', cfg.loss)} does not fit {recipe.task}; choose from {', '.join(LOSSES[recipe.task])}")
+def _show(option: str, value: Any, style: str) -> str:
+    """An option and its value as the user would have written them."""
+    if style == "python":
+        return f"{option}={value!r}"
+    name = option_name(option, style)
+    if isinstance(value, bool):
+        return name
+    if isinstance(value, Mapping):
+        return " ".join(f"{name} {k}={v:g}" if isinstance(v, (int, float)) else f"{name} {k}={v}" for k, v in value.items())
+    if isinstance(value, list):
+        return f"{name} {','.join(map(str, value))}"
+    return f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+
+
+def _check_together(cfg: Config, task: str, given: set[str], style: str) -> None:
+    def name(option: str) -> str:
+        return option_name(option, style)
+
+    def show(option: str, value: Any) -> str:
+        return _show(option, value, style)
+
+    if cfg.loss not in LOSSES[task]:
+        raise UsageError(f"{show('loss', cfg.loss)} does not fit {task}; choose from {', '.join(LOSSES[task])}")
     if cfg.label_smoothing and cfg.loss != "cross-entropy":
         raise UsageError(f"{name('label_smoothing')} applies to the cross-entropy loss, not {cfg.loss}")
     for option in ("momentum", "nesterov"):  # given for an optimizer that would ignore it
@@ -293,6 +326,9 @@ def _check_together(cfg: Config, recipe: Any, given: set[str], name: Callable[[s
         raise UsageError(f"{name('nesterov')} needs a positive {name('momentum')}")
     if cfg.optimizer == "rprop" and cfg.wd:
         raise UsageError(f"{show('optimizer', 'rprop')} has no weight decay; pass {show('wd', 0)}")
+    too_large = [f"{k}={v:g}" for k, v in cfg.lr_mult.items() if cfg.lr * v > FLOAT32_MAX]
+    if too_large:
+        raise UsageError(f"{show('lr_mult', cfg.lr_mult)}: {show('lr', cfg.lr)} times {', '.join(too_large)} exceeds {FLOAT32_MAX:g}")
     if cfg.interrupt_at is not None and cfg.interrupt_at >= cfg.epochs:
         raise UsageError(f"{show('interrupt_at', cfg.interrupt_at)}: must be below {show('epochs', cfg.epochs)}")
     if cfg.warmup_epochs >= cfg.epochs:
@@ -303,7 +339,69 @@ def _check_together(cfg: Config, recipe: Any, given: set[str], name: Callable[[s
         raise UsageError(f"{name('lr_steps')} applies to {show('lr_mode', 'step')}, not {cfg.lr_mode}")
     if cfg.data_on_device and cfg.num_workers:
         raise UsageError(f"{name('data_on_device')} serves batches from device memory; it takes no {name('num_workers')}")
-    metric, _ = parse_monitor(cfg.monitor, recipe.task)
-    if metric not in task_metric_names(recipe.task):
-        raise UsageError(f"{show('monitor', cfg.monitor)}: {recipe.task} validates {', '.join(task_metric_names(recipe.task))}")
-    check_global_batch(cfg.batch_size, cfg.nproc_per_node)
+    monitor = Monitor.parse(cfg.monitor, task)
+    metrics = ("loss", "accuracy") if task == "classification" else ("loss", "mae")
+    if monitor.name not in metrics:
+        raise UsageError(f"{show('monitor', cfg.monitor)}: {task} validates {', '.join(metrics)}")
+    check_global_batch(cfg.batch_size, cfg.nproc_per_node, style)
+
+
+def config_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``name=old, now new`` for each option that differs from the saved run's and may not change.
+
+    ``epochs`` may grow, not shrink; the other resumable options may change freely. Options the saved
+    run did not have are not compared.
+
+    Example:
+        >>> config_changes({"batch_size": 32, "epochs": 10, "seed": 1}, {"batch_size": 64, "epochs": 5, "seed": 1})
+        ['epochs=10, now 5 (it may grow, not shrink)', 'batch_size=32, now 64']
+    """
+    resumable = {f.name for f in option_fields() if f.metadata["option"].resumable}
+    changes = []
+    if "epochs" in saved and now.get("epochs", saved["epochs"]) < saved["epochs"]:
+        changes.append(f"epochs={saved['epochs']}, now {now['epochs']} (it may grow, not shrink)")
+    changes += [f"{key}={saved[key]!r}, now {now[key]!r}" for key in now
+                if key in saved and key not in resumable and saved[key] != now[key]]  # fmt: skip
+    return changes
+
+
+class RunConfig:
+    """The run's options and fingerprint, kept in its checkpoints (``flint.engine.register_state`` key ``config``).
+
+    ``load_state_dict`` refuses, with a :class:`UsageError` naming each change, a checkpoint saved
+    under options that change what is trained (:func:`config_changes`) or from another recipe file
+    or data (:func:`flint.recipes.app.fingerprint.fingerprint_changes`): wherever a checkpoint is
+    resumed, it continues the run it belongs to.
+    """
+
+    def __init__(self, options: Mapping[str, Any] | Config, fingerprint: Mapping[str, Any] | None = None,
+                 source: str = "the checkpoint") -> None:  # fmt: skip
+        self.options = asdict(options) if isinstance(options, Config) else dict(options)
+        self.fingerprint, self.source = dict(fingerprint or {}), source  # source: "checkpoint PATH", for the message
+
+    def state_dict(self) -> dict[str, Any]:
+        # strings: plain data whatever the options hold
+        return {"json": json.dumps(self.options), "fingerprint": json.dumps(self.fingerprint)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        from flint.recipes.app.fingerprint import fingerprint_changes
+
+        saved = json.loads(state["fingerprint"]) if "fingerprint" in state else None  # a checkpoint without one: nothing to compare
+        refused = resume_refusal(self.source, config_changes(json.loads(state["json"]), self.options), fingerprint_changes(saved, self.fingerprint))
+        if refused:
+            raise UsageError(refused)
+
+
+def resume_refusal(source: str, options: list[str], fingerprint: list[str]) -> str | None:
+    """The one line refusing to resume ``source`` ("checkpoint PATH", "the run in DIR") after these changes, or None.
+
+    Example:
+        >>> resume_refusal("the run in runs/a", ["seed=1, now 2"], [])
+        '--resume: the run in runs/a was trained with seed=1, now 2; resume it unchanged'
+        >>> resume_refusal("the run in runs/a", [], ["the data changed (10 training samples, now 9)"])
+        '--resume: since the run in runs/a was trained, the data changed (10 training samples, now 9); resume it unchanged'
+    """
+    said = [f"{source} was trained with {'; '.join(options)}"] if options else []
+    if fingerprint:
+        said.append(f"{'since then' if options else f'since {source} was trained,'} {'; '.join(fingerprint)}")
+    return f"--resume: {'; '.join(said)}; resume it unchanged" if said else None

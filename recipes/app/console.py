@@ -28,6 +28,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from flint.recipes.app.monitor import Monitor
+
 if TYPE_CHECKING:
     import torch
 
@@ -41,8 +43,9 @@ logger = logging.getLogger(__name__)
 RECORDS = logging.getLogger("flint.records")
 """The run's full record lines (``flint.handlers.LoggingSink``) and its config: for ``train.log``, not the console."""
 
-LOG_ONLY = ("ignite", RECORDS.name)
-"""Loggers whose lines go to ``train.log`` only (with their children): Ignite's own and the full records."""
+LOG_ONLY = ("ignite", "torch.multiprocessing", RECORDS.name)
+"""Loggers whose lines go to ``train.log`` only (with their children): Ignite's own, torch's worker processes'
+("Terminating process ... via signal SIGTERM" when a launch stops its workers) and the full records."""
 
 # Ignite's loggers made by ``ignite.utils.setup_logger`` get a stderr handler of their own and stop
 # propagating, unless they exist already: setup_logger keeps an existing logger as it is.
@@ -57,19 +60,24 @@ _POSITION = frozenset({"phase", "epoch", "iteration", "samples", "epoch_time", "
 
 
 def for_console(record: logging.LogRecord) -> bool:
-    """A ``logging`` filter for the console handler: False for the loggers of :data:`LOG_ONLY` and their children.
+    """A ``logging`` filter for the console handler: Flint's own lines, and other libraries' warnings and errors.
 
-    Ignite's INFO lines ("Engine run starting", "Epoch[1] Complete" after each validation) and its
-    ERROR per engine as an exception passes (the CLI's one ``flint: error:`` line says it once) then
-    reach ``train.log`` only.
+    The loggers of :data:`LOG_ONLY` and their children reach ``train.log`` only: Ignite's INFO lines
+    ("Engine run starting", "Epoch[1] Complete" after each validation), its ERROR per engine as an
+    exception passes (the CLI's one ``flint: error:`` line says it once), the full records. Other
+    libraries' INFO lines (torch's, at exit) are not the run's either.
 
     Example:
-        >>> for_console(logging.makeLogRecord({"name": "ignite.engine.engine.Engine"}))
+        >>> for_console(logging.makeLogRecord({"name": "ignite.engine.engine.Engine", "levelno": logging.ERROR}))
         False
-        >>> for_console(logging.makeLogRecord({"name": "flint.recipes.app.console"}))
+        >>> for_console(logging.makeLogRecord({"name": "flint.recipes.app.console", "levelno": logging.INFO}))
         True
+        >>> for_console(logging.makeLogRecord({"name": "torch._subclasses.fake_tensor", "levelno": logging.INFO}))
+        False
     """
-    return not any(record.name == name or record.name.startswith(name + ".") for name in LOG_ONLY)
+    if any(record.name == name or record.name.startswith(name + ".") for name in LOG_ONLY):
+        return False
+    return record.name == "flint" or record.name.startswith("flint.") or record.levelno >= logging.WARNING
 
 
 def route_ignite_logging() -> None:
@@ -79,8 +87,13 @@ def route_ignite_logging() -> None:
     ``ignite.distributed`` log through ``ignite.utils.setup_logger``, which gives each logger a
     stderr handler of its own (those lines bypassed both the console's filter and ``train.log``).
     Those loggers are made here, plain, so Ignite keeps them so; ones made already are reset.
-    Not DEBUG: Ignite's engine would then log every event it fires.
+    Not DEBUG: Ignite's engine would then log every event it fires. torch's ``torch.multiprocessing``
+    lines, which torch's ``torch`` logger would print itself, are handed to the root logger's handlers too.
     """
+    spawn = logging.getLogger("torch.multiprocessing")  # torch's own "torch" logger keeps its lines to itself
+    if not any(isinstance(h, _ToRoot) for h in spawn.handlers):
+        spawn.addHandler(_ToRoot())
+    spawn.propagate = False
     logging.getLogger("ignite").setLevel(logging.INFO)
     made = [name for name, log in logging.root.manager.loggerDict.items()
             if name.startswith("ignite.") and isinstance(log, logging.Logger) and not log.propagate]  # fmt: skip
@@ -90,6 +103,13 @@ def route_ignite_logging() -> None:
             log.removeHandler(handler)
         log.setLevel(logging.NOTSET)
         log.propagate = True
+
+
+class _ToRoot(logging.Handler):
+    """Hands each record to the root logger's handlers (for a library logger whose parent keeps its lines)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger().handle(record)
 
 
 class _ConsoleHandler(logging.StreamHandler):
@@ -288,8 +308,8 @@ def closing_lines(
         resume_hint: how to continue an interrupted run. Default ``"run the same command with --resume"``.
 
     Example:
-        >>> summary = {"phase": "summary", "status": "completed", "epochs": 10, "best_epoch": 8,
-        ...            "best_accuracy": 0.98886, "avg_epoch_time": 0.331, "stopped_early": False,
+        >>> summary = {"phase": "summary", "status": "completed", "epochs": 10, "monitor": "accuracy:max", "best_epoch": 8,
+        ...            "best_value": 0.98886, "avg_epoch_time": 0.331, "stopped_early": False,
         ...            "samples_per_sec": 4344.2, "model_tflops": 0.00041424}
         >>> for line in closing_lines(summary, 10, 10, "runs/lenet/checkpoints/best_checkpoint_8_accuracy=0.9889.pt"):
         ...     print(line)
@@ -307,9 +327,9 @@ def closing_lines(
         lines = [f"Interrupted {where} epoch {epoch}/{epochs} and saved; to continue, {resume_hint}"]
     else:
         return []
-    monitored = next((key for key in summary if key.startswith("best_") and key != "best_epoch"), None)
-    if summary.get("best_epoch") is not None and monitored is not None:
-        best = f"Best epoch {summary['best_epoch']}: val_{monitored[5:]} {significant(summary[monitored])}"
+    monitor = Monitor.of(summary.get("monitor"))
+    if summary.get("best_epoch") is not None and monitor is not None and summary.get("best_value") is not None:
+        best = f"Best epoch {summary['best_epoch']}: val_{monitor.name} {significant(summary['best_value'])}"
         lines.append(best + (f", saved as {best_checkpoint}" if best_checkpoint else ""))
     if summary.get("avg_epoch_time") is not None:
         timing = f"Average epoch {duration(summary['avg_epoch_time'])}"
@@ -345,7 +365,8 @@ class ConsoleSink:
         >>> for record in [{"phase": "training", "epoch": 1, "loss": 0.5, "epoch_time": 1.25, "lr": [0.1]},
         ...                {"phase": "validation", "epoch": 1, "loss": 0.25},
         ...                {"phase": "training", "epoch": 2, "loss": 0.125, "epoch_time": 1.5, "lr": [0.1]},
-        ...                {"phase": "summary", "status": "completed", "epochs": 2, "best_epoch": 1, "best_loss": 0.25}]:
+        ...                {"phase": "summary", "status": "completed", "epochs": 2, "monitor": "loss:min", "best_epoch": 1,
+        ...                 "best_value": 0.25}]:
         ...     sink(record)
         Epoch 1/2  1.2s  loss 0.5000  val_loss 0.2500  lr 0.1
         Epoch 2/2  1.5s  loss 0.1250  lr 0.1

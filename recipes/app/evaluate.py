@@ -16,7 +16,7 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: s
 
     The run's ``config.json`` (or the options the checkpoint carries) names its recipe and options;
     the validation set, its batches and the metrics are built as training built them
-    (``flint.recipes.app.train.make_val_loader``, ``task_metrics``), so on the same device the numbers equal the
+    (``flint.recipes.app.loaders.make_val_loader``, ``flint.recipes.app.train.task_metrics``), so on the same device the numbers equal the
     ``validation`` record of the checkpoint's epoch. ``dataset`` picks another of the recipe's datasets.
 
     Returns:
@@ -31,7 +31,8 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: s
     from flint.recipes.app.optim import make_loss
     from flint.recipes.app.perf import channels_last_batch
     from flint.recipes.app.runs import open_run
-    from flint.recipes.app.train import make_val_loader, resolve_device, task_metrics
+    from flint.recipes.app.loaders import make_val_loader
+    from flint.recipes.app.train import resolve_device, task_metrics
 
     run = open_run(path)
     known = {f.name for f in fields(Config)}
@@ -49,7 +50,7 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: s
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     loss_fn = make_loss(run.recipe.task, cfg.loss, cfg.label_smoothing)
-    _, metrics, _, _ = task_metrics(run.recipe.task, loss_fn, where)
+    _, metrics = task_metrics(run.recipe.task, loss_fn, where)
     prepare = channels_last_batch if cfg.channels_last else None
     evaluator = create_evaluator(model, metrics, device=where, amp=cfg.amp, prepare_batch=prepare)
     results = evaluator.run(val_loader).metrics

@@ -7,18 +7,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flint.recipes.app.config import resolve_config
+from flint.recipes.app.config import option_fields, resolve_config
 from flint.recipes.app.registry import Recipe
+from flint.recipes.app.stopping import STOPS
 
 if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import Dataset
 
 __all__ = ["fit"]
-
-# flint run options that name the data or the files, which fit() takes as its own arguments
-_NOT_OPTIONS = ("dataset", "data_dir", "download", "output_dir", "loss", "optimizer", "recipe")
-
 
 @dataclass(frozen=True)
 class _Given:
@@ -93,9 +90,9 @@ def fit(
 
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"Argument model should be a torch.nn.Module, got {type(model).__name__}")
-    taken = [name for name in _NOT_OPTIONS if name in options]
-    if taken:
-        raise ValueError(f"{', '.join(taken)}: not options of fit(), which trains on the data and into the output_dir you give")
+    cli_only = sorted(set(options) & {f.name for f in option_fields()} - {f.name for f in option_fields("python")})
+    if cli_only:
+        raise ValueError(f"{', '.join(cli_only)}: not options of fit(), which trains on the data you give")
     given = dict(options)
     if "resume" in given and isinstance(given["resume"], bool):
         given["resume"] = "" if given["resume"] else None
@@ -132,9 +129,15 @@ def fit(
         cfg.optimizer = f"custom:{_qualname(factory)}"
     from flint.recipes.app.launch import launch
 
-    summary = launch(cfg, recipe, handlers, loss_fn, factory)
+    STOPS.install()  # SIGTERM/SIGINT stop the run and save; given back to the caller's handlers at the end
+    try:
+        summary = launch(cfg, recipe, handlers, loss_fn, factory)
+    finally:
+        STOPS.uninstall()
     if cfg.nproc_per_node > 1 or summary.get("nothing_to_do"):  # trained elsewhere: model takes the run's last weights
         _load_last_weights(model, cfg.output_dir)
+    for index, state in summary.pop("handler_states", {}).items():  # trained by spawned workers: the handlers take their state
+        handlers[int(index)].load_state_dict(state)
     return summary
 
 

@@ -1,26 +1,34 @@
 """Launching a run: in this process, on ``--nproc-per-node`` spawned workers, or as one worker of torchrun.
 
-``flint run`` and :func:`flint.recipes.app.fit` both call :func:`launch`. A spawned worker reports a
-:class:`WorkerResult` (its summary, or the class and message of the exception it stopped on), which
-the launching process turns back into the same outcome: no text is parsed.
+``flint run`` and :func:`flint.recipes.fit` both call :func:`launch`. A spawned worker reports a
+:class:`WorkerResult` (its summary, or the class and message of the exception it stopped on) in a
+file of the launch's own, which the launching process turns back into the same outcome: no text is
+parsed, and no semaphore outlives the workers.
 """
 
 from __future__ import annotations
 
+import ast
+import inspect
 import logging
 import os
+import pickle
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from flint.recipes.app.config import Config, StopSignal, UsageError
+from flint.recipes.app.config import Config, UsageError
 from flint.recipes.app.registry import BUILTIN
+from flint.recipes.app.stopping import STOPS, StopSignal
 
 __all__ = ["launch", "under_torchrun", "exit_finished_worker", "WorkerResult", "Console"]
+
+logger = logging.getLogger(__name__)
 
 Console = Callable[[int], None]  # sets up the terminal's logging for a rank (the CLI's), or None
 
@@ -34,6 +42,7 @@ class WorkerResult:
     error: str | None = None  # the exception's class name
     message: str = ""
     signum: int | None = None  # a StopSignal's
+    handler_states: dict[str, Any] = field(default_factory=dict)  # rank 0: the trained state of fit()'s handlers, by index
 
     @classmethod
     def of_error(cls, rank: int, error: BaseException) -> WorkerResult:
@@ -55,26 +64,23 @@ class WorkerResult:
 
 
 def launch(cfg: Config, recipe: Any, handlers: Sequence[Any] = (), loss_fn: Any = None, optimizer: Any = None,
-           console: Console | None = None, on_settled: Callable[[], None] | None = None) -> dict[str, Any]:  # fmt: skip
+           console: Console | None = None) -> dict[str, Any]:  # fmt: skip
     """Run ``cfg`` where it asks to run; the summary record (see :func:`flint.recipes.app.train.train`).
 
     ``recipe`` is a :class:`flint.recipes.Recipe`; spawned workers get it as it is if it is a built-in or
     ``fit()``'s, else load it again by ``cfg.recipe`` (a recipe file's objects may not pickle).
-    ``console(rank)`` sets up each worker's logging; ``on_settled()`` is called once the run's
-    outcome is decided (the CLI then ignores stop signals).
+    ``console(rank)`` sets up each worker's logging. With spawned workers, the summary's
+    ``"handler_states"`` holds the trained state of each of ``handlers`` that keeps one (by index).
     """
     from flint.recipes.app.train import check_with_torch, train
 
     check_with_torch(cfg, recipe)
     if under_torchrun():
-        return _under_torchrun(cfg, recipe, handlers, loss_fn, optimizer, console, on_settled)
+        return _under_torchrun(cfg, recipe, handlers, loss_fn, optimizer, console)
     if cfg.nproc_per_node > 1:
         shipped = recipe if cfg.recipe in BUILTIN or cfg.recipe.startswith("fit:") else cfg.recipe
-        summary = _spawn(cfg, shipped, handlers, loss_fn, optimizer, console)
-        if on_settled is not None:
-            on_settled()
-        return summary
-    return train(cfg, recipe, handlers, loss_fn, optimizer, on_settled=on_settled)
+        return _spawn(cfg, recipe, shipped, tuple(handlers), loss_fn, optimizer, console)
+    return train(cfg, recipe, handlers, loss_fn, optimizer)
 
 
 def under_torchrun() -> bool:
@@ -86,23 +92,14 @@ def exit_finished_worker(code: int) -> NoReturn:
     """End a data-parallel worker process whose run is over, skipping the interpreter's and torch's teardown.
 
     Called once every rank has passed the last barrier: results are written and reported, files
-    closed. torch's teardown of a finished gloo worker aborted now and then (rank 1, SIGABRT,
-    "terminate called without an active exception": 2 failed tests in one full suite run, 1 run in
-    10 of a loop of the two, none in 100 runs on another day); the launcher or torchrun then reported a
-    completed run as failed. Only the logs and standard streams are left to flush.
+    closed. torch's teardown of a finished gloo worker aborts now and then (SIGABRT, "terminate called
+    without an active exception"), and the launcher or torchrun then reported a completed run as
+    failed. Only the logs and standard streams are left to flush.
     """
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
-
-
-def _recipe(recipe: Any) -> Any:
-    if isinstance(recipe, str):
-        from flint.recipes.app.registry import load_recipe
-
-        return load_recipe(recipe)
-    return recipe
 
 
 def _free_port() -> int:
@@ -117,78 +114,133 @@ def _backend(cfg: Config) -> str:
     return "nccl" if resolve_device(cfg.device).type == "cuda" else "gloo"
 
 
-def _worker(
-    local_rank: int, cfg: Config, recipe: Any, extras: tuple[Sequence[Any], Any, Any], console: Console | None, results: Any
-) -> None:
+def _report(results: Path, result: WorkerResult) -> None:
+    """Write a worker's result where the launcher reads it: one file per rank, renamed into place whole."""
+    tmp = results / f".{result.rank}.tmp"
+    tmp.write_bytes(pickle.dumps(result))
+    tmp.replace(results / f"{result.rank}.result")
+
+
+def _worker(local_rank: int, cfg: Config, recipe: Any, extras: tuple[Sequence[Any], Any, Any], console: Console | None,
+            results: str) -> None:  # fmt: skip
     """One spawned data-parallel worker: the run's training job on its rank, reported as a WorkerResult."""
     import ignite.distributed as idist
     import torch
 
+    from flint.recipes.app.registry import load_recipe
     from flint.recipes.app.train import train
 
-    def stop_before_training(signum: int, frame: object) -> None:  # until the run's own handlers take over
-        raise StopSignal(signum)
-
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, stop_before_training)
+    STOPS.install()  # a signal before training ends this worker with StopSignal, reported
     rank = idist.get_rank()
     if console is not None:
         console(rank)
     if _backend(cfg) == "gloo":  # share the cores: oversubscribed OpenMP threads spin and crawl
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.nproc_per_node))
+    handlers = extras[0]
     try:
-        summary = train(cfg, _recipe(recipe), *extras, lock=False)  # the launching process holds the lock
+        summary = train(cfg, load_recipe(recipe) if isinstance(recipe, str) else recipe, *extras, lock=False)  # the launcher holds the lock
     except BaseException as e:  # reported, then a non-zero exit: the launcher stops the other workers
-        results.put(WorkerResult.of_error(rank, e))
+        _report(Path(results), WorkerResult.of_error(rank, e))
         sys.exit(2 if isinstance(e, UsageError) else 1)
     if rank == 0:
-        results.put(WorkerResult(rank, summary))
+        states = {str(i): h.state_dict() for i, h in enumerate(handlers) if callable(getattr(h, "state_dict", None))}
+        _report(Path(results), WorkerResult(rank, summary, handler_states=states))
     idist.barrier()  # every rank past its last collective: nothing is left in flight
     exit_finished_worker(0)
 
 
-def _spawn(cfg: Config, recipe: Any, handlers: Sequence[Any], loss_fn: Any, optimizer: Any,
+def _spawn(cfg: Config, recipe: Any, shipped: Any, handlers: tuple[Any, ...], loss_fn: Any, optimizer: Any,
            console: Console | None) -> dict[str, Any]:  # fmt: skip
-    """Run ``cfg`` on ``cfg.nproc_per_node`` local workers through ``idist.Parallel``; rank 0's summary."""
-    import multiprocessing
+    """Run ``cfg`` on ``cfg.nproc_per_node`` local workers through ``idist.Parallel``; rank 0's summary.
 
+    ``shipped`` is the recipe as the workers get it. This process holds the directory: the recipe's own
+    code is checked here, once, before anything is written, and so are the run's options."""
     import ignite.distributed as idist
-    import torch.multiprocessing as mp
 
     from flint.recipes.app.resume import claim_run_dir, last_summary
+    from flint.recipes.app.rundir import RunDir
+    from flint.recipes.app.train import prepare
 
-    results = mp.get_context("spawn").SimpleQueue()
-
-    def forward(signum: int, frame: object) -> None:  # schedulers may signal only this process
-        for child in multiprocessing.active_children():
-            try:
-                os.kill(child.pid, signum)  # type: ignore[arg-type]
-            except ProcessLookupError:  # it has just exited
-                pass
-
+    _check_spawnable(cfg, {"the model and data": shipped, "loss": loss_fn, "optimizer": optimizer,
+                           **{f"handlers[{i}]": h for i, h in enumerate(handlers)}})  # fmt: skip
     launch_error: Exception | None = None
-    with claim_run_dir(cfg) as (_, done):  # held by this process; bad usage is found here, once, not by every worker
-        if done is not None:
-            return last_summary(Path(cfg.output_dir), done)
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    with claim_run_dir(cfg, lambda: prepare(cfg, recipe)) as (_, _, done), tempfile.TemporaryDirectory(prefix="flint-workers-") as results:
+        if done is not None:  # the launcher holds the directory; bad usage is found here, once, not by every worker
+            return last_summary(RunDir(cfg.output_dir), done)
         try:
-            with idist.Parallel(_backend(cfg), nproc_per_node=cfg.nproc_per_node, master_port=_free_port()) as parallel:
-                parallel.run(_worker, cfg, recipe, (tuple(handlers), loss_fn, optimizer), console, results)
+            with STOPS.forwarding(), idist.Parallel(_backend(cfg), nproc_per_node=cfg.nproc_per_node, master_port=_free_port()) as parallel:
+                parallel.run(_worker, cfg, shipped, (handlers, loss_fn, optimizer), console, results)
         except Exception as e:  # a worker exited non-zero: its own report says why
             launch_error = e
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-    reports = []
-    while not results.empty():
-        reports.append(results.get())
+        reports = [pickle.loads(p.read_bytes()) for p in sorted(Path(results).glob("*.result"))]
+    STOPS.settle()
+    return _outcome(reports, launch_error, cfg)
+
+
+def _outcome(reports: list[WorkerResult], launch_error: Exception | None, cfg: Config) -> dict[str, Any]:
+    """Rank 0's summary, or the error that stopped the workers: a killed worker first, then the first reported."""
+    killed = getattr(launch_error, "signal_name", None)
+    if killed:  # torch.multiprocessing.ProcessExitedException: a worker died of a signal, reporting nothing
+        index = getattr(launch_error, "error_index", "?")
+        raise RuntimeError(f"worker {index} was killed by signal {killed}; the others stopped; see {Path(cfg.output_dir) / 'train.log'}")
     failed = sorted((r for r in reports if r.error), key=lambda r: (r.error == "StopSignal", r.rank))
     if failed:
         failed[0].raise_error()
-    if launch_error is not None or not reports:
+    done = [r for r in reports if r.rank == 0]
+    if not done:
         reason = str(launch_error).strip().splitlines()[0] if launch_error else "no result"
-        raise RuntimeError(f"a worker ended without reporting a result ({reason}); see train.log")
-    return reports[0].summary
+        raise RuntimeError(f"a worker ended without reporting a result ({reason}); see {Path(cfg.output_dir) / 'train.log'}")
+    return {**done[0].summary, "handler_states": done[0].handler_states}
+
+
+def _check_spawnable(cfg: Config, parts: dict[str, Any]) -> None:
+    """Before anything is written: what spawned workers need of the caller (``fit()`` with ``nproc_per_node > 1``).
+
+    Each worker is a new Python process that imports the caller's script again and receives the
+    run's parts pickled: the call must be under ``if __name__ == "__main__":`` and every part must pickle."""
+    for name, part in parts.items():
+        try:
+            pickle.Pickler(_Discard()).dump(part)
+        except Exception as e:
+            raise UsageError(f"nproc_per_node={cfg.nproc_per_node} sends {name} to worker processes, which needs pickling: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (a lambda or a local function cannot be; "
+                             "use a module-level function)") from None  # fmt: skip
+    script = _unguarded_main_call()
+    if script is not None:
+        raise UsageError(f"nproc_per_node={cfg.nproc_per_node} starts worker processes that import {script} again, running this "
+                         'call in each: put it under if __name__ == "__main__":')  # fmt: skip
+
+
+class _Discard:
+    """A file that keeps nothing: pickling into it checks that an object pickles, without holding a copy."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def _unguarded_main_call() -> str | None:
+    """The main script's path if this call comes from its top level outside ``if __name__ == "__main__":``, else None."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        return None  # an interactive session, python -c, or python -m: nothing is re-run by the workers
+    frame = inspect.currentframe()
+    line = None  # the main script's top-level line on the call stack
+    while frame is not None:
+        if frame.f_globals is vars(main) and frame.f_code.co_name == "<module>":
+            line = frame.f_lineno
+        frame = frame.f_back  # type: ignore[assignment]
+    if line is None:
+        return None
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test) and "__main__" in ast.unparse(node.test):
+            if node.lineno <= line <= (node.end_lineno or node.lineno):
+                return None
+    return path
 
 
 def _check_restartable() -> None:
@@ -196,8 +248,8 @@ def _check_restartable() -> None:
 
     torchrun's TCPStore (``TORCHELASTIC_USE_AGENT_STORE``) keeps the previous workers' process-group
     keys, so restarted workers may read dead peers' addresses: they hang in, or fail, the process
-    group's creation (measured with torch 2.14; pytorch/pytorch#135712). With
-    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` a c10d rendezvous gives each attempt a fresh store.
+    group's creation (pytorch/pytorch#135712). With ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` a c10d
+    rendezvous gives each attempt a fresh store.
     """
     restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
     if restarts != "0" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
@@ -209,7 +261,7 @@ def _check_restartable() -> None:
 
 
 def _under_torchrun(cfg: Config, recipe: Any, handlers: Sequence[Any], loss_fn: Any, optimizer: Any,
-                    console: Console | None, on_settled: Callable[[], None] | None) -> dict[str, Any]:  # fmt: skip
+                    console: Console | None) -> dict[str, Any]:  # fmt: skip
     """One worker of a torchrun launch: the process group comes from torchrun's environment."""
     import ignite.distributed as idist
 
@@ -223,7 +275,7 @@ def _under_torchrun(cfg: Config, recipe: Any, handlers: Sequence[Any], loss_fn: 
     summaries: list[dict[str, Any]] = []
 
     def job(local_rank: int) -> None:
-        summaries.append(train(cfg, recipe, handlers, loss_fn, optimizer, on_settled=on_settled))  # rank 0 holds the lock
+        summaries.append(train(cfg, recipe, handlers, loss_fn, optimizer))  # rank 0 holds the lock
         idist.barrier()  # as _worker: every rank past its last collective before the group is destroyed
 
     with idist.Parallel(_backend(cfg)) as parallel:

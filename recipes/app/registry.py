@@ -17,6 +17,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,7 +32,10 @@ if TYPE_CHECKING:
 
     from flint.recipes.app.config import Config
 
-__all__ = ["Recipe", "TASKS", "BUILTIN", "lazy", "load_recipe", "resolve_spec", "builtin_recipes", "entry_point_names"]
+__all__ = [
+    "Recipe", "TASKS", "BUILTIN", "ENTRY_POINT_GROUP", "lazy", "load_recipe", "resolve_spec", "is_file_spec", "split_file_spec",
+    "builtin_recipes", "entry_point_names",
+]  # fmt: skip
 
 BUILTIN = ("lenet", "mlp", "resnet", "ffnn")  # each is recipes.<name>.RECIPE
 ENTRY_POINT_GROUP = "flint.recipes"
@@ -56,6 +60,8 @@ class Recipe:
     input_shape: tuple[int, ...] = (1, 28, 28)  # one sample's shape, for export
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", self.name) or ".." in self.name:
+            raise ValueError(f"Argument name should be a plain name (letters, digits, '_', '-', '.'; no path), got {self.name!r}")
         if self.task not in TASKS:
             raise ValueError(f"Argument task should be one of {', '.join(TASKS)}, got {self.task!r}")
         if not self.datasets:
@@ -99,24 +105,38 @@ def entry_point_names() -> dict[str, str]:
     return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def _is_file_spec(spec: str) -> bool:
+def is_file_spec(spec: str) -> bool:
+    """Whether ``spec`` names a recipe file (``path/to/file.py[:NAME]``) rather than a name or ``module:NAME``."""
     path = spec.rsplit(":", 1)[0] if spec.count(":") == 1 and not spec.endswith(".py") else spec
     return path.endswith(".py") or "/" in path or "\\" in path
 
 
+def split_file_spec(spec: str) -> tuple[str, str]:
+    """``(path, NAME)`` of a recipe file spec; NAME is ``""`` when the file's ``RECIPE`` is meant.
+
+    Example:
+        >>> split_file_spec("my/recipe.py"), split_file_spec("my/recipe.py:SMALL")
+        (('my/recipe.py', ''), ('my/recipe.py', 'SMALL'))
+    """
+    if spec.endswith(".py"):
+        return spec, ""
+    path, _, name = spec.rpartition(":")
+    return path, name
+
+
 def resolve_spec(spec: str) -> str:
     """``spec`` as it should be kept in ``config.json``: a recipe file by its absolute path, the rest as given."""
-    if spec in BUILTIN or not _is_file_spec(spec):
+    if spec in BUILTIN or not is_file_spec(spec):
         return spec
-    path, sep, name = spec.rpartition(":") if not spec.endswith(".py") else (spec, "", "")
-    return f"{Path(path).resolve()}{sep}{name}"
+    path, name = split_file_spec(spec)
+    return f"{Path(path).resolve()}{':' + name if name else ''}"
 
 
 def load_recipe(spec: str) -> Recipe:
     """The recipe ``spec`` names (see the module's docstring); :class:`UsageError` in one line if there is none."""
     if spec in BUILTIN:
         return builtin_recipes()[spec]
-    if _is_file_spec(spec):
+    if is_file_spec(spec):
         return _from_file(spec)
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
@@ -149,7 +169,7 @@ def _old_layout(spec: str, error: BaseException) -> str | None:
 
 
 def _from_file(spec: str) -> Recipe:
-    path_text, _, attr = spec.rpartition(":") if not spec.endswith(".py") else (spec, "", "")
+    path_text, attr = split_file_spec(spec)
     path = Path(path_text)
     if not path.is_file():
         raise UsageError(f"recipe {spec}: no such file {path}")

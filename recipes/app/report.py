@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from flint.recipes.app.config import UsageError, monitor_problem, parse_monitor
+from flint.recipes.app.config import UsageError
+from flint.recipes.app.monitor import Monitor
+from flint.recipes.app.rundir import RunDir
 
-__all__ = ["read_records", "read_config", "monitor_of", "summarise", "plot_data", "write_report", "Panel", "Plot", "CORE_PHASES"]
+__all__ = ["read_records", "read_config", "summarise", "plot_data", "write_report", "Panel", "Plot", "CORE_PHASES"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
         >>> [r["loss"] for r in read_records(d)]  # the cut line is skipped with a warning
         [0.5]
     """
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunDir(run_dir).metrics_file
     if not path.is_file():
         raise UsageError(f"report: no metrics.jsonl in {run_dir}")
     records = []
@@ -93,31 +95,13 @@ def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """``run_dir/config.json`` as a dict; {} if there is none (a loop of your own) or it does not read (warned)."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        return {}
+def read_config(run: RunDir) -> dict[str, Any]:
+    """The run's ``config.json``; {} if there is none (a loop of your own) or it does not read (warned)."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        logger.warning("%s ignored: %s", path, e)
+        return run.config() or {}
+    except UsageError as e:
+        logger.warning("%s; ignored", e)
         return {}
-    if not isinstance(config, dict):
-        logger.warning("%s ignored: not a JSON object", path)
-        return {}
-    return config
-
-
-def monitor_of(config: dict[str, Any]) -> tuple[str, str] | None:
-    """``config.json``'s ``monitor`` (``NAME[:min|max]``) as ``(NAME, mode)``; None for the default or a bad value (warned)."""
-    text = config.get("monitor")
-    if not text:
-        return None
-    if monitor_problem(text) is not None:
-        logger.warning("config.json: monitor %r is not NAME[:min|max]; using the default (accuracy, else loss)", text)
-        return None
-    return parse_monitor(text, "classification")  # a name given: its direction does not depend on the task
 
 
 def _latest_per_epoch(records: Iterable[dict], phase: str) -> list[dict]:
@@ -199,12 +183,12 @@ def _timing(training: list[dict], launches: list[list[dict]], compiled: bool) ->
     return _Timing(avg, sum(counts) / sum(r["epoch_time"] for r in basis), note, "training")
 
 
-def summarise(records: list[dict], monitor: tuple[str, str] | None = None, compiled: bool = False) -> dict[str, Any]:
+def summarise(records: list[dict], monitor: Monitor | None = None, compiled: bool = False) -> dict[str, Any]:
     """Status, epochs, best and last value of the monitored metric, resumes, average epoch time and throughput.
 
     Args:
         records: the run's records in file order (:func:`read_records`).
-        monitor: (metric, ``"min"`` or ``"max"``) deciding the best epoch. Default None: validation
+        monitor: the metric and direction deciding the best epoch. Default None: validation
             accuracy (highest) if the records have it, else validation loss (lowest).
         compiled: the run used ``torch.compile``; a launch's first epoch then includes the compile,
             so throughput is unknown unless another epoch was timed. Default False.
@@ -217,8 +201,8 @@ def summarise(records: list[dict], monitor: tuple[str, str] | None = None, compi
     """
     training, validation = _latest_per_epoch(records, "training"), _latest_per_epoch(records, "validation")
     if monitor is None:
-        monitor = ("accuracy", "max") if any(_number(r.get("accuracy")) for r in validation) else ("loss", "min")
-    metric, mode = monitor
+        monitor = Monitor("accuracy", "max") if any(_number(r.get("accuracy")) for r in validation) else Monitor("loss", "min")
+    metric, mode = monitor.name, monitor.mode
     scored = [r for r in validation if _number(r.get(metric))]
     best = None
     for r in scored:  # ties keep the earlier epoch, as the run's checkpointing does
@@ -445,10 +429,13 @@ def write_report(run_dir: str | Path) -> tuple[Path, str]:
     import numpy as np
     from matplotlib.ticker import FixedLocator
 
-    run_dir = Path(run_dir)
-    records = read_records(run_dir)
-    config = read_config(run_dir)
-    summary = summarise(records, monitor_of(config), bool(config.get("compile")))
+    run = RunDir(run_dir)
+    records = read_records(run.path)
+    config = read_config(run)
+    monitor = Monitor.of(config.get("monitor"))
+    if config.get("monitor") and monitor is None:
+        logger.warning("config.json: monitor %r is not NAME[:min|max]; using the default (accuracy, else loss)", config["monitor"])
+    summary = summarise(records, monitor, bool(config.get("compile")))
     plot = plot_data(records, summary)
     metric = summary["metric"]
     anchors = ([] if plot.epoch_ends and plot.epoch_ends[0][0] <= 0 else [(0, 0)]) + plot.epoch_ends  # epoch 0 at x 0
@@ -490,9 +477,9 @@ def write_report(run_dir: str | Path) -> tuple[Path, str]:
             top.set_xlabel("epoch", fontsize="small")
         ax.set_title(panel.title)
     best = "-" if summary["best_value"] is None else f"{summary['best_value']:.4f} at epoch {summary['best_epoch']}"
-    fig.suptitle(f"{run_dir.name}: best validation {metric} {best}")
+    fig.suptitle(f"{run.path.name}: best validation {metric} {best}")
     fig.tight_layout()
-    path = run_dir / "report.png"
+    path = run.report_file
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)

@@ -7,10 +7,9 @@ so a refused ``flint run``/``flint resume`` or ``fit()`` leaves no trace.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,9 @@ from typing import Any
 import torch
 
 from flint.handlers import CheckpointError, Checkpointing
-from flint.recipes.app.config import Config, UsageError
-from flint.recipes.app.rundir import RunConfig, RunDirLock, config_changes
+from flint.recipes.app.config import Config, RunConfig, UsageError, config_changes, resume_refusal
+from flint.recipes.app.fingerprint import fingerprint_changes
+from flint.recipes.app.rundir import RunDir
 from flint.recipes.app.runs import trained_epochs
 
 __all__ = ["resume_point", "nothing_left", "check_before_writing", "claim_run_dir", "last_summary", "load_resume_point"]
@@ -27,24 +27,25 @@ __all__ = ["resume_point", "nothing_left", "check_before_writing", "claim_run_di
 logger = logging.getLogger(__name__)
 
 
-def resume_point(cfg: Config) -> Path | str | None:
+def resume_point(cfg: Config, fingerprint: dict[str, Any] | None = None) -> Path | str | None:
     """The checkpoint ``cfg`` resumes from, ``"latest"`` for the newest valid one in its output dir, or None.
 
     ``--resume PATH`` takes a checkpoint file, or a run (or checkpoints) directory's newest one.
     Refuses (``UsageError``) to mix a new run into an old one, and a resume that changes what is trained."""
-    out = Path(cfg.output_dir)
-    if cfg.resume is not None and (out / "config.json").is_file():
+    run = RunDir(cfg.output_dir)
+    out = run.path
+    if cfg.resume is not None:
         try:
-            saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:  # an empty or half-written file of an older Flint
-            logger.warning("Ignoring %s: %s", out / "config.json", e)
+            saved = run.config() or {}
+        except UsageError as e:  # an empty or half-written file
+            logger.warning("Ignoring it: %s", e)
             saved = {}
-        changed = config_changes(saved, asdict(cfg))
-        if changed:
-            raise UsageError(f"--resume: the run in {out} was started with {'; '.join(changed)}; resume it unchanged")
-    found = Checkpointing.find_latest(out / "checkpoints")
+        refused = resume_refusal(f"the run in {out}", config_changes(saved, asdict(cfg)), fingerprint_changes(saved.get("fingerprint"), fingerprint))
+        if refused:
+            raise UsageError(refused)
+    found = run.latest_checkpoint()
     if cfg.resume is None:
-        if found is not None or (out / "metrics.jsonl").exists():
+        if found is not None or run.metrics_file.exists():
             raise UsageError(f"output dir {out} already holds a run; pass --resume to continue it or choose another -o")
         return None
     if cfg.resume:
@@ -58,22 +59,22 @@ def resume_point(cfg: Config) -> Path | str | None:
             raise UsageError(f"--resume {cfg.resume}: no such checkpoint file or run directory")
         return path
     if found is None:
-        if list((out / "checkpoints").glob("*.corrupt")):
+        if list(run.checkpoints.glob("*.corrupt")):
             raise CheckpointError(
-                f"--resume: every checkpoint in {out / 'checkpoints'} was set aside as .corrupt; refusing to start the run over there"
+                f"--resume: every checkpoint in {run.checkpoints} was set aside as .corrupt; refusing to start the run over there"
             )
-        logger.info("--resume: no checkpoint in %s yet, starting a new run", out / "checkpoints")
+        logger.info("--resume: no checkpoint in %s yet, starting a new run", run.checkpoints)
         return None
     return "latest"
 
 
-def nothing_left(cfg: Config, resume: Path | str | None) -> str | None:
+def nothing_left(cfg: Config, resume: Path | str | None, fingerprint: dict[str, Any] | None = None) -> str | None:
     """Before anything is written: why the checkpoint to resume from needs no more training, or None.
 
     Also refuses (``UsageError``) a checkpoint trained under options that change what is trained."""
     if resume is None:
         return None
-    candidates = Checkpointing.find_all(Path(cfg.output_dir) / "checkpoints") if resume == "latest" else [Path(resume)]
+    candidates = Checkpointing.find_all(RunDir(cfg.output_dir).checkpoints) if resume == "latest" else [Path(resume)]
     for path in candidates:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # read lazily: the run loads it again
@@ -82,7 +83,7 @@ def nothing_left(cfg: Config, resume: Path | str | None) -> str | None:
         if not isinstance(state, dict):
             return None
         if "config" in state:
-            RunConfig(asdict(cfg), f"checkpoint {path}").load_state_dict(state["config"])
+            RunConfig(cfg, fingerprint, f"the checkpoint {path}").load_state_dict(state["config"])
         epoch = trained_epochs(state) or 0
         stopper = state.get("early_stopping")
         if epoch >= cfg.epochs:
@@ -93,7 +94,7 @@ def nothing_left(cfg: Config, resume: Path | str | None) -> str | None:
     return None
 
 
-def check_before_writing(cfg: Config) -> tuple[Path | str | None, str | None]:
+def check_before_writing(cfg: Config, fingerprint: dict[str, Any] | None = None) -> tuple[Path | str | None, str | None]:
     """``(resume point, why nothing is left to train or None)``: every check that can refuse the run.
 
     Run before anything is written (see :func:`claim_run_dir`): a usage error leaves no trace."""
@@ -102,32 +103,43 @@ def check_before_writing(cfg: Config) -> tuple[Path | str | None, str | None]:
         inside = folder.is_relative_to(Path(cfg.output_dir).resolve())  # made with the run's directory
         if not inside and (not folder.is_dir() or not os.access(folder, os.W_OK)):
             raise UsageError(f"--progress-file {cfg.progress_file}: {folder} is not a writable directory")
-    resume = resume_point(cfg)
-    return resume, nothing_left(cfg, resume)
+    run = RunDir(cfg.output_dir)
+    if run.checkpoints.is_symlink() and not run.checkpoints.exists():
+        raise UsageError(f"output dir {run.path}: checkpoints is a symbolic link to {os.readlink(run.checkpoints)}, which does not exist")
+    resume = resume_point(cfg, fingerprint)
+    return resume, nothing_left(cfg, resume, fingerprint)
 
 
 @contextlib.contextmanager
-def claim_run_dir(cfg: Config) -> Iterator[tuple[Path | str | None, str | None]]:
-    """Hold the run's directory (:class:`flint.recipes.app.rundir.RunDirLock`) for the block; yields :func:`check_before_writing`'s result.
+def claim_run_dir(cfg: Config, prepare: Callable[[], Any]) -> Iterator[tuple[Any, Path | str | None, str | None]]:
+    """Hold the run's directory for the block; yields ``(prepare(), resume point, why nothing is left or None)``.
 
-    A directory already there is locked at once, so a second run is told which process holds it;
-    a new one only once the checks passed, so that a refused run creates nothing."""
-    out = Path(cfg.output_dir)
-    checked = None if out.is_dir() else check_before_writing(cfg)
-    with RunDirLock(out):
-        if cfg.progress_file is not None:
-            Path(cfg.progress_file).resolve().parent.mkdir(parents=True, exist_ok=True)
-        yield check_before_writing(cfg) if checked is None else checked
+    The lock comes first (:meth:`RunDir.lock`: a second run is told at once), then ``prepare()`` (the
+    recipe's own code: its datasets and model; its result has a ``fingerprint``) and every check of
+    :func:`check_before_writing`. If any of them fails, the directories the lock created are removed
+    again: a refused run leaves no trace."""
+    run = RunDir(cfg.output_dir)
+    made = [d for d in (run.path, *run.path.parents) if not d.exists()]  # innermost first
+    lock_made = not run.lock_file.exists()
+    with run.lock():
+        try:
+            prepared = prepare()
+            resume, done = check_before_writing(cfg, prepared.fingerprint)
+            if cfg.progress_file is not None:
+                Path(cfg.progress_file).resolve().parent.mkdir(parents=True, exist_ok=True)
+        except BaseException:
+            if lock_made:
+                run.lock_file.unlink(missing_ok=True)
+            for directory in made:
+                with contextlib.suppress(OSError):  # one the recipe wrote into stays
+                    directory.rmdir()
+            raise
+        yield prepared, resume, done
 
 
-def last_summary(out: Path, done: str) -> dict[str, Any]:
+def last_summary(run: RunDir, done: str) -> dict[str, Any]:
     """The summary record of a run with nothing left to train: the last one in its ``metrics.jsonl``."""
-    summary: dict[str, Any] = {"phase": "summary", "status": "completed"}
-    try:
-        lines = (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-        summary = next(r for r in map(json.loads, reversed(lines)) if isinstance(r, dict) and r.get("phase") == "summary")
-    except (OSError, ValueError, StopIteration):
-        pass
+    summary = run.summary() or {"phase": "summary"}
     return {**summary, "status": "completed", "nothing_to_do": done}
 
 

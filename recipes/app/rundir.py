@@ -1,132 +1,253 @@
-"""A run's directory: one run at a time (an OS lock), and what a checkpoint says of the run it belongs to."""
+"""A run's directory: the one object that knows its files, its lock and its status.
+
+``flint run``/``resume`` hold it, ``flint runs`` lists it, ``evaluate``, ``export``, ``report`` and
+``predict`` read it, all through :class:`RunDir`. Nothing here imports torch (``flint runs`` and a
+refused second run answer at once); finding checkpoints asks :class:`flint.handlers.Checkpointing`,
+which owns their names, and imports it only then.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
+import math
 import os
-from collections.abc import Mapping
+import re
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 from flint.recipes.app.config import UsageError
+from flint.recipes.app.monitor import DIRECTIONS, Monitor
 
-__all__ = ["RunDirLock", "RunConfig", "config_changes", "RESUMABLE_CHANGES"]
+__all__ = ["RunDir", "LOCK_NAME", "STATUSES"]
+
+logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".flint.lock"
-
-# Options a resumed run may change: they do not alter what is trained or how.
-RESUMABLE_CHANGES = (
-    "epochs", "resume", "interrupt_at", "progress", "progress_file", "device", "output_dir", "log_interval", "data_dir",
-    "download", "profile", "nproc_per_node", "num_workers",
-)  # fmt: skip
+STATUSES = ("running", "completed", "stopped early", "interrupted", "failed", "aborted", "new")
+_TAIL_BYTES = 1 << 16  # the end of metrics.jsonl read for a run's status: its last records
+_BEST = re.compile(r"^best_checkpoint_(?P<epoch>\d+)_(?P<metric>.+)=(?P<value>[^=]+)\.pt$")  # flint.handlers.Checkpointing's names
 
 
-def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """``name=old, now new`` for each option that differs from the saved run's and may not change.
+class RunDir:
+    """A run's directory and what it holds.
 
-    ``epochs`` may grow, not shrink. Options the saved run did not have (an older Flint) are not compared.
+    Files: ``config.json`` (the resolved options), ``metrics.jsonl`` (every record), ``train.log``,
+    ``checkpoints/``, TensorBoard's events files, ``report.png`` and the lock ``.flint.lock``.
 
     Example:
-        >>> config_changes({"batch_size": 32, "epochs": 10, "seed": 1}, {"batch_size": 64, "epochs": 5, "seed": 1})
-        ['epochs=10, now 5 (it may grow, not shrink)', 'batch_size=32, now 64']
-    """
-    changes = []
-    if "epochs" in saved and now.get("epochs", saved["epochs"]) < saved["epochs"]:
-        changes.append(f"epochs={saved['epochs']}, now {now['epochs']} (it may grow, not shrink)")
-    changes += [f"{key}={saved[key]!r}, now {now[key]!r}" for key in now
-                if key in saved and key not in RESUMABLE_CHANGES and saved[key] != now[key]]  # fmt: skip
-    return changes
-
-
-class RunConfig:
-    """The run's options, kept in its checkpoints (``flint.engine.register_state`` key ``config``).
-
-    ``load_state_dict`` refuses, with a :class:`flint.recipes.app.config.UsageError` naming each change, a
-    checkpoint saved under options that change what is trained (:func:`config_changes`): wherever
-    a checkpoint is resumed, it continues the run it belongs to.
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> run.status(), run.config_file.name, run.checkpoints.name
+        ('new', 'config.json', 'checkpoints')
     """
 
-    def __init__(self, options: dict[str, Any], source: str = "checkpoint") -> None:
-        self.options, self.source = options, source
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"json": json.dumps(self.options)}  # one string: plain data whatever the options hold
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        changed = config_changes(json.loads(state["json"]), self.options)
-        if changed:
-            raise UsageError(f"--resume: the {self.source} was trained with {'; '.join(changed)}; resume it unchanged")
+    config_file = property(lambda self: self.path / "config.json")
+    metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    log_file = property(lambda self: self.path / "train.log")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    lock_file = property(lambda self: self.path / LOCK_NAME)
+    report_file = property(lambda self: self.path / "report.png")
 
+    # --- the lock: one run at a time --------------------------------------------------------------
 
-class RunDirLock:
-    """Holds an exclusive OS lock on ``DIR/.flint.lock`` while a run uses the directory.
+    @contextmanager
+    def lock(self) -> Iterator[RunDir]:
+        """Hold an exclusive OS lock on the directory for the block; :class:`UsageError` if another process holds it.
 
-    ``fcntl.flock``: the kernel releases it when the process ends, however it ends (a SIGKILLed run
-    never blocks its own relaunch). The file holds the owner's pid and command line, for the message
-    a second run gets: :class:`UsageError` ``output dir DIR is in use by process PID (COMMAND)``.
-    """
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = Path(directory)
-        self._file: IO[str] | None = None
-
-    def __enter__(self) -> RunDirLock:
+        ``fcntl.flock`` on ``.flint.lock``: the kernel releases it when the process ends, however it ends
+        (a SIGKILLed run never blocks its own relaunch). The file holds the owner's pid and command line,
+        for the message a second run gets. It is opened without following a symbolic link and must be a
+        regular file: a link planted there cannot make a run write into another file.
+        """
         import fcntl
 
-        path = self.directory / LOCK_NAME
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise OSError(f"cannot write to output dir {self.directory}: {e.strerror or e}") from None
-        try:
-            f = open(path, "a+", encoding="utf-8")
-        except OSError as e:
-            raise _write_error(path, e) from None
+            raise OSError(f"cannot write to output dir {self.path}: {e.strerror or e}") from None
+        f = self._open_lock(os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            f.seek(0)
             owner = f.read()
             f.close()
-            raise _in_use(self.directory, owner) from None
+            raise self._in_use(owner) from None
         try:
             f.seek(0)
             f.truncate()
             f.write(f"{os.getpid()} ({_command()})\n")
             f.flush()
         except OSError as e:  # a full disk: the lock is released with the file
-            f.close()
-            raise _write_error(path, e) from None
-        self._file = f
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._file is not None:
-            self._file.close()  # closing releases the lock; the file stays (removing it would race a waiter)
-            self._file = None
-
-
-def check_not_in_use(directory: str | os.PathLike[str]) -> None:
-    """Refuse a directory another run holds, at once: the CLI asks before it imports torch.
-
-    A shared lock taken and dropped: it fails while a :class:`RunDirLock` holds the directory.
-    The run claims the directory itself later; this only makes the usual refusal immediate.
-    """
-    import fcntl
-
-    try:
-        f = open(Path(directory) / LOCK_NAME, encoding="utf-8")
-    except OSError:  # a new directory, or an unreadable file: RunDirLock decides
-        return
-    with f:
+            with contextlib.suppress(OSError):  # its flush fails again
+                f.close()
+            raise _write_error(self.lock_file, e) from None
         try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise _in_use(Path(directory), f.read()) from None
+            yield self
+        finally:
+            f.close()  # releases the lock; the file stays (removing it would race a waiter)
 
+    def in_use(self) -> str | None:
+        """The process holding the directory (``PID (COMMAND)``), or None: a shared lock taken and dropped."""
+        import fcntl
 
-def _in_use(directory: Path, owner: str) -> UsageError:
-    return UsageError(f"output dir {directory} is in use by process {owner.strip() or 'another process'}; wait for it or choose another -o")
+        try:
+            f = self._open_lock(os.O_RDONLY)
+        except (OSError, UsageError):  # no lock file yet; an unusable one is refused when a run claims the directory
+            return None
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return f.read().strip() or "another process"
+        return None
+
+    def check_not_in_use(self) -> None:
+        """:class:`UsageError` at once if another run holds the directory (the CLI asks before importing torch)."""
+        owner = self.in_use()
+        if owner is not None:
+            raise self._in_use(owner)
+
+    def _open_lock(self, flags: int) -> IO[str]:
+        path = self.lock_file
+        try:
+            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UsageError(f"output dir {self.path}: its lock file {LOCK_NAME} is a symbolic link; remove it") from None
+            if e.errno == errno.EISDIR:
+                raise UsageError(f"output dir {self.path}: its lock file {LOCK_NAME} is not a regular file; remove it") from None
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise _write_error(path, e) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UsageError(f"output dir {self.path}: its lock file {LOCK_NAME} is not a regular file; remove it")
+        return os.fdopen(fd, "r+" if flags & os.O_RDWR else "r", encoding="utf-8")
+
+    def _in_use(self, owner: str) -> UsageError:
+        who = owner.strip() or "another process"
+        return UsageError(f"output dir {self.path} is in use by process {who}; wait for it or choose another -o")
+
+    # --- what it holds ------------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any] | None:
+        """``config.json`` as a dict; None if there is none. :class:`UsageError` naming the file if it does not read."""
+        try:
+            text = self.config_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise UsageError(f"cannot read {self.config_file}: {e.strerror or e}") from None
+        try:
+            config = json.loads(text)
+        except ValueError as e:
+            raise UsageError(f"cannot read {self.config_file}: {e}".splitlines()[0]) from None
+        if not isinstance(config, dict):
+            raise UsageError(f"cannot read {self.config_file}: not a JSON object")
+        return config
+
+    def tail(self) -> list[dict[str, Any]]:
+        """The last records of ``metrics.jsonl`` (its final 64 KiB), skipping lines that do not parse; [] if none."""
+        try:
+            with self.metrics_file.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - _TAIL_BYTES))
+                lines = f.read().split(b"\n")
+        except OSError:
+            return []
+        if size > _TAIL_BYTES:
+            lines = lines[1:]  # the first may be cut
+        records = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("phase"), str):
+                records.append(record)
+        return records
+
+    def summary(self) -> dict[str, Any] | None:
+        """The run's last ``summary`` record if it is the last record (the latest launch closed), else None."""
+        records = self.tail()
+        return records[-1] if records and records[-1]["phase"] == "summary" else None
+
+    def status(self) -> str:
+        """One of :data:`STATUSES`: ``running`` while a process holds the lock, else what the last launch
+        recorded (``completed``, ``stopped early``, ``interrupted``, ``failed``, ``aborted``); ``failed`` for a
+        launch that ended without a summary (killed), ``new`` for a directory with no records."""
+        if self.in_use() is not None:
+            return "running"
+        summary = self.summary()
+        if summary is None:
+            return "failed" if self.tail() or self.metrics_file.exists() else "new"
+        status = str(summary.get("status"))
+        if status == "completed" and summary.get("stopped_early"):
+            return "stopped early"
+        return status if status in STATUSES else "failed"
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest latest checkpoint (by iteration), or None."""
+        from flint.handlers import Checkpointing
+
+        return Checkpointing.find_latest(self.checkpoints)
+
+    def monitor(self) -> Monitor | None:
+        """The monitor ``config.json`` names, or None (the task's default, no config, or one that does not read)."""
+        try:
+            text = (self.config() or {}).get("monitor")
+        except UsageError:
+            return None
+        return Monitor.of(text)
+
+    def best_checkpoint(self) -> Path | None:
+        """The best of the ``best_checkpoint_*.pt`` files by the value each recorded; None if there is none.
+
+        The value and metric come from the file name (``best_checkpoint_<epoch>_<metric>=<value>.pt``),
+        else from the ``best_score`` saved in the file. The direction is the run's monitor's
+        (``config.json``) for its metric, else the metric's known one (:data:`flint.recipes.app.monitor.DIRECTIONS`),
+        else the file's saved ``best_score`` mode. Ties go to the earlier epoch.
+        """
+        monitor = self.monitor()
+        scored = []
+        for path in self.checkpoints.glob("best_checkpoint_*.pt"):
+            match = _BEST.match(path.name)
+            metric, value, epoch = None, math.nan, math.inf
+            if match:
+                try:
+                    metric, value, epoch = match["metric"], float(match["value"]), int(match["epoch"])
+                except ValueError:
+                    metric = None
+            mode = monitor.mode if monitor is not None and metric == monitor.name else DIRECTIONS.get(metric or "")
+            if metric is None or mode is None:  # the name does not tell: the score saved in the file does
+                from flint.recipes.app.runs import read_checkpoint
+
+                saved = read_checkpoint(path).get("best_score")
+                if not isinstance(saved, dict) or saved.get("mode") not in ("min", "max") or saved.get("value") is None:
+                    logger.warning("%s: no best score in its name or its content; skipped", path)
+                    continue
+                mode = saved["mode"]
+                if metric is None:
+                    value, epoch = float(saved["value"]), int(saved.get("epoch") or 0)
+            if not math.isnan(value):
+                scored.append((value if mode == "max" else -value, -epoch, path))
+        return max(scored)[2] if scored else None
+
+    def has_run(self) -> bool:
+        """Whether a run wrote here: a checkpoint or records."""
+        return self.metrics_file.exists() or self.latest_checkpoint() is not None
 
 
 def _write_error(path: Path, error: OSError) -> OSError:

@@ -20,65 +20,14 @@ from typing import Any
 
 import torch
 
-from flint.handlers import Checkpointing
 from flint.recipes.app.config import UsageError
+from flint.recipes.app.fingerprint import check_recipe_file
 from flint.recipes.app.registry import Recipe, load_recipe
+from flint.recipes.app.rundir import RunDir
 
-__all__ = ["Run", "open_run", "trained_epochs", "best_checkpoint", "checkpoint_of", "read_checkpoint", "load_weights"]
+__all__ = ["Run", "open_run", "trained_epochs", "checkpoint_of", "read_checkpoint", "load_weights"]
 
 logger = logging.getLogger(__name__)
-_BEST = re.compile(r"^best_checkpoint_(?P<epoch>\d+)_(?P<metric>.+)=(?P<value>[^=]+)\.pt$")
-_MODES = {"accuracy": "max", "loss": "min", "mae": "min"}  # the metrics Flint's recipes monitor
-
-
-def _monitor(run_dir: Path) -> tuple[str, str] | None:
-    """``config.json``'s ``monitor`` as (NAME, mode), if there is one."""
-    from flint.recipes.app.report import monitor_of, read_config
-
-    return monitor_of(read_config(run_dir))
-
-
-def best_checkpoint(directory: str | os.PathLike[str], monitor: tuple[str, str] | None = None) -> Path | None:
-    """The best of ``directory``'s ``best_checkpoint_*.pt`` files by the value each recorded; None if none.
-
-    The value and metric come from the file name (``best_checkpoint_<epoch>_<metric>=<value>.pt``),
-    else from the ``best_score`` saved in the file. Higher is better for accuracy and ``"max"``
-    monitors, lower for loss, MAE and ``"min"`` monitors; ``monitor`` (from ``config.json``) decides
-    for its own metric, the file's saved ``best_score`` mode for any other. Ties go to the earlier epoch.
-
-    Example:
-        >>> import tempfile
-        >>> d = Path(tempfile.mkdtemp())
-        >>> for name in ("best_checkpoint_9_accuracy=0.9500.pt", "best_checkpoint_10_accuracy=0.9900.pt"):
-        ...     torch.save({"model": {}}, d / name)
-        >>> best_checkpoint(d).name  # not the last by name
-        'best_checkpoint_10_accuracy=0.9900.pt'
-    """
-    scored = []
-    for path in Path(directory).glob("best_checkpoint_*.pt"):
-        match = _BEST.match(path.name)
-        metric, value, epoch, mode = None, math.nan, math.inf, None
-        if match:
-            try:
-                metric, value, epoch = match["metric"], float(match["value"]), int(match["epoch"])
-            except ValueError:
-                metric = None
-        if monitor is not None and metric == monitor[0]:
-            mode = monitor[1]
-        elif metric in _MODES:
-            mode = _MODES[metric]
-        if metric is None or mode is None:  # the name does not tell: the score saved in the file does
-            saved = read_checkpoint(path).get("best_score")
-            if not isinstance(saved, Mapping) or saved.get("mode") not in ("min", "max") or saved.get("value") is None:
-                logger.warning("%s: no best score in its name or its content; skipped", path)
-                continue
-            mode = saved["mode"]
-            if metric is None:
-                value, epoch = float(saved["value"]), int(saved.get("epoch") or 0)
-        if math.isnan(value):
-            continue
-        scored.append((value if mode == "max" else -value, -epoch, path))
-    return max(scored)[2] if scored else None
 
 
 def checkpoint_of(path: Path) -> tuple[Path, Path]:
@@ -88,9 +37,10 @@ def checkpoint_of(path: Path) -> tuple[Path, Path]:
     that one has the ``config.json``).
     """
     if path.is_dir():
-        found = best_checkpoint(path / "checkpoints", _monitor(path)) or Checkpointing.find_latest(path / "checkpoints")
+        run = RunDir(path)
+        found = run.best_checkpoint() or run.latest_checkpoint()
         if found is None:
-            raise UsageError(f"no checkpoint in {path / 'checkpoints'}")
+            raise UsageError(f"no checkpoint in {run.checkpoints}")
         return found, path
     if path.is_file():
         parent = path.resolve().parent
@@ -217,19 +167,18 @@ def open_run(path: str | os.PathLike[str]) -> Run:
     """
     checkpoint, run_dir = checkpoint_of(Path(path))
     state = read_checkpoint(checkpoint)
-    config_file = run_dir / "config.json"
-    config: Any = None
-    if config_file.is_file():
-        try:
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise RuntimeError(f"cannot read {config_file}: {e}".splitlines()[0]) from None
-    elif isinstance(state.get("config"), Mapping) and isinstance(state["config"].get("json"), str):
-        config = json.loads(state["config"]["json"])  # the options a checkpoint carries (flint.engine.register_state)
+    config = RunDir(run_dir).config()
+    where = str(run_dir)
+    carried = state.get("config")
+    if config is None and isinstance(carried, Mapping) and isinstance(carried.get("json"), str):
+        config = json.loads(carried["json"])  # the options a checkpoint carries (flint.engine.register_state)
+        config["fingerprint"] = json.loads(carried.get("fingerprint", "{}"))
+        where = f"checkpoint {checkpoint}"
     if not isinstance(config, dict) or not isinstance(config.get("recipe"), str):
         raise UsageError(f"no config.json in {run_dir} (nor options in {checkpoint.name}) to tell which recipe it belongs to")
     spec = config["recipe"]
     if spec.startswith("fit:"):
         raise UsageError(f"{checkpoint} was trained by fit() with a model of yours ({spec[4:]}): load "
                          "torch.load(path, weights_only=True)['model'] into it in Python")  # fmt: skip
+    check_recipe_file(spec, config.get("fingerprint"), where)  # a run directory names code that is run: the code recorded
     return Run(checkpoint, run_dir, config, load_recipe(spec), state)

@@ -1,8 +1,9 @@
 """The training job every recipe runs, top to bottom: BMXNet's loop on Flint's engine and handlers.
 
-:func:`train` sets the run's directory up; :func:`build_job` tells the rest as a story: data,
-model, engines, reporting, safety; :func:`run_job` runs it. Handlers attach in any order: Flint's engine fires their events in
-a fixed sequence (``flint.engine.FlintEvents``), and every stateful one reaches the checkpoints by itself.
+:func:`train` claims the run's directory; :func:`build_job` tells the rest in named steps (where this
+process trains, data, model, engines, reporting, safety), each returning a small object;
+:func:`run_job` runs it. Handlers attach in any order: Flint's engine fires their events in a fixed
+sequence (``flint.engine.FlintEvents``), and every stateful one reaches the checkpoints by itself.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ import inspect
 import json
 import logging
 import math
-import os
 import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,9 +26,8 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Accuracy, Loss, MeanAbsoluteError, Metric
 from torch import nn
-from torch.utils.data import DataLoader
 
-from flint.engine import EpochSampler, RNGState, create_evaluator, create_trainer, epoch_loss_total, register_state, seed_everything
+from flint.engine import RNGState, create_evaluator, create_trainer, epoch_loss_total, register_state, seed_everything
 from flint.engine.metrics import TopOneAccuracy
 from flint.handlers import (
     ETA,
@@ -58,21 +56,26 @@ from flint.handlers import (
     lr_multiplier,
     write_text_atomic,
 )
-from flint.recipes.app.config import Config, StopSignal, UsageError, check_global_batch, parse_monitor
+from flint.recipes.app.config import Config, RunConfig, UsageError, check_global_batch
 from flint.recipes.app.console import RECORDS, ConsoleSink, log_header
-from flint.recipes.builtin.data import DEVICE_AUGMENT, DeviceTensorLoader, FirstBatches
+from flint.recipes.app.fingerprint import data_fingerprint, file_digest, recipe_file
+from flint.recipes.app.loaders import first_input, make_loaders
+from flint.recipes.app.monitor import Monitor
 from flint.recipes.app.optim import make_loss, make_optimizer, param_groups
 from flint.recipes.app.perf import channels_last_batch, peak_flops, profile_table, train_flops_per_sample
 from flint.recipes.app.registry import Recipe
 from flint.recipes.app.resume import check_before_writing, claim_run_dir, last_summary, load_resume_point
-from flint.recipes.app.rundir import RunConfig
+from flint.recipes.app.rundir import RunDir
+from flint.recipes.app.stopping import STOPS, StopSignal
 
-__all__ = [
-    "train", "build_job", "run_job", "Job", "attach_all", "build_optimizer", "resolve_device", "task_metrics",
-    "RunOutcome", "StopSignal",
-]  # fmt: skip
+__all__ = ["train", "prepare", "build_job", "run_job", "Job", "Parts", "Place", "attach_all", "build_optimizer", "resolve_device", "task_metrics", "RunOutcome"]
 
 logger = logging.getLogger(__name__)
+
+OptimizerFactory = Callable[[list[dict]], torch.optim.Optimizer]
+
+
+# --- where this process trains -------------------------------------------------------------------
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,6 +84,28 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available here; choose from auto, cpu")
     return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where this process trains: its device and its rank among ``world`` data-parallel workers (decided once)."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one that writes the run's files and shows the console."""
+        return self.rank == 0
+
+    @classmethod
+    def here(cls, cfg: Config) -> Place:
+        device, rank, world = resolve_device(cfg.device), idist.get_rank(), idist.get_world_size()
+        if device.type == "cuda" and world > 1:
+            device = torch.device("cuda", idist.get_local_rank())
+            torch.cuda.set_device(device)
+        return cls(device, rank, world)
 
 
 def check_with_torch(cfg: Config, recipe: Recipe) -> None:
@@ -98,7 +123,168 @@ def check_with_torch(cfg: Config, recipe: Recipe) -> None:
             param_groups(recipe.build_model(), cfg.lr, cfg.lr_mult)
 
 
-OptimizerFactory = Callable[[list[dict]], torch.optim.Optimizer]
+# --- the run: claim the directory, build, run ------------------------------------------------------
+
+
+def train(
+    cfg: Config,
+    recipe: Recipe,
+    handlers: Sequence[Any] = (),
+    loss_fn: Callable | None = None,
+    optimizer: type | OptimizerFactory | None = None,
+    lock: bool = True,
+) -> dict[str, Any]:
+    """Run one training job; returns its ``"summary"`` record, whose ``status`` is ``"completed"`` or
+    ``"interrupted"`` (stopped with a checkpoint saved: relaunch with ``resume``).
+
+    ``handlers`` are attached beside the recipe's own (:func:`attach_all`); ``loss_fn`` and
+    ``optimizer`` (a class or factory, see :func:`build_optimizer`) replace the named ones. With
+    ``lock``, rank 0 holds the output dir's lock (:meth:`RunDir.lock`) for the run.
+    Raises ``UsageError`` before anything is written for a bad resume, ``NonFiniteLoss`` when the
+    loss becomes NaN or infinite (status ``"failed"``), ``KeyboardInterrupt`` on a second stop signal
+    (status ``"aborted"``) and :class:`StopSignal` for one before training started."""
+    run = RunDir(cfg.output_dir)
+    check_global_batch(cfg.batch_size, idist.get_world_size())  # also for callers that did not come through the CLI
+    place = Place.here(cfg)
+    with contextlib.ExitStack() as owned:
+        if lock and place.main:  # the recipe's own code runs and is checked under the lock, before anything is written
+            parts, resume, done = owned.enter_context(claim_run_dir(cfg, lambda: prepare(cfg, recipe)))
+        else:
+            parts = prepare(cfg, recipe)
+            resume, done = check_before_writing(cfg, parts.fingerprint)
+        if done is not None:
+            logger.info("The run in %s already %s; nothing to do", run.path, done)
+            return last_summary(run, done)
+        idist.barrier()  # no rank may see rank 0's new files as "a run already there"
+        if place.main:
+            owned.enter_context(_logging_to(run))
+            config = {**asdict(cfg), "fingerprint": parts.fingerprint}
+            write_text_atomic(run.config_file, json.dumps(config, indent=2) + "\n", "config file")
+            RECORDS.info("Run config: %s", json.dumps(config))  # train.log only; the console has a header
+            if place.world > 1:
+                RECORDS.info("Data-parallel on %d workers (%s): %d samples per worker batch", place.world, idist.backend(),
+                             cfg.batch_size // place.world)  # fmt: skip
+        try:
+            return run_job(build_job(cfg, recipe, run, place, handlers, loss_fn, optimizer, parts=parts), resume)
+        except Exception:
+            logger.debug("Run failed", exc_info=True)
+            raise
+
+
+@contextlib.contextmanager
+def _logging_to(run: RunDir) -> Iterator[None]:
+    """``train.log`` for the block: every record that reaches the root logger, appended to.
+
+    Flint's loggers pass INFO on for the block even where the logging configuration is stricter
+    (Python's default is WARNING, as under ``fit()``): the records and epoch lines reach ``train.log``;
+    the user's own handlers keep their levels."""
+    try:
+        log_file = LogFile(run.log_file)
+    except OSError as e:
+        raise OSError(f"cannot write to output dir {run.path}: {e.strerror or e}") from None
+    log_file.setLevel(logging.DEBUG)
+    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    flint = logging.getLogger("flint")
+    level = flint.level
+    if flint.getEffectiveLevel() > logging.INFO:
+        flint.setLevel(logging.INFO)
+    logging.getLogger().addHandler(log_file)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(log_file)
+        log_file.close()
+        flint.setLevel(level)
+
+
+# --- the job's parts ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Parts:
+    """The recipe's own code, run once and checked before anything is written: its datasets, a fresh model, the fingerprint."""
+
+    train_set: Any
+    val_set: Any  # None: no validation
+    module: nn.Module
+    fingerprint: dict[str, Any]
+
+
+def prepare(cfg: Config, recipe: Recipe) -> Parts:
+    """Seed, load the recipe's datasets and build its model, as the run will; :class:`UsageError` naming the recipe's
+    function and what it returned when that is not what a run needs."""
+    seed_everything(cfg.seed)  # the same on every rank: same initial weights, dropout masks
+    loaded = recipe.datasets[cfg.dataset](cfg)
+    if not isinstance(loaded, (tuple, list)) or len(loaded) != 2 or loaded[0] is None:
+        raise UsageError(f"recipe {recipe.name}: datasets[{cfg.dataset!r}](cfg) returned {_described(loaded)}; "
+                         "it must return a pair (training set, validation set or None)")  # fmt: skip
+    module = recipe.build_model()
+    if not isinstance(module, nn.Module):
+        raise UsageError(f"recipe {recipe.name}: build_model() returned {_described(module)}, not a torch.nn.Module")
+    source = recipe_file(cfg.recipe)
+    fingerprint = {"recipe_file": str(source) if source else None, "recipe_sha256": file_digest(source) if source else None,
+                   "data": data_fingerprint(*loaded)}  # fmt: skip
+    return Parts(loaded[0], loaded[1], module, fingerprint)
+
+
+def _described(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}" if value is not None else "None"
+
+
+@dataclass
+class Data:
+    """The run's batches on this rank, and what the header and the FLOP count read of its datasets."""
+
+    train_loader: Any
+    val_loader: Any  # None: no validation
+    sampler: Any
+    train_size: int
+    val_size: int | None
+    first_input: torch.Tensor | None
+
+
+def build_data(cfg: Config, parts: Parts, place: Place) -> Data:
+    """The recipe's datasets as loaders: the order is a function of (seed, epoch), so a run resumed mid-epoch sees the same batches."""
+    train_set, val_set = parts.train_set, parts.val_set
+    train_loader, val_loader, sampler = make_loaders(cfg, train_set, val_set, place.device, place.world, place.rank)
+    val_size = len(val_set) if val_set is not None else None
+    return Data(train_loader, val_loader, sampler, len(train_set), val_size, first_input(train_set, place.device))
+
+
+@dataclass
+class Model:
+    """The network as it is saved (``module``), trained (``net``: DDP and compiled) and evaluated, with its optimizer and loss."""
+
+    module: nn.Module
+    net: Any
+    eval_net: Any
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    flops_per_sample: float | None
+
+
+def build_model(cfg: Config, task: str, parts: Parts, place: Place, data: Data, loss_fn: Callable | None = None,
+                optimizer_factory: type | OptimizerFactory | None = None) -> Model:  # fmt: skip
+    """The recipe's model on the device, its optimizer (``--lr-mult``, ``--wd``) and loss.
+
+    Training runs through DDP (gradients averaged over ranks) when there are several workers;
+    evaluation runs the plain model on each rank's shard, and the metrics are all-reduced."""
+    module = parts.module.to(place.device)
+    if cfg.channels_last:
+        module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    flops = train_flops_per_sample(module, data.first_input)
+    optimizer = build_optimizer(cfg, module, optimizer_factory)
+    loss_fn = loss_fn or make_loss(task, cfg.loss, cfg.label_smoothing)
+    net: Any = idist.auto_model(module) if place.world > 1 else module
+    optimizer = idist.auto_optim(optimizer) if place.world > 1 else optimizer
+    eval_net: Any = module
+    if cfg.compile:  # the engines run the compiled module; checkpoints keep the plain one's names
+        logger.info("Compiling the model: the first training and validation iterations include the compile")
+        net = torch.compile(net)
+        eval_net = net if place.world == 1 else torch.compile(module)
+    return Model(module, net, eval_net, optimizer, loss_fn, flops)
 
 
 def build_optimizer(cfg: Config, model: nn.Module, factory: type | OptimizerFactory | None = None) -> torch.optim.Optimizer:
@@ -114,20 +300,43 @@ def build_optimizer(cfg: Config, model: nn.Module, factory: type | OptimizerFact
     return factory(groups)
 
 
-def task_metrics(task: str, loss_fn: Callable, device: torch.device, monitor: str = "") -> tuple[dict, dict, str, str]:
-    """(training metrics, validation metrics, monitored metric, "max"|"min") for a recipe's task.
+def build_engines(cfg: Config, model: Model, place: Place, fingerprint: dict[str, Any]) -> tuple[Engine, Engine]:
+    """The trainer (the update cycle, AMP, clipping) and the evaluator; a checkpoint keeps the run's options and fingerprint."""
+    batches = channels_last_batch if cfg.channels_last else None
+    pin = place.device.type == "cuda"
+    trainer = create_trainer(
+        model.net, model.optimizer, model.loss_fn, device=place.device, accumulation_steps=cfg.update_cycle, amp=cfg.amp,
+        clip_grad_norm=cfg.clip_grad_norm, prepare_batch=batches, non_blocking=pin,
+    )  # fmt: skip
+    evaluator = create_evaluator(model.eval_net, device=place.device, amp=cfg.amp, non_blocking=pin, prepare_batch=batches)
+    register_state(trainer, "config", RunConfig(cfg, fingerprint))  # a checkpoint refuses to resume another run
+    return trainer, evaluator
+
+
+def schedule_handlers(cfg: Config, data: Data, model: Model, evaluator: Engine) -> list[Any]:
+    """The epoch's data order, validation every ``--val-every`` epochs, the LR schedule."""
+    handlers: list[Any] = [DataOrder(data.sampler, cfg.batch_size // idist.get_world_size())]
+    if data.val_loader is not None:
+        handlers.append(Validation(evaluator, data.val_loader, every=cfg.val_every))
+    if cfg.lr_mode != "constant" or cfg.warmup_epochs:  # a constant LR needs no per-iteration work
+        schedule = functools.partial(
+            lr_multiplier, mode=cfg.lr_mode, steps_per_epoch=len(data.train_loader), epochs=cfg.epochs, milestones=cfg.lr_steps,
+            factor=cfg.lr_factor, warmup_epochs=cfg.warmup_epochs, warmup_start=cfg.warmup_lr / cfg.lr,
+        )  # fmt: skip
+        handlers.append(LRSchedule(model.optimizer, schedule))
+    return handlers
+
+
+def task_metrics(task: str, loss_fn: Callable, device: torch.device) -> tuple[dict[str, Metric], dict[str, Metric]]:
+    """(training metrics, validation metrics) of a recipe's task, accumulated on ``device``.
 
     Classification reports accuracy, regression the mean absolute error; validation also the loss
-    (training's comes from the trainer's own running sum, ``flint.engine.epoch_loss_total``). All
-    accumulate on ``device``. ``monitor`` (``NAME[:min|max]``, see ``flint.recipes.app.config.parse_monitor``)
-    picks the best checkpoint: by default the best accuracy, or the lowest loss for regression.
-    """
+    (training's comes from the trainer's own running sum, ``flint.engine.epoch_loss_total``)."""
     classification = task == "classification"
     name = "accuracy" if classification else "mae"
-    # Updated every training iteration: Flint's lean accuracy (flint.engine.metrics) costs half of Ignite's.
     train: dict[str, Metric] = {name: TopOneAccuracy(device=device) if classification else MeanAbsoluteError(device=device)}
     val = {"loss": Loss(loss_fn, device=device), name: Accuracy(device=device) if classification else MeanAbsoluteError(device=device)}
-    return (train, val, *parse_monitor(monitor, task))
+    return train, val
 
 
 def epoch_mean_loss(trainer: Any) -> float:
@@ -136,72 +345,69 @@ def epoch_mean_loss(trainer: Any) -> float:
     return total / samples if samples else math.nan
 
 
-def training_records(metrics: dict, stream: RecordStream, timer: EpochTimer, optimizer: torch.optim.Optimizer) -> EpochMetrics:
-    """The per-epoch ``"training"`` record: the metrics, the trainer's mean loss, the epoch time, the LRs."""
-    return EpochMetrics(
-        metrics,
-        stream,
-        "training",
-        extra=lambda t: {"loss": epoch_mean_loss(t), "epoch_time": timer.last, "lr": current_lrs(optimizer)},
-    )
+@dataclass
+class Reporting:
+    """The record stream (log lines, ``metrics.jsonl``, TensorBoard on rank 0; no sinks elsewhere) and its handlers."""
+
+    stream: RecordStream
+    timer: EpochTimer
+    eta: ETA
+    handlers: list[Any]
 
 
-class RunOutcome:
-    """How a run ended, and its closing: the summary record, checkpoints on disk, record sinks closed.
+def build_reporting(cfg: Config, task: str, run: RunDir, place: Place, model: Model, data: Data, trainer: Engine) -> Reporting:
+    """Epoch and batch records, LR records, weight histograms, the epoch timer, the ETA and the progress bar."""
+    tb = TensorBoardWriter(run.path) if place.main else None  # writes in this thread: a full disk raises, never hangs
+    sinks = [LoggingSink(RECORDS), JsonlSink(run.metrics_file), TensorBoardSink(tb)] if tb else []
+    stream = RecordStream(sinks)
+    train_metrics, val_metrics = task_metrics(task, model.loss_fn, place.device)
+    timer, eta = EpochTimer(), ETA(cfg.progress_file if place.main else None)
+    optimizer = model.optimizer
 
-    Use it as a context manager around the run and set ``status`` when it ends: ``"completed"`` or
-    ``"interrupted"``. An exception leaving the block makes it ``"failed"`` (``"aborted"`` for
-    ``KeyboardInterrupt``, a second stop signal; None for :class:`StopSignal`). On leaving, ``summary(status)`` is emitted (unless
-    ``status`` is None: nothing was run), background checkpoint writes are waited for and the sinks
-    are closed, each step even if an earlier one failed; ``settle()`` first (stop signals are then ignored). A failure there (a full disk) is raised if
-    the run itself succeeded; otherwise the run's own error is the one that leaves, and the later
-    ones go to the log.
-    """
+    def epoch_extra(trainer: Engine) -> dict[str, Any]:  # the training record's fields besides its metrics
+        return {"loss": epoch_mean_loss(trainer), "epoch_time": timer.last, "lr": current_lrs(optimizer)}
 
-    def __init__(self, stream: RecordStream, checkpoints: Checkpointing, summary: Callable[[str], dict[str, Any]],
-                 settle: Callable[[], None] = lambda: None) -> None:  # fmt: skip
-        self.stream, self.checkpoints, self.summary, self.settle = stream, checkpoints, summary, settle
-        self.status: str | None = "failed"
+    handlers: list[Any] = [
+        timer,
+        eta,
+        EpochMetrics(train_metrics, stream, "training", extra=epoch_extra),
+        BatchLogger(stream, every=cfg.log_interval, optimizer=optimizer, metrics=train_metrics),
+        LRTracker(optimizer, stream, every=cfg.log_interval),
+    ]
+    if data.val_loader is not None:
+        handlers.append(OnEvaluator(EpochMetrics(val_metrics, stream, "validation", trainer=trainer)))
+    if tb is not None:
+        handlers.append(NetSummaries(model.module, tb))
+    if cfg.progress and sys.stderr.isatty() and place.main:
+        from flint.recipes.app.progress import attach_progress_bar
 
-    def __enter__(self) -> RunOutcome:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
-        self.settle()  # however it ended: closing is never cut short by a signal
-        if kind is not None:  # a stop signal before training: nothing ran, no summary
-            self.status = None if issubclass(kind, StopSignal) else "aborted" if issubclass(kind, KeyboardInterrupt) else "failed"
-        closing = [self.checkpoints.wait, self.stream.close]
-        if self.status is not None:
-            closing.insert(0, lambda: self.stream.emit(self.summary(self.status)))  # type: ignore[arg-type]
-        failures = []
-        for step in closing:
-            try:
-                step()
-            except Exception as e:
-                failures.append(e)
-        if failures and kind is None:
-            raise failures[0]
-        for failure in failures:
-            logger.debug("While closing a run that had already failed: %s", failure, exc_info=failure)
+        attach_progress_bar(trainer, eta, cfg.log_interval, max(1, len(data.train_loader) // 50))  # redrawn about 50 times an epoch
+    return Reporting(stream, timer, eta, handlers)
 
 
-def _worker_signals(worker_id: int) -> None:
-    """DataLoader workers share the process group: a terminal's Ctrl-C or a scheduler's SIGTERM to the
-    group must stop only the main process, which saves and then shuts the workers down itself."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if not hasattr(signal, "sigwaitinfo"):  # not POSIX: the default, a group SIGTERM kills the workers
-        return
-    # SIGTERM cannot simply be ignored: multiprocessing stops workers with it at exit (and would then
-    # wait forever). Take it in a thread that knows the sender: from the parent, exit; else ignore.
-    parent = os.getppid()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here inherit it
+@dataclass
+class Safety:
+    """The NaN guard, checkpoints (every stateful handler is in them by itself) and the ways a run stops."""
 
-    def take_sigterm() -> None:
-        while True:
-            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
-                os._exit(0)
+    checkpoints: Checkpointing
+    preemption: Preemption
+    interrupt: InterruptAt | None
+    stopper: EarlyStopping | None
+    handlers: list[Any]
 
-    threading.Thread(target=take_sigterm, name="flint-sigterm", daemon=True).start()
+
+def build_safety(cfg: Config, run: RunDir, monitor: Monitor, model: Model, trainer: Engine, validating: bool) -> Safety:
+    """Latest and best checkpoints, early stopping on the monitored metric, ``--interrupt-at``, stop signals."""
+    to_save = {"model": model.module, "optimizer": model.optimizer, "trainer": trainer, "rng": RNGState(), "scaler": trainer.scaler}  # type: ignore[attr-defined]
+    checkpoints = Checkpointing(run.checkpoints, to_save, n_latest=2, metric=monitor.name if validating else None, mode=monitor.mode,
+                                every=cfg.save_frequency)  # fmt: skip
+    stopper = None
+    if cfg.early_stopping and validating:
+        stopper = EarlyStopping(cfg.early_stopping, monitor.name, trainer, mode=monitor.mode)  # type: ignore[arg-type]
+    interrupt = InterruptAt(cfg.interrupt_at) if cfg.interrupt_at else None
+    preemption = Preemption(agree=_any_rank())  # SIGTERM/SIGINT: stop at the next update, saved, exit 3
+    handlers = [LossGuard(every=cfg.log_interval), checkpoints, preemption, *[h for h in (stopper, interrupt) if h]]
+    return Safety(checkpoints, preemption, interrupt, stopper, handlers)
 
 
 def _any_rank() -> Callable[[bool], bool] | None:
@@ -220,9 +426,87 @@ def _any_rank() -> Callable[[bool], bool] | None:
     return agree
 
 
-def _throughput(trainer: Any, epoch_time: float | None, flops_per_sample: float | None, peak: float | None) -> dict:
+# --- the job ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """A training run wired and ready: its engines and what the run and its summary read."""
+
+    cfg: Config
+    run: RunDir
+    place: Place
+    monitor: Monitor
+    model: Model
+    trainer: Engine
+    evaluator: Engine
+    train_loader: Any
+    report: Reporting
+    safety: Safety
+    profiler: Any = None
+
+    def summary(self, status: str) -> dict[str, Any]:
+        """The ``"summary"`` record of a run that ended with ``status``."""
+        state: Any = self.trainer.state
+        best = self.safety.checkpoints.best
+        return {
+            "phase": "summary",
+            "status": status,
+            "epochs": state.epoch,
+            "samples": getattr(state, "samples", 0),
+            "monitor": self.monitor.text,
+            "best_epoch": best.epoch,
+            "best_value": best.value,
+            "avg_epoch_time": self.report.timer.average,
+            "stopped_early": self.safety.stopper is not None and self.safety.stopper.stopped,
+            **_throughput(state, self.report.timer.average, self.model.flops_per_sample, peak_flops(self.place.device, self.cfg.amp)),
+        }
+
+
+def build_job(cfg: Config, recipe: Recipe, run: RunDir, place: Place, extra_handlers: Sequence[Any] = (),
+              loss_fn: Callable | None = None, optimizer_factory: type | OptimizerFactory | None = None, *,
+              parts: Parts | None = None) -> Job:  # fmt: skip
+    """Data, model, engines, reporting and safety of ``cfg``'s run, wired on this rank; nothing run yet.
+
+    ``extra_handlers`` are attached beside the recipe's own (see :func:`attach_all`); a dataset
+    whose validation part is None trains without validation (no best checkpoint, no early stopping).
+    ``parts`` are the recipe's datasets and model from :func:`prepare` (default: prepared here)."""
+    parts = parts or prepare(cfg, recipe)
+    data = build_data(cfg, parts, place)
+    model = build_model(cfg, recipe.task, parts, place, data, loss_fn, optimizer_factory)
+    if place.main:
+        log_header(recipe.name, cfg.dataset, data.train_size, data.val_size, model.module, place.device, run.path, cfg.epochs,
+                   place.world, cfg.test_run)  # fmt: skip
+    trainer, evaluator = build_engines(cfg, model, place, parts.fingerprint)
+    monitor = Monitor.parse(cfg.monitor, recipe.task)
+    report = build_reporting(cfg, recipe.task, run, place, model, data, trainer)
+    safety = build_safety(cfg, run, monitor, model, trainer, validating=data.val_loader is not None)
+    if place.main:  # the console: one line per epoch, the closing lines with the best checkpoint's path
+        best = safety.checkpoints.best_checkpoint
+        hint = "call fit() again with resume=True" if cfg.recipe.startswith("fit:") else f"run: flint resume {run.path}"
+        report.stream.add(ConsoleSink(cfg.epochs, lambda: best.last_checkpoint if best is not None else None, resume_hint=hint))
+    handlers = [*schedule_handlers(cfg, data, model, evaluator), *report.handlers, *safety.handlers, *extra_handlers]
+    attach_all(handlers, trainer, evaluator)
+    profiler = _attach_profiler(trainer) if cfg.profile else None
+    return Job(cfg, run, place, monitor, model, trainer, evaluator, data.train_loader, report, safety, profiler)
+
+
+def _attach_profiler(trainer: Engine) -> Any:
+    """Ignite's ``HandlersTimeProfiler`` (``--profile``), and a handler that lets errors through again."""
+    from ignite.handlers import HandlersTimeProfiler
+
+    profiler = HandlersTimeProfiler()
+    profiler.attach(trainer)
+
+    def reraise(engine: Any, error: BaseException) -> None:  # the profiler leaves an EXCEPTION_RAISED
+        raise error  # entry, and Ignite would then swallow every error (a NaN stop would exit 0)
+
+    trainer.add_event_handler(Events.EXCEPTION_RAISED, reraise)
+    return profiler
+
+
+def _throughput(state: Any, epoch_time: float | None, flops_per_sample: float | None, peak: float | None) -> dict[str, Any]:
     """Training samples/sec over an average epoch (the launch's first excluded), TFLOP/s and, if the peak is known, MFU."""
-    state = trainer.state
     if not epoch_time or not state.iteration or not state.epoch_length:
         return {"samples_per_sec": None}
     rate = state.samples / state.iteration * state.epoch_length / epoch_time
@@ -234,323 +518,83 @@ def _throughput(trainer: Any, epoch_time: float | None, flops_per_sample: float 
     return out
 
 
-def train(
-    cfg: Config,
-    recipe: Recipe,
-    handlers: Sequence[Any] = (),
-    loss_fn: Callable | None = None,
-    optimizer: type | OptimizerFactory | None = None,
-    lock: bool = True,
-    on_settled: Callable[[], None] | None = None,
-) -> dict[str, Any]:
-    """Run one training job; returns its ``"summary"`` record, whose ``status`` is ``"completed"`` or
-    ``"interrupted"`` (stopped with a checkpoint saved: relaunch with ``resume``).
+class RunOutcome:
+    """How a run ended, and its closing: the summary record, checkpoints on disk, record sinks closed.
 
-    ``handlers`` are attached beside the recipe's own (:func:`attach_all`); ``loss_fn`` and
-    ``optimizer`` (a class or factory, see :func:`build_optimizer`) replace the named ones. With
-    ``lock``, rank 0 holds the output dir's lock (:class:`flint.recipes.app.rundir.RunDirLock`) for the run;
-    ``on_settled()`` is called once the run's outcome is decided (see :func:`run_job`).
-    Raises ``UsageError`` before anything is written for a bad resume, ``NonFiniteLoss`` when the
-    loss becomes NaN or infinite (status ``"failed"``), ``KeyboardInterrupt`` on a second stop signal
-    (status ``"aborted"``) and :class:`StopSignal` for one before training started."""
-    # --- where the run lives: every check first, then rank 0 writes the files -------------------
-    out = Path(cfg.output_dir)
-    check_global_batch(cfg.batch_size, idist.get_world_size())  # also for callers that did not come through the CLI
-    rank = idist.get_rank()
-    with contextlib.ExitStack() as owned:
-        if lock and rank == 0:  # refusals come first when there is no directory yet
-            resume, done = owned.enter_context(claim_run_dir(cfg))
-        else:
-            resume, done = check_before_writing(cfg)
-        if done is not None:
-            logger.info("The run in %s already %s; nothing to do", out, done)
-            return last_summary(out, done)
-        idist.barrier()  # no rank may see rank 0's new files as "a run already there"
-        if rank > 0:
-            return run_job(build_job(cfg, recipe, out, handlers, loss_fn, optimizer), resume, on_settled)
-        owned.enter_context(_logging_to(out))
-        try:
-            write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n", "config file")
-            RECORDS.info("Run config: %s", json.dumps(asdict(cfg)))  # train.log only; the console has a header
-            if idist.get_world_size() > 1:
-                RECORDS.info("Data-parallel on %d workers (%s): %d samples per worker batch", idist.get_world_size(),
-                            idist.backend(), cfg.batch_size // idist.get_world_size())  # fmt: skip
-            return run_job(build_job(cfg, recipe, out, handlers, loss_fn, optimizer), resume, on_settled)
-        except Exception:
-            logger.debug("Run failed", exc_info=True)
-            raise
+    Use it as a context manager around the run and set ``status`` when it ends: ``"completed"`` or
+    ``"interrupted"``. An exception leaving the block makes it ``"failed"`` (``"aborted"`` for
+    ``KeyboardInterrupt``, a second stop signal; None for :class:`StopSignal`: nothing was run, no
+    summary). On leaving, the outcome is settled (:meth:`Stops.settle`: stop signals are ignored from
+    then on), ``summary(status)`` is emitted, background checkpoint writes are waited for and the
+    sinks are closed, each step even if an earlier one failed. A failure there (a full disk) is raised
+    if the run itself succeeded; otherwise the run's own error is the one that leaves, and the later
+    ones go to the log.
+    """
+
+    def __init__(self, stream: RecordStream, checkpoints: Checkpointing, summary: Callable[[str], dict[str, Any]]) -> None:
+        self.stream, self.checkpoints, self.summary = stream, checkpoints, summary
+        self.status: str | None = "failed"
+
+    def __enter__(self) -> RunOutcome:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        STOPS.settle()  # however it ended: closing is never cut short by a signal
+        if kind is not None:
+            self.status = None if issubclass(kind, StopSignal) else "aborted" if issubclass(kind, KeyboardInterrupt) else "failed"
+        closing = [self.checkpoints.wait, self.stream.close]
+        if self.status is not None:
+            closing.insert(0, lambda: self.stream.emit(self.summary(self.status)))  # type: ignore[arg-type]
+        failures = []
+        for step in closing:
+            try:
+                step()
+            except Exception as e:
+                failures.append(e)
+        if failures and kind is None:
+            raise failures[0]
+        for failure in failures:
+            logger.debug("While closing a run that had already failed: %s", failure, exc_info=failure)
 
 
-FLINT_LOGGERS = ("flint",)
-
-
-@contextlib.contextmanager
-def _logging_to(out: Path) -> Iterator[None]:
-    """``out/train.log`` for the block: every record that reaches the root logger, appended to.
-
-    Flint's own loggers pass INFO on for the block even where the logging configuration is stricter
-    (Python's default is WARNING, as under ``fit()``): the records and epoch lines reach ``train.log``;
-    the user's own handlers keep their levels."""
-    try:
-        log_file = LogFile(out / "train.log")
-    except OSError as e:
-        raise OSError(f"cannot write to output dir {out}: {e.strerror or e}") from None
-    log_file.setLevel(logging.DEBUG)
-    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    loggers = [logging.getLogger(name) for name in FLINT_LOGGERS]
-    levels = [log.level for log in loggers]
-    for log in loggers:
-        if log.getEffectiveLevel() > logging.INFO:
-            log.setLevel(logging.INFO)
-    logging.getLogger().addHandler(log_file)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeHandler(log_file)
-        log_file.close()
-        for log, level in zip(loggers, levels):
-            log.setLevel(level)
-
-
-@dataclass
-class Job:
-    """A training run wired and ready: its engines and what the run and its summary read."""
-
-    cfg: Config
-    out: Path
-    device: torch.device
-    model: nn.Module
-    trainer: Engine
-    evaluator: Engine
-    train_loader: Any
-    stream: RecordStream
-    checkpoints: Checkpointing
-    timer: EpochTimer
-    preemption: Preemption
-    interrupt: InterruptAt | None
-    stopper: EarlyStopping | None
-    monitor: str
-    flops_per_sample: float | None
-    profiler: Any = None
-
-    def summary(self, status: str) -> dict[str, Any]:
-        """The ``"summary"`` record of a run that ended with ``status``."""
-        state: Any = self.trainer.state
-        return {
-            "phase": "summary",
-            "status": status,
-            "epochs": state.epoch,
-            "samples": getattr(state, "samples", 0),
-            "best_epoch": self.checkpoints.best.epoch,
-            f"best_{self.monitor}": self.checkpoints.best.value,
-            "avg_epoch_time": self.timer.average,
-            "stopped_early": self.stopper is not None and self.stopper.stopped,
-            **_throughput(self.trainer, self.timer.average, self.flops_per_sample, peak_flops(self.device, self.cfg.amp)),
-        }
-
-
-def make_loaders(cfg: Config, train_set: Any, val_set: Any, device: torch.device, world: int = 1, rank: int = 0) -> tuple[Any, Any, Any]:
-    """``(train loader, validation loader or None, train sampler)`` of ``cfg`` on this rank.
-
-    Batches come from an :class:`flint.engine.EpochSampler` (each rank its shard), or with
-    ``--data-on-device`` from tensors on the device; validation batches: :func:`make_val_loader`."""
-    batch_size = cfg.batch_size // world  # --batch-size is global
-    train_loader: Any
-    if cfg.data_on_device:
-        augment = DEVICE_AUGMENT.get(cfg.dataset)
-        train_loader = DeviceTensorLoader(train_set, batch_size, shuffle=True, device=device, augment=augment, seed=cfg.seed,
-                                          num_replicas=world, rank=rank)  # fmt: skip
-        sampler = train_loader.sampler
-    else:
-        sampler = EpochSampler(len(train_set), seed=cfg.seed, num_replicas=world, rank=rank)  # type: ignore[arg-type]
-        train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, generator=sampler.generator, **_loading(cfg, device))
-    if cfg.test_run:
-        train_loader = FirstBatches(train_loader, 1)
-    return train_loader, make_val_loader(cfg, val_set, device, world, rank), sampler
-
-
-def make_val_loader(cfg: Config, val_set: Any, device: torch.device, world: int = 1, rank: int = 0) -> Any:
-    """The validation loader of ``cfg`` on this rank, or None without a set: batches of ``max(batch, 256)``, in order, unpadded."""
-    if val_set is None:
-        return None
-    val_batch = max(cfg.batch_size // world, 256)
-    loader: Any
-    if cfg.data_on_device:
-        loader = DeviceTensorLoader(val_set, val_batch, shuffle=False, device=device, num_replicas=world, rank=rank)
-    else:
-        val_sampler = EpochSampler(len(val_set), shuffle=False, pad=False, num_replicas=world, rank=rank)  # type: ignore[arg-type]
-        loader = DataLoader(val_set, batch_size=val_batch, sampler=val_sampler, **_loading(cfg, device))
-    return FirstBatches(loader, 1) if cfg.test_run else loader
-
-
-def _loading(cfg: Config, device: torch.device) -> dict[str, Any]:
-    """The DataLoader options both loaders share: worker processes, pinned memory on CUDA."""
-    return {
-        "num_workers": cfg.num_workers, "pin_memory": device.type == "cuda", "persistent_workers": cfg.num_workers > 0,
-        "worker_init_fn": _worker_signals if cfg.num_workers else None,
-    }  # fmt: skip
-
-
-def build_job(
-    cfg: Config,
-    recipe: Recipe,
-    out: Path,
-    extra_handlers: Sequence[Any] = (),
-    loss_fn: Callable | None = None,
-    optimizer_factory: type | OptimizerFactory | None = None,
-) -> Job:
-    """Data, model, engines, reporting and safety of ``cfg``'s run, wired on this rank; nothing run yet.
-
-    ``extra_handlers`` are attached beside the recipe's own (see :func:`attach_all`); a dataset
-    whose validation part is None trains without validation (no best checkpoint, no early stopping)."""
-    seed_everything(cfg.seed)  # the same on every rank: same initial weights, dropout masks
-    device = resolve_device(cfg.device)
-    rank, world = idist.get_rank(), idist.get_world_size()
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", idist.get_local_rank())
-        torch.cuda.set_device(device)
-    batch_size, pin = cfg.batch_size // world, device.type == "cuda"  # --batch-size is global
-
-    # --- data: the order is a function of (seed, epoch), so a run resumed mid-epoch sees the same batches
-    train_set, val_set = recipe.datasets[cfg.dataset](cfg)
-    train_loader, val_loader, sampler = make_loaders(cfg, train_set, val_set, device, world, rank)
-
-    # --- model, optimizer, loss --------------------------------------------------------------------
-    model = recipe.build_model().to(device)
-    if rank == 0:
-        val_size = len(val_set) if val_set is not None else None
-        log_header(recipe.name, cfg.dataset, len(train_set), val_size, model, device, out, cfg.epochs, world, cfg.test_run)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    flops_per_sample = train_flops_per_sample(model, _first_input(train_set, device))
-    optimizer = build_optimizer(cfg, model, optimizer_factory)
-    loss_fn = loss_fn or make_loss(recipe.task, cfg.loss, cfg.label_smoothing)
-    # Training runs through DDP (gradients averaged over ranks) when there are several workers;
-    # evaluation runs the plain model on each rank's shard, and the metrics are all-reduced.
-    net: Any = idist.auto_model(model) if world > 1 else model
-    optimizer = idist.auto_optim(optimizer) if world > 1 else optimizer
-    eval_net: Any = model
-    if cfg.compile:  # the engines run the compiled module; checkpoints keep the plain one's names
-        logger.info("Compiling the model: the first training and validation iterations include the compile")
-        net = torch.compile(net)
-        eval_net = net if world == 1 else torch.compile(model)
-
-    # --- engines: Flint's handlers attach in any order (flint.engine.FlintEvents orders their work) -------
-    prepare = channels_last_batch if cfg.channels_last else None
-    trainer = create_trainer(
-        net, optimizer, loss_fn, device=device, accumulation_steps=cfg.update_cycle, amp=cfg.amp,
-        clip_grad_norm=cfg.clip_grad_norm, prepare_batch=prepare, non_blocking=pin,
-    )  # fmt: skip
-    evaluator = create_evaluator(eval_net, device=device, amp=cfg.amp, non_blocking=pin, prepare_batch=prepare)
-    register_state(trainer, "config", RunConfig(asdict(cfg)))  # a checkpoint refuses to resume under other options
-    handlers: list[Any] = [DataOrder(sampler, batch_size)]  # the epoch's data order
-    if val_loader is not None:
-        handlers.append(Validation(evaluator, val_loader, every=cfg.val_every))
-    if cfg.lr_mode != "constant" or cfg.warmup_epochs:  # a constant LR needs no per-iteration work
-        schedule = functools.partial(
-            lr_multiplier, mode=cfg.lr_mode, steps_per_epoch=len(train_loader), epochs=cfg.epochs, milestones=cfg.lr_steps,
-            factor=cfg.lr_factor, warmup_epochs=cfg.warmup_epochs, warmup_start=cfg.warmup_lr / cfg.lr,
-        )  # fmt: skip
-        handlers.append(LRSchedule(optimizer, schedule))
-
-    # --- reporting: one record stream to log lines, metrics.jsonl and TensorBoard (rank 0; the others, no sinks)
-    tb = TensorBoardWriter(out) if rank == 0 else None  # writes in this thread: a full disk raises, never hangs
-    stream = RecordStream([LoggingSink(RECORDS), JsonlSink(out / "metrics.jsonl"), TensorBoardSink(tb)] if tb else [])
-    train_metrics, val_metrics, monitor, mode = task_metrics(recipe.task, loss_fn, device, cfg.monitor)
-    timer, eta = EpochTimer(), ETA(cfg.progress_file if rank == 0 else None)
-    handlers += [
-        timer,
-        eta,
-        training_records(train_metrics, stream, timer, optimizer),
-        BatchLogger(stream, every=cfg.log_interval, optimizer=optimizer, metrics=train_metrics),
-        LRTracker(optimizer, stream, every=cfg.log_interval),
-    ]
-    if val_loader is not None:
-        handlers.append(OnEvaluator(EpochMetrics(val_metrics, stream, "validation", trainer=trainer)))
-    if tb is not None:
-        handlers.append(NetSummaries(model, tb))
-    if cfg.progress and sys.stderr.isatty() and rank == 0:
-        from flint.recipes.app.progress import attach_progress_bar
-
-        every = max(1, len(train_loader) // 50)  # redrawing per iteration costs ~85 us each
-        attach_progress_bar(trainer, eta, cfg.log_interval, every)
-
-    # --- safety: NaN guard, checkpoints (every stateful handler is in them by itself), stops -----
-    to_save = {"model": model, "optimizer": optimizer, "trainer": trainer, "rng": RNGState(), "scaler": trainer.scaler}  # type: ignore[attr-defined]
-    validating = val_loader is not None
-    checkpoints = Checkpointing(out / "checkpoints", to_save, n_latest=2, metric=monitor if validating else None, mode=mode,
-                                every=cfg.save_frequency)  # fmt: skip
-    stopper = EarlyStopping(cfg.early_stopping, monitor, trainer, mode=mode) if cfg.early_stopping and validating else None  # type: ignore[arg-type]
-    interrupt = InterruptAt(cfg.interrupt_at) if cfg.interrupt_at else None
-    preemption = Preemption(agree=_any_rank())  # SIGTERM/SIGINT: stop at the next update, saved, exit 3
-    handlers += [LossGuard(every=cfg.log_interval), checkpoints, preemption, *[h for h in (stopper, interrupt) if h]]
-    if rank == 0:  # the console: one line per epoch, the closing lines with the best checkpoint's path
-        best = checkpoints.best_checkpoint
-        hint = "call fit() again with resume=True" if cfg.recipe.startswith("fit:") else f"run: flint resume {out}"
-        stream.add(ConsoleSink(cfg.epochs, lambda: best.last_checkpoint if best is not None else None, resume_hint=hint))
-    attach_all([*handlers, *extra_handlers], trainer, evaluator)
-    profiler = None
-    if cfg.profile:
-        from ignite.handlers import HandlersTimeProfiler
-
-        profiler = HandlersTimeProfiler()
-        profiler.attach(trainer)
-
-        def reraise(engine: Any, error: BaseException) -> None:  # the profiler leaves an EXCEPTION_RAISED
-            raise error  # entry, and Ignite would then swallow every error (a NaN stop would exit 0)
-
-        trainer.add_event_handler(Events.EXCEPTION_RAISED, reraise)
-
-    return Job(cfg, out, device, model, trainer, evaluator, train_loader, stream, checkpoints, timer, preemption, interrupt,
-               stopper, monitor, flops_per_sample, profiler)  # fmt: skip
-
-
-def run_job(job: Job, resume: Path | str | None, on_settled: Callable[[], None] | None = None) -> dict[str, Any]:
+def run_job(job: Job, resume: Path | str | None) -> dict[str, Any]:
     """Resume ``job`` from ``resume`` (see :func:`flint.recipes.app.resume.resume_point`), train it and close it; the summary record.
 
-    SIGTERM and SIGINT go to ``job.preemption`` from the checkpoint's load to the last file closed.
-    One that came before training started ends the launch there: ``"interrupted"`` if a checkpoint
-    was loaded (the relaunch resumes from it), else :class:`StopSignal`. Once the run's outcome is
-    settled (trained, stopped and saved), further signals are ignored, and ``on_settled()`` is called
-    (the CLI then ignores them too, once this returns)."""
-    trainer, cfg = job.trainer, job.cfg
+    SIGTERM and SIGINT go to the job's :class:`flint.handlers.Preemption` from the checkpoint's load to
+    the end of training (:meth:`Stops.training`). One that came before training started ends the
+    launch there: ``"interrupted"`` if a checkpoint was loaded (the relaunch resumes from it), else
+    :class:`StopSignal`. Once training ends the outcome is settled: later signals are ignored."""
+    trainer, cfg, safety = job.trainer, job.cfg, job.safety
     summary: dict[str, Any] = {}
 
     def close(status: str) -> dict[str, Any]:
         summary.update(job.summary(status))
         return summary
 
-    def settle() -> None:
-        job.preemption.settle()
-        if on_settled is not None:
-            on_settled()
-
-    with job.preemption.signal_handlers(), RunOutcome(job.stream, job.checkpoints, close, settle) as outcome:
-        loaded = load_resume_point(job.checkpoints, resume, job.device)
+    with STOPS.training(safety.preemption), RunOutcome(job.report.stream, safety.checkpoints, close) as outcome:
+        loaded = load_resume_point(safety.checkpoints, resume, job.place.device)
         _same_iteration_on_every_rank(trainer)
-        if loaded is not None and (trainer.state.epoch >= cfg.epochs or (job.stopper is not None and job.stopper.stopped)):
-            outcome.status = None  # checked before anything was written (flint.recipes.app.resume.nothing_left); Ignite would start over
-            return last_summary(job.out, f"ended after epoch {trainer.state.epoch}")
-        requested = job.preemption.any_requested()  # a signal during the setup: every rank decides alike
-        if requested:  # nothing trained, nothing new to save
-            settle()
+        if loaded is not None and (trainer.state.epoch >= cfg.epochs or (safety.stopper is not None and safety.stopper.stopped)):
+            outcome.status = None  # checked before anything was written (resume.nothing_left); Ignite would start over
+            return last_summary(job.run, f"ended after epoch {trainer.state.epoch}")
+        if safety.preemption.any_requested():  # a signal during the setup: every rank decides alike; nothing new to save
             if loaded is None:
-                raise StopSignal(job.preemption.requested or signal.SIGTERM)
+                raise StopSignal(safety.preemption.requested or signal.SIGTERM)
             outcome.status = "interrupted"
             return summary
         if loaded is not None:
-            position = {"epoch": trainer.state.epoch, "iteration": trainer.state.iteration}
-            job.stream.emit({"phase": "resume", **position, "samples": trainer.state.samples, "checkpoint": str(loaded)})  # type: ignore[attr-defined]
+            position = {"epoch": trainer.state.epoch, "iteration": trainer.state.iteration, "samples": trainer.state.samples}  # type: ignore[attr-defined]
+            job.report.stream.emit({"phase": "resume", **position, "checkpoint": str(loaded)})
         try:
             trainer.run(job.train_loader, max_epochs=cfg.epochs)
         except NonFiniteLoss as e:
-            job.checkpoints.wait()  # an earlier save may still be finishing in the background
-            last = Checkpointing.find_latest(job.checkpoints.dirname)
+            safety.checkpoints.wait()  # an earlier save may still be finishing in the background
+            last = Checkpointing.find_latest(safety.checkpoints.dirname)
             raise NonFiniteLoss(f"{e}; stopped without saving; the last good checkpoint is {last or 'none'}") from None
-        settle()  # the outcome is decided: a signal now would only lose what is being closed
-        stopped = job.preemption.triggered or (job.interrupt is not None and job.interrupt.triggered)
+        STOPS.settle()  # the outcome is decided: a signal now would only lose what is being closed
+        stopped = safety.preemption.triggered or (safety.interrupt is not None and safety.interrupt.triggered)
         outcome.status = "interrupted" if stopped else "completed"
-        if job.profiler is not None and idist.get_rank() == 0:
+        if job.profiler is not None and job.place.main:
             logger.info("Handler costs (--profile):\n%s", profile_table(job.profiler, trainer))
     return summary
 
@@ -578,15 +622,6 @@ def attach_all(handlers: Sequence[Any], trainer: Engine, evaluator: Engine) -> N
             handler.attach(trainer, evaluator)
         else:
             handler.attach(trainer)
-
-
-def _first_input(dataset: Any, device: torch.device) -> torch.Tensor | None:
-    """One training input as a batch of one, for counting FLOPs; None if the data is not a tensor pair."""
-    try:
-        x = dataset[0][0]
-    except Exception:
-        return None
-    return x.unsqueeze(0).to(device) if isinstance(x, torch.Tensor) else None
 
 
 def _same_iteration_on_every_rank(trainer: Any) -> None:

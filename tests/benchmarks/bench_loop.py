@@ -305,11 +305,12 @@ def build_flint(case: str, cfg: Any, data: Data, device: Any, out: Path) -> Any:
     import importlib
 
     from flint.recipes.app.registry import Recipe
-    from flint.recipes.app.train import build_job
+    from flint.recipes.app.rundir import RunDir
+    from flint.recipes.app.train import Place, build_job
 
     recipe: Recipe = importlib.import_module(CASES[case][0]).RECIPE
     fake = Recipe(recipe.name, "", recipe.build_model, {"fake": lambda cfg: (data.train_set, data.val_set)})
-    return build_job(cfg, fake, out)
+    return build_job(cfg, fake, RunDir(out), Place(device))
 
 
 def flint_loop(case: str, cfg: Any, data: Data, device: Any, out: Path, chunk: int = 0,
@@ -332,7 +333,7 @@ def flint_loop(case: str, cfg: Any, data: Data, device: Any, out: Path, chunk: i
     if profiler is not None:
         profiler.attach(trainer)
     yield "ready"
-    with job.preemption.signal_handlers():  # as `flint run`: SIGTERM/SIGINT save and stop
+    with job.safety.preemption.signal_handlers():  # as `flint run`: SIGTERM/SIGINT save and stop
         while True:
             paused[0] = False
             trainer.run(job.train_loader, max_epochs=cfg.epochs)
@@ -340,8 +341,8 @@ def flint_loop(case: str, cfg: Any, data: Data, device: Any, out: Path, chunk: i
                 break
             yield "chunk"
     yield "done"
-    job.stream.close()
-    return trainer.state.iteration, job.model
+    job.report.stream.close()
+    return trainer.state.iteration, job.model.module
 
 
 LoopFn = Callable[..., Generator[str, None, tuple[int, Any]]]  # a loop for drive(): hand_loop, flint_loop

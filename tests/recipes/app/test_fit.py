@@ -100,12 +100,12 @@ def test_fit_interrupted_and_resumed_equals_an_unbroken_run(tmp_path):
     assert resumed["status"] == "completed" and resumed_counter.steps == 24  # loaded 12, then 12 more
     drop = lambda recs: [{k: v for k, v in r.items() if k not in TIMING} for r in recs if r["phase"] not in ("resume", "summary")]  # noqa: E731
     assert drop(records(tmp_path / "broken")) == drop(records(tmp_path / "straight"))
-    assert resumed["best_accuracy"] == straight["best_accuracy"]
+    assert resumed["best_value"] == straight["best_value"]
     final = torch.load(Checkpointing.find_latest(tmp_path / "straight" / "checkpoints"), weights_only=True)["model"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())  # the model object itself trained on
     again = fresh_net()
     done = fit(again, train, val, output_dir=tmp_path / "broken", handlers=[StepCounter()], resume=True, **OPTIONS)
-    assert done["nothing_to_do"] == "completed 4 epochs" and done["best_accuracy"] == straight["best_accuracy"]
+    assert done["nothing_to_do"] == "completed 4 epochs" and done["best_value"] == straight["best_value"]
     assert all(torch.equal(again.state_dict()[k], v) for k, v in final.items())  # it gets the run's weights
 
 
@@ -155,7 +155,7 @@ def test_fit_writes_train_log_whatever_the_logging_configuration(tmp_path):
         ({"optimizer": 42}, "Argument optimizer should be a name, an optimizer class or a factory, got int"),
         ({"optimizer": torch.optim.SGD, "momentum": 0.5}, "momentum: a custom optimizer takes its own arguments"),
         ({"optimizer": "adam", "momentum": 0.5}, "momentum: adam takes no momentum (it applies to sgd, rmsprop)"),
-        ({"dataset": "mnist"}, "dataset: not options of fit(), which trains on the data and into the output_dir you give"),
+        ({"dataset": "mnist"}, "dataset: not options of fit(), which trains on the data you give"),
         ({"val_data": None, "early_stopping": 2}, "early_stopping needs val_data"),
         ({"monitor": "f1"}, "monitor='f1': classification validates loss, accuracy"),
         ({"handlers": [print]}, "Argument handlers should hold objects with an attach(trainer[, evaluator]) method, got builtin_function"),

@@ -21,7 +21,7 @@ from flint.recipes.app.launch import _free_port
 from flint.recipes.builtin.data import digits
 from flint.recipes.builtin.models import LeNet
 from tests.conftest import REPO, run_flint
-from tests.recipes.test_resilience import final_model, records, start_flint, trained, wait_for_record
+from tests.recipes.app.test_resilience import final_model, records, start_flint, trained, wait_for_record
 
 
 def test_two_workers_stop_together_resume_with_two_and_one_and_validate_on_everything(tmp_path, flint):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from flint.recipes.app.cli import main
+from flint.recipes.app.monitor import Monitor
 from flint.recipes.app.report import NO_SUMMARY, plot_data, read_records, summarise, write_report
 
 
@@ -61,7 +62,7 @@ def test_a_monitor_in_config_json_decides_the_best_epoch(tmp_path, capsys):
     assert main(["report", str(run)]) == 0
     out = capsys.readouterr().out
     assert "best validation loss  0.2000 (epoch 3)" in out  # 0.6 / 3: the lowest validation loss
-    assert summarise(run_records(), ("accuracy", "min"))["best_epoch"] == 1
+    assert summarise(run_records(), Monitor("accuracy", "min"))["best_epoch"] == 1
 
 
 def test_a_one_epoch_run_and_compiled_runs_label_their_timing_and_never_show_a_compile_rate():

@@ -237,3 +237,13 @@ def test_sigterm_to_the_whole_process_group_with_dataloader_workers(tmp_path):
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == 3, err
     assert records(tmp_path)[-1]["status"] == "interrupted" and Checkpointing.find_latest(tmp_path / "checkpoints")
+
+
+def test_a_dangling_checkpoints_link_is_one_line_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoints").symlink_to(tmp_path / "gone")
+    assert main(["run", "lenet", "--test-run", "--no-progress", "-o", str(out)]) == 2
+    assert capsys.readouterr().err == (f"flint: error: output dir {out}: checkpoints is a symbolic link to {tmp_path / 'gone'}, "
+                                       "which does not exist\n")  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]

@@ -87,7 +87,7 @@ def test_the_header_names_the_run_without_its_config():
 
 
 SUMMARY = {"phase": "summary", "status": "completed", "epochs": 10, "samples": 14380, "best_epoch": 8,
-           "best_accuracy": 0.988858, "avg_epoch_time": 0.331, "stopped_early": False, "samples_per_sec": 4344.2,
+           "monitor": "accuracy:max", "best_value": 0.988858, "avg_epoch_time": 0.331, "stopped_early": False, "samples_per_sec": 4344.2,
            "model_tflops": 0.00041424}  # fmt: skip
 BEST = "runs/lenet/checkpoints/best_checkpoint_8_accuracy=0.9889.pt"
 
@@ -112,10 +112,9 @@ def test_closing_lines_of_stopped_runs_say_how_they_stopped():
     resume = "and saved; to continue, run the same command with --resume"
     assert closing_lines(interrupted, 10, 3, BEST)[0] == f"Interrupted after epoch 3/10 {resume}"
     assert closing_lines(interrupted, 10, 2, BEST)[0] == f"Interrupted during epoch 3/10 {resume}"
-    first = {**interrupted, "epochs": 1, "best_epoch": None, "best_accuracy": None, "avg_epoch_time": None}
+    first = {**interrupted, "epochs": 1, "best_epoch": None, "best_value": None, "avg_epoch_time": None}
     assert closing_lines(first, 10, None, None) == [f"Interrupted during epoch 1/10 {resume}"]
-    regression = {**SUMMARY, "best_epoch": 6, "best_loss": 0.44193}
-    del regression["best_accuracy"]
+    regression = {**SUMMARY, "monitor": "loss:min", "best_epoch": 6, "best_value": 0.44193}
     assert closing_lines(regression, 10, 10)[1] == "Best epoch 6: val_loss 0.4419"
     # the CLI's own last line says it: `flint: error: ...`, `flint: interrupted`
     assert closing_lines({**SUMMARY, "status": "failed"}, 10, 3, BEST) == []
@@ -163,7 +162,7 @@ def test_training_and_validation_make_one_line_and_the_summary_closes(shown):
     sink = make(2, lambda: Path("out/checkpoints/best_checkpoint_2_accuracy=0.7500.pt"))
     for record in [rec("lr", 1, lr=[0.1, 0.1]), rec("batch", 1, loss=2.0, samples_per_sec=9.0), train(1, 1.0), val(1, 0.5),
                    rec("lr", 2, lr=[0.1, 0.1]), train(2, 0.25), val(2, 0.125),
-                   {"phase": "summary", "status": "completed", "epochs": 2, "best_epoch": 2, "best_accuracy": 0.75,
+                   {"phase": "summary", "status": "completed", "epochs": 2, "monitor": "accuracy:max", "best_epoch": 2, "best_value": 0.75,
                     "avg_epoch_time": 1.5, "stopped_early": False, "samples_per_sec": 426.67}]:  # fmt: skip
         sink(record)
     assert lines == [
@@ -185,7 +184,7 @@ def test_epochs_without_validation_are_shown_when_the_next_epoch_or_the_end_come
     sink(train(3, 0.7, lr=(0.1, 0.01)))  # no batch record in between (short epochs)
     sink(val(3, 0.6))
     sink(train(4, 0.5))
-    sink({"phase": "summary", "status": "completed", "epochs": 4, "best_epoch": 3, "best_accuracy": 0.75, "avg_epoch_time": None})
+    sink({"phase": "summary", "status": "completed", "epochs": 4, "monitor": "accuracy:max", "best_epoch": 3, "best_value": 0.75, "avg_epoch_time": None})
     assert [line.split("  ")[0] for line in lines] == ["Epoch 1/4", "Epoch 2/4", "Epoch 3/4", "Epoch 4/4", "Completed 4 epochs",
                                                        "Best epoch 3: val_accuracy 0.7500"]  # fmt: skip
     assert lines[2] == "Epoch 3/4  1.5s  loss 0.7000  accuracy 0.5000  val_loss 0.6000  val_accuracy 0.7500  lr [0.1, 0.01]"
@@ -206,7 +205,7 @@ def test_a_run_cut_short_shows_its_last_epoch_once(shown):
 
 def test_an_interruption_during_and_after_an_epoch(shown):
     make, lines = shown
-    summary = {"phase": "summary", "status": "interrupted", "samples": 1280, "best_epoch": 1, "best_accuracy": 0.75}
+    summary = {"phase": "summary", "status": "interrupted", "samples": 1280, "monitor": "accuracy:max", "best_epoch": 1, "best_value": 0.75}
     sink = make(3)
     for record in [train(1, 1.0), val(1, 0.5), rec("batch", 2, loss=0.7), {**summary, "epochs": 2}]:  # SIGTERM in epoch 2
         sink(record)
@@ -223,7 +222,7 @@ def test_an_interruption_during_and_after_an_epoch(shown):
 def test_a_failed_run_shows_its_finished_epochs_and_leaves_the_error_to_the_cli(shown):
     make, lines = shown
     sink = make(3)
-    for record in [train(1, 1.0), {"phase": "summary", "status": "failed", "epochs": 2, "best_epoch": None, "best_accuracy": None}]:
+    for record in [train(1, 1.0), {"phase": "summary", "status": "failed", "epochs": 2, "best_epoch": None, "best_value": None}]:
         sink(record)
     assert lines == ["Epoch 1/3  1.5s  loss 1.000  accuracy 0.5000  lr 0.1"]
 
@@ -279,13 +278,15 @@ def test_the_progress_bar_shows_the_interval_mean_loss_without_a_stray_separator
 # --- logging: Ignite's own lines and the full records reach train.log only ---------------------
 
 
-def test_the_console_filter_drops_ignite_and_the_record_lines():
-    def named(name: str) -> logging.LogRecord:
-        return logging.makeLogRecord({"name": name})
+def test_the_console_filter_drops_ignite_the_record_lines_and_other_libraries_info():
+    def named(name: str, level: int = logging.INFO) -> logging.LogRecord:
+        return logging.makeLogRecord({"name": name, "levelno": level})
 
-    assert not for_console(named("ignite")) and not for_console(named("ignite.engine.engine.Engine"))
+    assert not for_console(named("ignite")) and not for_console(named("ignite.engine.engine.Engine", logging.ERROR))
     assert not for_console(named("flint.records"))
-    assert all(for_console(named(n)) for n in ("flint.recipes.app.console", "flint.recipes.app.train", "flint.handlers.checkpointing", "ignited", "flint.recordsx"))
+    assert all(for_console(named(n)) for n in ("flint.recipes.app.console", "flint.recipes.app.train", "flint.handlers.checkpointing", "flint.recordsx"))
+    assert not for_console(named("torch._subclasses.fake_tensor")) and not for_console(named("flintx"))
+    assert for_console(named("torch.distributed", logging.WARNING)) and for_console(named("ignited", logging.ERROR))
 
 
 def test_ignites_own_loggers_propagate_to_the_root_handlers(tmp_path):
@@ -334,7 +335,7 @@ def test_the_cli_console_has_a_header_one_line_per_epoch_and_the_best_checkpoint
     assert lines[2:4] == [epoch_line(e, 2, epochs[2 * e - 2], epochs[2 * e - 1]) for e in (1, 2)]
     assert lines[4:] == [
         "Completed 2 epochs",
-        f"Best epoch {summary['best_epoch']}: val_accuracy {significant(summary['best_accuracy'])}, saved as {best}",
+        f"Best epoch {summary['best_epoch']}: val_accuracy {significant(summary['best_value'])}, saved as {best}",
         f"Average epoch {duration(summary['avg_epoch_time'])}, {summary['samples_per_sec']:,.0f} samples/s",
     ]
     assert "{" not in result.stderr and "Engine run" not in result.stderr and "ignite" not in result.stderr

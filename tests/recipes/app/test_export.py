@@ -3,6 +3,7 @@
 import json
 import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,7 +14,7 @@ import torch
 from flint.recipes import RECIPES
 from flint.recipes.app.cli import main
 from flint.recipes.app.export import METADATA_FILE
-from flint.recipes.app.runs import best_checkpoint
+from flint.recipes.app.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -137,12 +138,12 @@ def test_a_best_checkpoint_without_a_score_in_its_name_is_ranked_by_its_saved_be
     run, state = best_run
     make_best(run, "best_checkpoint_9_accuracy=0.9500.pt", state, 9.0)
     make_best(run, "best_checkpoint_renamed.pt", state, 3.0, score={"mode": "max", "value": 0.97, "epoch": 3})
-    assert best_checkpoint(run / "checkpoints").name == "best_checkpoint_renamed.pt"
-    make_best(run, "best_checkpoint_4_top5=0.2000.pt", state, 4.0, score={"mode": "min", "value": 0.2, "epoch": 4})
-    make_best(run, "best_checkpoint_5_top5=0.1000.pt", state, 5.0, score={"mode": "min", "value": 0.1, "epoch": 5})
+    assert RunDir(run).best_checkpoint().name == "best_checkpoint_renamed.pt"
+    make_best(run, "best_checkpoint_4_mine=0.2000.pt", state, 4.0, score={"mode": "min", "value": 0.2, "epoch": 4})
+    make_best(run, "best_checkpoint_5_mine=0.1000.pt", state, 5.0, score={"mode": "min", "value": 0.1, "epoch": 5})
     for f in (run / "checkpoints").glob("best_checkpoint_[9r]*"):
         f.unlink()
-    assert best_checkpoint(run / "checkpoints").name == "best_checkpoint_5_top5=0.1000.pt"  # an unknown metric: the saved mode
+    assert RunDir(run).best_checkpoint().name == "best_checkpoint_5_mine=0.1000.pt"  # an unknown metric: the saved mode
 
 
 class Unsafe:
@@ -210,3 +211,10 @@ def test_bad_export_paths_are_one_line_exit_2(tmp_path, capsys):
     assert "no checkpoint in" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--format", "tflite"]) == 2
     assert "invalid choice: 'tflite'" in capsys.readouterr().err
+
+
+def test_an_export_to_a_place_that_cannot_be_written_names_the_file(runs, capsys):
+    target = Path("/proc/nope.pt")
+    assert main(["export", str(runs / "lenet"), "--format", "state_dict", "-o", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"flint: error: cannot write exported model {target}: ") and "enforce fail" not in err, err

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from flint.handlers import WriteError
-from flint.recipes.app.rundir import LOCK_NAME, RunDirLock
+from flint.recipes.app.rundir import LOCK_NAME, RunDir
 from tests.conftest import REPO
-from tests.full_disk import DEV_FULL, needs_dev_full, small_disk
+from tests.full_disk import small_disk
 
 FULL = "No space left on device"
 
@@ -102,12 +102,14 @@ def test_a_full_disk_under_the_progress_file_ends_the_run_with_one_line(tmp_path
         assert checkpoints_load(out) == ["best_checkpoint_1_accuracy=0.2500.pt", "checkpoint_1.pt"]  # epoch 1's
 
 
-@needs_dev_full
 def test_a_lock_file_that_cannot_be_written_is_named_and_released(tmp_path):
-    (tmp_path / LOCK_NAME).symlink_to(DEV_FULL)  # opens and locks, every write fails
-    with pytest.raises(WriteError) as error:
-        RunDirLock(tmp_path).__enter__()
-    assert str(error.value).startswith(f"cannot write lock file {tmp_path / LOCK_NAME}: "), error.value  # /dev/full: EINVAL at truncate
-    (tmp_path / LOCK_NAME).unlink()
-    with RunDirLock(tmp_path):  # nothing held on: the directory is free again
-        assert (tmp_path / LOCK_NAME).read_text().startswith(f"{os.getpid()} (")
+    with small_disk(tmp_path / "disk", "4k") as disk:
+        filler = disk / "filler"
+        filler.write_bytes(b"x" * 4096)  # the disk is full: the lock file is made, its first write fails
+        run = RunDir(disk)
+        with pytest.raises(WriteError) as error, run.lock():
+            pass
+        assert str(error.value) == f"cannot write lock file {disk / LOCK_NAME}: {FULL}"
+        filler.unlink()
+        with run.lock():  # nothing held on: the directory is free again
+            assert run.lock_file.read_text().startswith(f"{os.getpid()} (")

@@ -57,7 +57,7 @@ def test_test_run_writes_every_output(tmp_path, flint):
     assert set(next(r for r in recs if r["phase"] == "validation")) >= {"epoch", "loss", "accuracy"}
     summary = recs[-1]
     assert summary["status"] == "completed" and summary["epochs"] == 2
-    assert set(summary) >= {"best_epoch", "best_accuracy", "avg_epoch_time"}
+    assert set(summary) >= {"best_epoch", "best_value", "avg_epoch_time"} and summary["monitor"] == "accuracy:max"
 
 
 @pytest.mark.parametrize("recipe", ["lenet", "mlp"])
@@ -79,7 +79,7 @@ def test_every_recipe_runs_end_to_end_on_fake_data(tmp_path, flint, recipe):
     metric = "mae" if recipe == "ffnn" else "accuracy"
     assert [r["epoch"] for r in recs if r["phase"] == "validation"] == [1, 2]
     assert all(metric in r and "loss" in r for r in recs if r["phase"] in ("training", "validation"))
-    assert recs[-1]["status"] == "completed" and ("best_loss" if recipe == "ffnn" else "best_accuracy") in recs[-1]
+    assert recs[-1]["status"] == "completed" and recs[-1]["monitor"] == ("loss:min" if recipe == "ffnn" else "accuracy:max")
 
 
 def test_ffnn_update_cycle_equals_the_large_batch(tmp_path):
@@ -133,7 +133,7 @@ def test_bad_usage_is_one_line_and_exit_2_with_nothing_written(tmp_path, capsys,
 
 def test_bad_usage_exits_2_from_a_real_process(tmp_path, flint):
     result = flint("run", "lenet", "--epochs", "-1", "-o", str(tmp_path / "run"))
-    assert result.returncode == 2 and result.stderr == "flint: error: --epochs -1: must be a positive integer\n"
+    assert result.returncode == 2 and result.stderr == "flint: error: --epochs -1: must be a positive integer up to 1,000,000\n"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

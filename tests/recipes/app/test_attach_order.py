@@ -61,8 +61,8 @@ def run(tmp_path: Path, name: str, options: list[str], seed: int | None, monkeyp
 def masked(value: Any) -> Any:
     """``value`` with each timing replaced by a mark: whether it was measured must still agree, not its value."""
     if isinstance(value, dict):
-        if set(value) == {"json"}:  # the run's options (flint.engine.register_state "config"): all but where it ran
-            return {k: v for k, v in json.loads(value["json"]).items() if k != "output_dir"}
+        if set(value) == {"json", "fingerprint"}:  # the run's options and fingerprint (register_state "config"): all but where it ran
+            return {k: v for k, v in json.loads(value["json"]).items() if k != "output_dir"}, value["fingerprint"]
         return {k: (None if v is None else "<time>") if k in TIMING else masked(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [masked(v) for v in value]
