@@ -1,4 +1,4 @@
-"""A crash-safe ``DiskSaver``: durable atomic writes, and no old checkpoint removed before the new one is on disk."""
+"""A crash-safe ``DiskSaver``: durable atomic writes, no old checkpoint removed before the new one is on disk, an optional checksum."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import ignite.distributed as idist
 import torch
 from ignite.handlers import DiskSaver
 
+from flint.handlers.checkpoint_io import CHECKSUM_KEY, checksum
 from flint.handlers.files import WriteError
 
 __all__ = ["SafeDiskSaver"]
@@ -64,11 +65,17 @@ class SafeDiskSaver(DiskSaver):
     thread also finishes at interpreter exit). Every write error is a :class:`flint.handlers.WriteError`,
     e.g. ``cannot write checkpoint PATH: No space left on device``.
 
+    With ``add_checksum``, each file also holds :func:`flint.handlers.checkpoint_io.checksum` of its
+    content under the key ``"checksum"`` (verified by ``checkpoint_io.read_state``). For a dict of
+    objects, as ``Checkpointing`` writes: ``Checkpoint`` saves a lone object's state unwrapped, which
+    would then no longer load strictly.
+
     Args:
         dirname: the checkpoint directory, created if missing. Unlike ``DiskSaver``'s default it may
             already hold checkpoints (a resumed run writes beside its own).
         save_on_rank: the rank that writes. Default 0.
         sync_in_background: finish each save (fsync, rename, removals) in a thread. Default False.
+        add_checksum: store a checksum of the content in each file. Default False.
         **kwargs: passed to ``torch.save``.
 
     Example:
@@ -84,11 +91,10 @@ class SafeDiskSaver(DiskSaver):
         ['model_4.pt', 'model_5.pt']
     """
 
-    def __init__(
-        self, dirname: str | os.PathLike[str], save_on_rank: int = 0, sync_in_background: bool = False, **kwargs: Any
-    ) -> None:
+    def __init__(self, dirname: str | os.PathLike[str], save_on_rank: int = 0, sync_in_background: bool = False,
+                 add_checksum: bool = False, **kwargs: Any) -> None:  # fmt: skip
         super().__init__(Path(dirname), create_dir=True, require_empty=False, save_on_rank=save_on_rank, **kwargs)
-        self.sync_in_background = sync_in_background
+        self.sync_in_background, self.add_checksum = sync_in_background, add_checksum
         self._pending_removals: list[str] = []
         self._finishing: threading.Thread | None = None
         self._error: WriteError | None = None  # from the thread, raised by wait()
@@ -108,6 +114,8 @@ class SafeDiskSaver(DiskSaver):
         if idist.get_rank() != self.save_on_rank:  # another rank: nothing written, nothing to remove
             self._pending_removals = []
             return
+        if self.add_checksum:
+            checkpoint = {**checkpoint, CHECKSUM_KEY: checksum(checkpoint)}
         written = self._write(checkpoint, self.dirname / filename)  # if it fails, the removals wait for the next save
         removals, self._pending_removals = self._pending_removals, []
         if not self.sync_in_background:
