@@ -15,6 +15,7 @@ from flint.handlers.lr_schedule import LR_MODES, LRSchedule, lr_multiplier
 from flint.handlers.loss_guard import LossGuard, NonFiniteLoss
 from flint.handlers.lr_tracker import LRTracker, current_lrs
 from flint.handlers.meters import BestScore, Throughput, average_excluding_first, remaining_time
+from flint.handlers.metric_guard import MetricGuard
 from flint.handlers.net_summaries import NetSummaries
 from flint.handlers.preemption import Preemption
 from flint.handlers.records import JsonlSink, LoggingSink, Record, RecordStream, TensorBoardSink
@@ -40,6 +41,7 @@ __all__ = [
     "LossGuard",
     "LR_MODES",
     "LoggingSink",
+    "MetricGuard",
     "NetSummaries",
     "NonFiniteLoss",
     "Preemption",

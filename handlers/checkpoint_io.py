@@ -1,7 +1,8 @@
-"""Reading a checkpoint back: one error naming the file and what is wrong with it, loaded safely."""
+"""A checkpoint's content checksum, and reading a checkpoint back: loaded safely, verified, one error naming the file."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -9,14 +10,16 @@ from typing import Any
 import torch
 from ignite.handlers import Checkpoint
 
-__all__ = ["CheckpointError", "read_state", "restore"]
+__all__ = ["CHECKSUM_KEY", "CheckpointError", "checksum", "read_state", "restore", "verify_checksum"]
+
+CHECKSUM_KEY = "checksum"  # the reserved key of a checkpoint dict that holds its checksum
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read: missing, truncated, corrupt or unsafe.
 
-    ``corrupt`` is True when the file itself is bad (truncated, not a checkpoint, unsafe to unpickle),
-    False when reading it failed for another reason (I/O error, out of memory, a missing object).
+    ``corrupt`` is True when the file itself is bad (truncated, not a checkpoint, unsafe to unpickle,
+    its content not matching its checksum), False when reading it failed for another reason (I/O error, out of memory, a missing object).
     """
 
     def __init__(self, message: str, corrupt: bool = False) -> None:
@@ -24,8 +27,61 @@ class CheckpointError(RuntimeError):
         self.corrupt = corrupt
 
 
+def checksum(state: Mapping[str, Any]) -> str:
+    """``"sha256:<hex>"`` of ``state``'s content: every tensor's dtype, shape and bytes, every plain value, in order.
+
+    Streams over the objects as they are (no serialisation; a tensor on a GPU is copied to the host
+    one at a time). Lists and tuples count alike, so do dict kinds: what ``torch.load`` gives back of
+    a saved state has the checksum of that state. ``CHECKSUM_KEY`` at the top level is left out.
+
+    Example:
+        >>> state = {"model": {"w": torch.ones(2)}, "epoch": 3}
+        >>> checksum(state) == checksum({"model": {"w": torch.ones(2)}, "epoch": 3}) != checksum({**state, "epoch": 4})
+        True
+    """
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in state.items() if k != CHECKSUM_KEY})
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _feed(digest: Any, value: Any) -> None:
+    """Add ``value`` to ``digest`` in an encoding that tells types, lengths and nesting apart."""
+    if isinstance(value, torch.Tensor):
+        flat = (value.to_dense() if value.layout != torch.strided else value).reshape(-1)  # a copy only if not contiguous
+        digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy(force=True))  # its bytes (copied to the host only from a GPU)
+    elif isinstance(value, Mapping):
+        digest.update(f"M{len(value)}".encode())
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"L{len(value)}".encode())
+        for item in value:
+            _feed(digest, item)
+    elif isinstance(value, (str, bytes)):
+        data = value.encode() if isinstance(value, str) else value
+        digest.update(f"{type(value).__name__}{len(data)}:".encode())
+        digest.update(data)
+    else:  # int, float, bool, None, torch.dtype, torch.device: repr is exact and round-trips
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+
+
+def verify_checksum(state: Mapping[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``state`` without its ``CHECKSUM_KEY``; :class:`CheckpointError` (``corrupt``) if its content does not match it.
+
+    A state without the key (a checkpoint written before checksums) is returned as it is."""
+    state = dict(state)
+    saved = state.pop(CHECKSUM_KEY, None)
+    if saved is not None and saved != checksum(state):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match its checksum", corrupt=True)
+    return state
+
+
 def read_state(path: str | os.PathLike[str], map_location: str | torch.device | None = None) -> Mapping[str, Any]:
-    """The checkpoint at ``path``, loaded with ``torch.load(weights_only=True)``; :class:`CheckpointError` if it cannot be."""
+    """The checkpoint at ``path``, loaded with ``torch.load(weights_only=True)`` and its checksum verified.
+
+    Raises :class:`CheckpointError` if it cannot be read or its content does not match its checksum."""
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, corrupt, or holding objects that are not plain data
@@ -33,7 +89,7 @@ def read_state(path: str | os.PathLike[str], map_location: str | torch.device | 
         raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0], corrupt) from e
     if not isinstance(state, Mapping):
         raise CheckpointError(f"cannot load checkpoint {path}: not a checkpoint dictionary", corrupt=True)
-    return state
+    return verify_checksum(state, path)
 
 
 _MISFIT = (KeyError, ValueError, TypeError, RuntimeError, IndexError)  # what torch and Ignite raise for a state that does not fit

@@ -15,7 +15,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
 from flint.engine.engine import FlintEvents, registered_states, when
-from flint.handlers.checkpoint_io import CheckpointError, read_state, restore
+from flint.handlers.checkpoint_io import CHECKSUM_KEY, CheckpointError, read_state, restore
 from flint.handlers.meters import BestScore
 from flint.handlers.safe_disk_saver import SafeDiskSaver
 
@@ -23,6 +23,7 @@ __all__ = ["Checkpointing"]
 
 logger = logging.getLogger(__name__)
 _LATEST = re.compile(r"^checkpoint_(\d+)\.pt$")
+_RESERVED = {"best_score", "best_checkpointer", "checkpointer", CHECKSUM_KEY}  # keys of a checkpoint that are Checkpointing's own
 
 
 class Checkpointing:
@@ -39,7 +40,9 @@ class Checkpointing:
     (:func:`flint.engine.register_state`: ``BatchLogger``, ``EpochMetrics``, ``EpochTimer``,
     ``LRSchedule``, ...), the best score and both handlers' rotation lists, so a resumed run keeps
     rotating and comparing as if never stopped. Everything is tensors and plain values: files load
-    with ``torch.load(weights_only=True)``.
+    with ``torch.load(weights_only=True)``. Each file also holds a checksum of its content (key
+    ``"checksum"``, see :func:`flint.handlers.checkpoint_io.checksum`), verified by every load: a
+    file whose content does not match it is corrupt, like a truncated one.
 
     Saves return once the state is serialised; fsync and rename finish in a background thread
     (``SafeDiskSaver(sync_in_background=True)``), which the next save and the trainer's COMPLETED
@@ -81,6 +84,9 @@ class Checkpointing:
         for name, value in (("n_latest", n_latest), ("n_best", n_best), ("every", every)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Argument {name} should be a positive integer, got {value!r}")
+        reserved = sorted(_RESERVED & set(to_save))
+        if reserved:
+            raise ValueError(f"Argument to_save should not use the keys {', '.join(map(repr, reserved))}: Checkpointing writes its own there")
         self.dirname = Path(dirname)
         self.metric, self.every = metric, every
         self.best = BestScore(mode)
@@ -91,7 +97,7 @@ class Checkpointing:
             sign = 1.0 if mode == "max" else -1.0
             self.best_checkpoint = Checkpoint(
                 {},  # the objects are set at each save: see _objects
-                SafeDiskSaver(self.dirname, sync_in_background=True),
+                SafeDiskSaver(self.dirname, sync_in_background=True, add_checksum=True),
                 filename_prefix="best",
                 score_function=lambda _: sign * float(self.best.value),  # type: ignore[arg-type]
                 score_name=metric,
@@ -102,7 +108,7 @@ class Checkpointing:
             )
         self.latest = Checkpoint(
             {},
-            SafeDiskSaver(self.dirname, sync_in_background=True),
+            SafeDiskSaver(self.dirname, sync_in_background=True, add_checksum=True),
             n_saved=n_latest,
             global_step_transform=lambda engine, _: engine.state.iteration,
             filename_pattern="{name}_{global_step}.{ext}",
@@ -123,7 +129,7 @@ class Checkpointing:
     def _objects(self) -> dict[str, Any]:
         """What a checkpoint holds: ``to_save``, the trainer's registered handler states, the best score."""
         handlers = registered_states(self.trainer) if self.trainer is not None else {}
-        clash = sorted(set(handlers) & (set(self.to_save) | {"best_score", "best_checkpointer", "checkpointer"}))
+        clash = sorted(set(handlers) & (set(self.to_save) | _RESERVED))
         if clash:
             raise ValueError(f"to_save and the trainer's handler states both use {', '.join(map(repr, clash))}")
         objects = {**self.to_save, **handlers, "best_score": self.best}
@@ -182,7 +188,7 @@ class Checkpointing:
     def load_latest_valid(self, map_location: str | torch.device | None = None) -> Path | None:
         """Load the newest latest checkpoint that reads, falling back to older ones; None if there is none.
 
-        A corrupt one (truncated, not a checkpoint, unsafe) is logged and renamed to ``<name>.corrupt``
+        A corrupt one (truncated, not a checkpoint, unsafe, its content not matching its checksum) is logged and renamed to ``<name>.corrupt``
         (kept, never deleted), so it is not tried again and the next save does not count it. Any other
         failure (an I/O error, a checkpoint lacking an object of this run) is raised as is. Raises
         :class:`CheckpointError` if checkpoints exist and none can be loaded.

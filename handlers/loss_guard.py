@@ -12,7 +12,7 @@ __all__ = ["LossGuard", "NonFiniteLoss"]
 
 
 class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss, or the validation metric a run monitors (``MetricGuard``), became NaN or infinite."""
 
 
 class LossGuard:

@@ -1,17 +1,19 @@
-"""A crash-safe ``DiskSaver``: durable atomic writes, and no old checkpoint removed before the new one is on disk."""
+"""A crash-safe ``DiskSaver``: durable atomic writes, no old checkpoint removed before the new one is on disk, an optional checksum."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import ignite.distributed as idist
+import torch
 from ignite.handlers import DiskSaver
 
+from flint.handlers.checkpoint_io import CHECKSUM_KEY, checksum
 from flint.handlers.files import WriteError
 
 __all__ = ["SafeDiskSaver"]
@@ -43,7 +45,7 @@ def _write_error(path: Path, e: BaseException) -> WriteError:
 
 
 class SafeDiskSaver(DiskSaver):
-    """Ignite's ``DiskSaver`` with two fixes for crashes and full disks, and optional background fsync.
+    """A ``DiskSaver`` that writes crash-safely: durable atomic writes, no old checkpoint removed before the new one is on disk.
 
     Ignite's ``Checkpoint`` asks its saver to remove the oldest file *before* writing the new one, and
     ``DiskSaver(atomic=True)`` renames its temp file without ``fsync``: a crash in between can leave no
@@ -52,22 +54,28 @@ class SafeDiskSaver(DiskSaver):
     the directory fsync'd. If writing fails (disk full, kill), the temp file is removed and every
     older checkpoint is still there. Files ending in ``.pt`` are therefore always complete. A temp
     file left by a writer that was killed (SIGKILL, power loss) is removed when the next saver for
-    the directory is made.
+    the directory is made. Only ``__call__`` and ``remove`` are its own: as a ``DiskSaver`` (its
+    ``dirname``) it gets full paths from Ignite's ``Checkpoint`` (``last_checkpoint``, ``reload_objects``).
 
     With ``sync_in_background``, the call returns once the temp file is written (the state is
-    serialised, so training may change it again) and a thread does the rest: fsync, rename, directory
-    fsync, removals, in that order, so the guarantees above hold. fsync is most of a save's time
-    (about 10-15 ms for a 5 MB file on a cloud disk, seconds for large models). :meth:`wait` joins the
-    thread and raises its error; the next save waits first, so a failed write stops the run one save
-    later at the latest. Call :meth:`wait` before reading the directory or exiting (a pending thread
-    also finishes at interpreter exit). Every write error is a :class:`flint.handlers.WriteError`, e.g.
-    ``cannot write checkpoint PATH: No space left on device``.
+    serialised, so training may change it again) and a thread does the rest, fsync (most of a save's
+    time), rename, directory fsync, removals, in that order, so the guarantees above hold. :meth:`wait`
+    joins the thread and raises its error; the next save waits first, so a failed write stops the run
+    one save later at the latest. Call :meth:`wait` before reading the directory or exiting (a pending
+    thread also finishes at interpreter exit). Every write error is a :class:`flint.handlers.WriteError`,
+    e.g. ``cannot write checkpoint PATH: No space left on device``.
+
+    With ``add_checksum``, each file also holds :func:`flint.handlers.checkpoint_io.checksum` of its
+    content under the key ``"checksum"`` (verified by ``checkpoint_io.read_state``). For a dict of
+    objects, as ``Checkpointing`` writes: ``Checkpoint`` saves a lone object's state unwrapped, which
+    would then no longer load strictly.
 
     Args:
         dirname: the checkpoint directory, created if missing. Unlike ``DiskSaver``'s default it may
             already hold checkpoints (a resumed run writes beside its own).
         save_on_rank: the rank that writes. Default 0.
         sync_in_background: finish each save (fsync, rename, removals) in a thread. Default False.
+        add_checksum: store a checksum of the content in each file. Default False.
         **kwargs: passed to ``torch.save``.
 
     Example:
@@ -83,13 +91,11 @@ class SafeDiskSaver(DiskSaver):
         ['model_4.pt', 'model_5.pt']
     """
 
-    def __init__(
-        self, dirname: str | os.PathLike[str], save_on_rank: int = 0, sync_in_background: bool = False, **kwargs: Any
-    ) -> None:
-        super().__init__(Path(dirname), atomic=True, create_dir=True, require_empty=False, save_on_rank=save_on_rank, **kwargs)
-        self.sync_in_background = sync_in_background
+    def __init__(self, dirname: str | os.PathLike[str], save_on_rank: int = 0, sync_in_background: bool = False,
+                 add_checksum: bool = False, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(Path(dirname), create_dir=True, require_empty=False, save_on_rank=save_on_rank, **kwargs)
+        self.sync_in_background, self.add_checksum = sync_in_background, add_checksum
         self._pending_removals: list[str] = []
-        self._written: tuple[IO[bytes], Path, Path] | None = None  # the temp file just written, its final path
         self._finishing: threading.Thread | None = None
         self._error: WriteError | None = None  # from the thread, raised by wait()
         self._unremoved: list[str] = []  # removals a failed background save did not make
@@ -105,18 +111,18 @@ class SafeDiskSaver(DiskSaver):
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         self.wait()  # the previous save is complete (or its error is raised here)
         self._pending_removals = [f for f in self._pending_removals if f != filename]
-        self._written = None
-        super().__call__(checkpoint, filename, metadata)  # the saving rank writes the temp file
-        removals, self._pending_removals = self._pending_removals, []
-        if self._written is None:  # another rank: nothing written, nothing to remove
+        if idist.get_rank() != self.save_on_rank:  # another rank: nothing written, nothing to remove
+            self._pending_removals = []
             return
-        args = (*self._written, removals)
-        self._written = None
+        if self.add_checksum:
+            checkpoint = {**checkpoint, CHECKSUM_KEY: checksum(checkpoint)}
+        written = self._write(checkpoint, self.dirname / filename)  # if it fails, the removals wait for the next save
+        removals, self._pending_removals = self._pending_removals, []
         if not self.sync_in_background:
-            self._finish(*args)
+            self._finish(*written, removals)
             self.wait()
             return
-        self._finishing = threading.Thread(target=self._finish, args=args, name="checkpoint-sync")
+        self._finishing = threading.Thread(target=self._finish, args=(*written, removals), name="checkpoint-sync")
         self._finishing.start()  # not a daemon: a pending save completes even if the program exits
 
     def wait(self) -> None:
@@ -133,14 +139,15 @@ class SafeDiskSaver(DiskSaver):
     def remove(self, filename: str) -> None:
         self._pending_removals.append(filename)
 
-    def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
+    def _write(self, checkpoint: Mapping, path: Path) -> tuple[IO[bytes], Path, Path]:
+        """Serialise ``checkpoint`` into a temp file beside ``path``: (the open file, the temp file, ``path``)."""
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             f = open(tmp, "wb")
         except OSError as e:
             raise _write_error(path, e) from e
         try:
-            func(checkpoint, f, **self.kwargs)
+            torch.save(checkpoint, f, **self.kwargs)
             f.flush()
         except BaseException as e:  # disk full, quota, I/O error, interrupted: no partial file, older ones kept
             with contextlib.suppress(OSError):  # flushing what is left in its buffer fails again on a full disk
@@ -149,7 +156,7 @@ class SafeDiskSaver(DiskSaver):
             if isinstance(e, Exception):
                 raise _write_error(path, e) from e
             raise
-        self._written = (f, tmp, path)
+        return f, tmp, path
 
     def _finish(self, f: IO[bytes], tmp: Path, path: Path, removals: list[str]) -> None:
         """Make the temp file durable under its final name, then remove what it replaces; errors go to wait()."""

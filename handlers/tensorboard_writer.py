@@ -54,7 +54,7 @@ class TensorBoardWriter(SummaryWriter):
         self._suffix = filename_suffix  # read by _get_file_writer, which SummaryWriter.__init__ calls
         super().__init__(logdir=str(logdir), filename_suffix=filename_suffix)
 
-    def _get_file_writer(self) -> FileWriter:
+    def _get_file_writer(self) -> FileWriter:  # tensorboardX's private hook: docs/engine.md, "Private surfaces"
         if self.file_writer is None:  # the first call, or one after close(): a new events file, as tensorboardX does
             self.file_writer = _FileWriter(self.logdir, self._suffix)
             self.all_writers = {self.file_writer.get_logdir(): self.file_writer}
@@ -69,7 +69,7 @@ class TensorBoardWriter(SummaryWriter):
 class _FileWriter(FileWriter):
     """tensorboardX's ``FileWriter`` over an :class:`_EventFile` instead of its queue and thread."""
 
-    def __init__(self, logdir: str, filename_suffix: str) -> None:  # not FileWriter's: it starts the thread
+    def __init__(self, logdir: str, filename_suffix: str) -> None:  # not FileWriter's (it starts the thread): its two attributes
         self.event_writer = _EventFile(logdir, filename_suffix)
         self._default_metadata: dict[str, Any] = {}
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import pickle
 import re
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from flint.handlers.checkpoint_io import verify_checksum
 from flint.recipes.app.config import UsageError
 from flint.recipes.app.fingerprint import check_recipe_file
 from flint.recipes.app.registry import Recipe, load_recipe
@@ -75,8 +75,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         UsageError: the file is not a Flint checkpoint (not a PyTorch file, or one holding something
             else than a dict with a ``"model"`` state_dict); the message names the file.
-        RuntimeError: the file is empty, truncated, corrupt, unreadable or holds pickled objects
-            other than tensors and plain values; one line naming the file.
+        RuntimeError: the file is empty, truncated, corrupt (its content does not match its checksum),
+            unreadable or holds pickled objects other than tensors and plain values; one line naming the file.
     """
     path = Path(path)
     try:
@@ -97,6 +97,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise _load_error(path, size, e) from None
     if not isinstance(state, Mapping):
         raise UsageError(f"{path} is not a Flint checkpoint: it holds a {type(state).__name__}, not a dict with a 'model' entry")
+    state = verify_checksum(state, path)  # a mismatch: CheckpointError, a RuntimeError naming the file
     if "model" not in state:
         if state and all(isinstance(v, torch.Tensor) for v in state.values()):
             raise UsageError(f"{path} is not a Flint checkpoint: it holds bare weights (a state_dict), not a 'model' entry")

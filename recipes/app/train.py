@@ -45,6 +45,7 @@ from flint.handlers import (
     LossGuard,
     LRSchedule,
     LRTracker,
+    MetricGuard,
     NetSummaries,
     NonFiniteLoss,
     Preemption,
@@ -407,6 +408,8 @@ def build_safety(cfg: Config, run: RunDir, monitor: Monitor, model: Model, train
     interrupt = InterruptAt(cfg.interrupt_at) if cfg.interrupt_at else None
     preemption = Preemption(agree=_any_rank())  # SIGTERM/SIGINT: stop at the next update, saved, exit 3
     handlers = [LossGuard(every=cfg.log_interval), checkpoints, preemption, *[h for h in (stopper, interrupt) if h]]
+    if validating:  # a non-finite validation metric: one warning; a non-finite monitored one stops the run
+        handlers.append(MetricGuard(monitor.name))
     return Safety(checkpoints, preemption, interrupt, stopper, handlers)
 
 

@@ -6,6 +6,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from flint.engine import EpochSampler, RNGState, create_evaluator, create_trainer, seed_everything
 from flint.handlers import BatchLogger, CheckpointError, Checkpointing, DataOrder, EpochMetrics, EpochTimer, Preemption, Validation
+from flint.handlers.checkpoint_io import CHECKSUM_KEY, checksum
+from tests.handlers.test_checkpoint_io import flip_inside
 
 
 def make_run(tmp_path, metric="accuracy", mode="max"):
@@ -200,6 +202,28 @@ def test_the_newest_unreadable_checkpoint_is_kept_aside_and_the_previous_one_loa
     with pytest.raises(CheckpointError, match=f"no checkpoint in {tmp_path} can be loaded"):
         ckpt.load_latest_valid()
     assert make_run(tmp_path / "empty")[-1].load_latest_valid() is None
+
+
+def test_every_checkpoint_carries_its_checksum_and_a_mismatch_falls_back_like_truncation(tmp_path, caplog):
+    trainer, loader, model, _, ckpt = make_run(tmp_path)
+    trainer.run(loader, max_epochs=2)
+    ckpt.wait()
+    for path in tmp_path.iterdir():  # latest and best
+        state = torch.load(path, weights_only=True)
+        assert state[CHECKSUM_KEY] == checksum(state)
+    newest = Checkpointing.find_latest(tmp_path)
+    flip_inside(newest, model[0].weight.detach())  # the weights it holds are those of the model now
+    _, _, resumed_model, _, ckpt = make_run(tmp_path)
+    assert ckpt.load_latest_valid().name == "checkpoint_5.pt"
+    assert f"checkpoint {newest} is corrupt: its content does not match its checksum; trying the previous checkpoint" in caplog.text
+    assert (tmp_path / "checkpoint_10.pt.corrupt").exists() and not newest.exists()
+    previous = torch.load(tmp_path / "checkpoint_5.pt", weights_only=True)["model"]
+    assert all(torch.equal(previous[k], v) for k, v in resumed_model.state_dict().items())
+
+
+def test_to_save_may_not_use_checkpointings_own_keys(tmp_path):
+    with pytest.raises(ValueError, match="Argument to_save should not use the keys 'best_score', 'checksum': Checkpointing writes its own there"):
+        Checkpointing(tmp_path, {"model": torch.nn.Linear(1, 1), "checksum": RNGState(), "best_score": RNGState()})
 
 
 def test_a_readable_checkpoint_of_another_run_is_an_error_not_set_aside(tmp_path):

@@ -39,6 +39,26 @@ def test_rotation_under_ignite_checkpoint_keeps_n_complete_files(tmp_path):
         assert set(torch.load(path, weights_only=True)) == {"weight", "bias"}
 
 
+def test_ignite_checkpoint_treats_it_as_a_disk_saver_full_paths_and_reloading(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    engine = Engine(lambda e, b: None)
+    checkpoint = Checkpoint({"model": model}, SafeDiskSaver(tmp_path), n_saved=1)
+    engine.add_event_handler(Events.ITERATION_COMPLETED, checkpoint)
+    engine.run([0] * 3)
+    assert checkpoint.last_checkpoint == tmp_path / "model_3.pt"  # a bare file name for a saver that is not a DiskSaver
+    fresh = torch.nn.Linear(2, 2)
+    checkpoint.reload_objects({"model": fresh}, global_step=3)  # DiskSaver only: dirname / the name
+    assert torch.equal(fresh.weight, model.weight)
+
+
+def test_only_the_saving_rank_writes(tmp_path):
+    saver = SafeDiskSaver(tmp_path, save_on_rank=1)  # this process is rank 0
+    saver({"x": torch.tensor(1)}, "a.pt")
+    saver.remove("a.pt")
+    saver.wait()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_resaving_the_same_name_keeps_the_new_file(tmp_path):
     saver = SafeDiskSaver(tmp_path)
     saver({"x": torch.tensor(1)}, "a.pt")

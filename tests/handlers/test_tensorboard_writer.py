@@ -1,4 +1,5 @@
 import errno
+import inspect
 import os
 import struct
 import threading
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboardX import record_writer
+from tensorboardX import SummaryWriter, record_writer
 from tensorboardX.proto import event_pb2
+from tensorboardX.writer import FileWriter
 
 from flint.handlers import TensorBoardSink, TensorBoardWriter, WriteError
 from tests.full_disk import DEV_FULL, needs_dev_full
@@ -96,3 +98,27 @@ def test_an_events_file_that_cannot_be_written_fails_at_once(monkeypatch):
     message = r"^cannot write TensorBoard events file full://run/events\.out\.tfevents\.\S+: No space left on device$"
     with pytest.raises(WriteError, match=message):
         TensorBoardWriter("full://run")
+
+
+def test_the_tensorboardX_internals_it_relies_on_are_there(tmp_path):
+    # docs/engine.md, "Private surfaces": SummaryWriter gets its FileWriter from _get_file_writer(), which
+    # sets file_writer and all_writers; a FileWriter's state is event_writer and _default_metadata, which
+    # TensorBoardWriter's FileWriter sets itself instead of calling FileWriter.__init__ (it starts the thread).
+    assert list(inspect.signature(SummaryWriter._get_file_writer).parameters) == ["self"]
+    theirs = SummaryWriter(str(tmp_path / "theirs"))
+    try:
+        before = dict(vars(theirs))
+        theirs.file_writer.close()
+        theirs.file_writer = None
+        made = theirs._get_file_writer()  # what the real one sets
+        assert {k for k, v in vars(theirs).items() if v is not before.get(k)} == {"file_writer", "all_writers"}
+        assert set(vars(made)) == {"event_writer", "_default_metadata"}
+    finally:
+        theirs.close()
+    ours = TensorBoardWriter(tmp_path / "ours")
+    assert isinstance(ours.file_writer, FileWriter) and set(vars(ours.file_writer)) == set(vars(made))
+    assert ours.all_writers == {str(tmp_path / "ours"): ours.file_writer}
+    ours.add_text("note", "every add_* method is SummaryWriter's", 1)
+    path = Path(ours.path)
+    ours.close()
+    assert [v.tag for e in read_events(path) for v in e.summary.value] == ["note/text_summary"]

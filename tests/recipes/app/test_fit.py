@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from flint.engine import TrainEvents, register_state
-from flint.handlers import Checkpointing
+from flint.handlers import Checkpointing, NonFiniteLoss
 from flint.recipes import fit
 
 TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time", "model_tflops")
@@ -168,3 +168,14 @@ def test_bad_arguments_raise_value_error_before_anything_is_written(tmp_path, ar
         fit(fresh_net(), train, output_dir=tmp_path / "run", **{**OPTIONS, **arguments})
     assert str(error.value).startswith(message), str(error.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_non_finite_validation_set_warns_once_and_stops_a_run_monitoring_it(tmp_path):
+    train, val = made_up()
+    nan_val = TensorDataset(torch.full_like(val.tensors[0], float("nan")), val.tensors[1])
+    summary = fit(fresh_net(), train, nan_val, output_dir=tmp_path / "acc", **OPTIONS)  # accuracy is finite: the loss warns
+    log = (tmp_path / "acc" / "train.log").read_text()
+    assert summary["status"] == "completed" and log.count("Validation at epoch 1: loss nan") == 1 and "not warned again" in log
+    with pytest.raises(NonFiniteLoss, match="the validation loss became nan at epoch 1; stopped without saving; the last good checkpoint is none"):
+        fit(fresh_net(), train, nan_val, output_dir=tmp_path / "loss", monitor="loss:min", **OPTIONS)
+    assert not list((tmp_path / "loss" / "checkpoints").glob("*.pt"))
