@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -129,7 +130,45 @@ def checkpoints_all_load(run_dir: Path) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("kills", [pytest.param(3, id="3-kills"), pytest.param(15, id="15-kills", marks=pytest.mark.slow)])
+def test_a_sigkill_inside_a_checkpoint_write_leaves_the_earlier_ones_and_the_run_resumes_exactly(tmp_path, flint):
+    # Deterministic: the temp files of the coming checkpoints are named pipes this test reads from. The
+    # first bytes to arrive mean the run is inside that checkpoint's write (it blocks once the pipe is full):
+    # it is killed there.
+    common = ("run", "lenet", "--test-run", "--epochs", "8", "--no-progress")
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert flint(*common, "-o", str(straight)).returncode == 0
+    proc = start_flint(*common, "-o", str(broken))
+    checkpoints = broken / "checkpoints"
+    while not (checkpoints / "checkpoint_1.pt").exists():  # the saver made (it clears stale temp files then)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    pipes = [checkpoints / f".checkpoint_{k}.pt.{proc.pid}.tmp" for k in range(3, 9)]
+    for pipe in pipes:
+        os.mkfifo(pipe)
+    readers = {os.open(pipe, os.O_RDONLY | os.O_NONBLOCK): pipe for pipe in pipes}
+    writing = None
+    while writing is None:
+        assert proc.poll() is None, proc.communicate()
+        for fd, pipe in readers.items():
+            with contextlib.suppress(BlockingIOError):
+                if os.read(fd, 1 << 16):
+                    writing = pipe
+        time.sleep(0.01)
+    proc.kill()  # inside the write of `writing`'s checkpoint
+    proc.communicate()
+    for fd in readers:
+        os.close(fd)
+    assert not (checkpoints / writing.name[1:].rsplit(".", 2)[0]).exists()  # never renamed into place
+    assert checkpoints_all_load(broken)  # the earlier ones, whole
+    last = flint(*common, "-o", str(broken), "--resume")
+    assert last.returncode == 0, last.stderr
+    assert not any(p.name.endswith(".tmp") for p in checkpoints.iterdir())  # stale temp files (the pipes) cleared
+    a, b = final_model(straight), final_model(broken)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kills", [15])
 def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path, flint, kills):
     # One-batch epochs with a checkpoint each: most of the run is spent writing checkpoints.
     common = ("run", "lenet", "--test-run", "--epochs", "20", "--no-progress")
