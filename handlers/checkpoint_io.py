@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,13 +86,38 @@ def read_state(path: str | os.PathLike[str], map_location: str | torch.device | 
 
     Raises :class:`CheckpointError` if it cannot be read or its content does not match its checksum."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, corrupt, or holding objects that are not plain data
-        corrupt = not isinstance(e, (OSError, MemoryError)) and "out of memory" not in str(e)
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0], corrupt) from e
+        raise _unreadable(path, e) from None
     if not isinstance(state, Mapping):
-        raise CheckpointError(f"cannot load checkpoint {path}: not a checkpoint dictionary", corrupt=True)
+        raise CheckpointError(f"checkpoint {path} is not a Flint checkpoint: it holds a {type(state).__name__}, not a dict", corrupt=True)
     return verify_checksum(state, path)
+
+
+def _unreadable(path: str | os.PathLike[str], e: Exception) -> CheckpointError:
+    """One line saying what is wrong with a checkpoint that ``torch.load`` could not read (torch's own text can
+    run to a page, and its advice to load an unsafe file is not Flint's to give)."""
+    text = str(e)
+    first = text.splitlines()[0] if text else ""
+    if isinstance(e, OSError):
+        return CheckpointError(f"cannot read checkpoint {path}: {e.strerror or first}")
+    if isinstance(e, MemoryError) or "out of memory" in text:
+        return CheckpointError(f"cannot load checkpoint {path}: out of memory")
+    if isinstance(e, EOFError) or "central directory" in text or "PytorchStreamReader" in text:
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        return CheckpointError(f"checkpoint {path} is truncated or corrupt: its data ends early or is damaged ({size} bytes)", corrupt=True)
+    if isinstance(e, pickle.UnpicklingError):
+        unsafe = re.search(r"GLOBAL ([\w.]+)", text)
+        if unsafe:
+            return CheckpointError(f"checkpoint {path} holds a pickled {unsafe[1]} object, not only tensors and plain values: "
+                                   "it is not a Flint checkpoint and is unsafe to load", corrupt=True)  # fmt: skip
+        return CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint: its pickle data does not read as tensors "
+                               "and values", corrupt=True)  # fmt: skip
+    if "weights_only" in text or not first:
+        return CheckpointError(f"checkpoint {path} is corrupt: {type(e).__name__} while reading it", corrupt=True)
+    return CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {first}", corrupt=True)
 
 
 _MISFIT = (KeyError, ValueError, TypeError, RuntimeError, IndexError)  # what torch and Ignite raise for a state that does not fit

@@ -9,9 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
-import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +16,7 @@ from typing import Any
 
 import torch
 
-from flint.handlers.checkpoint_io import verify_checksum
+from flint.handlers.checkpoint_io import CheckpointError, read_state
 from flint.recipes.app.config import UsageError
 from flint.recipes.app.fingerprint import check_recipe_file
 from flint.recipes.app.registry import Recipe, load_recipe
@@ -48,27 +45,6 @@ def checkpoint_of(path: Path) -> tuple[Path, Path]:
     raise UsageError(f"{path} is neither a run directory nor a checkpoint file")
 
 
-def _load_error(path: Path, size: int, e: Exception) -> Exception:
-    """One line saying what is wrong with a checkpoint that ``torch.load`` could not read."""
-    text = str(e)
-    if isinstance(e, OSError):
-        return RuntimeError(f"cannot read checkpoint {path}: {e.strerror or text}")
-    if isinstance(e, EOFError) or "central directory" in text or "PytorchStreamReader" in text:
-        return RuntimeError(f"checkpoint {path} is truncated or corrupt: its data ends early or is damaged ({size} bytes)")
-    if isinstance(e, pickle.UnpicklingError):
-        unsafe = re.search(r"GLOBAL ([\w.]+)", text)
-        if unsafe:
-            return RuntimeError(
-                f"checkpoint {path} holds a pickled {unsafe[1]} object, not only tensors and plain values: "
-                "it is not a Flint checkpoint and is unsafe to load"
-            )
-        return RuntimeError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint: its pickle data does not read as tensors and values")
-    first = text.splitlines()[0] if text else ""
-    if "weights_only" in text or not first:  # torch's advice to load unsafely is not ours to give
-        return RuntimeError(f"checkpoint {path} is corrupt: {type(e).__name__} while reading it")
-    return RuntimeError(f"cannot load checkpoint {path}: {type(e).__name__}: {first}")
-
-
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A Flint checkpoint's contents, loaded with ``torch.load(weights_only=True)`` on the CPU.
 
@@ -84,20 +60,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         with path.open("rb") as f:
             head = f.read(4)
     except OSError as e:
-        raise _load_error(path, 0, e) from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
     if size == 0:
-        raise RuntimeError(f"checkpoint {path} is empty (0 bytes)")
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)", corrupt=True)
     if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # torch.save's zip, or its older pickle
         raise UsageError(f"{path} is not a PyTorch checkpoint: it is neither a zip archive nor a pickle")
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise _load_error(path, size, e) from None
-    if not isinstance(state, Mapping):
-        raise UsageError(f"{path} is not a Flint checkpoint: it holds a {type(state).__name__}, not a dict with a 'model' entry")
-    state = verify_checksum(state, path)  # a mismatch: CheckpointError, a RuntimeError naming the file
+    state = read_state(path, "cpu")  # loaded with weights_only=True, its checksum verified; one line naming the file
     if "model" not in state:
         if state and all(isinstance(v, torch.Tensor) for v in state.values()):
             raise UsageError(f"{path} is not a Flint checkpoint: it holds bare weights (a state_dict), not a 'model' entry")

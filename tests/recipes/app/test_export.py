@@ -159,7 +159,7 @@ def bad_checkpoints(run, state):
         "truncated.pt": (lambda p: p.write_bytes(good[:1000]), 1, "checkpoint {p} is truncated or corrupt: its data ends early or is damaged (1000 bytes)"),
         "empty.pt": (lambda p: p.write_bytes(b""), 1, "checkpoint {p} is empty (0 bytes)"),
         "text.pt": (lambda p: p.write_text("hello"), 2, "{p} is not a PyTorch checkpoint: it is neither a zip archive nor a pickle"),
-        "list.pt": (lambda p: torch.save([1, 2], p), 2, "{p} is not a Flint checkpoint: it holds a list, not a dict with a 'model' entry"),
+        "list.pt": (lambda p: torch.save([1, 2], p), 1, "checkpoint {p} is not a Flint checkpoint: it holds a list, not a dict"),
         "weights.pt": (lambda p: torch.save(state["model"], p), 2, "{p} is not a Flint checkpoint: it holds bare weights (a state_dict), not a 'model' entry"),
         "unsafe.pt": (
             lambda p: torch.save({"model": state["model"], "extra": Unsafe()}, p), 1,
