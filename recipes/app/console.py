@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -113,7 +114,17 @@ class _ToRoot(logging.Handler):
 
 
 class _ConsoleHandler(logging.StreamHandler):
-    """Writes through tqdm, so log lines print above a progress bar instead of through it."""
+    """Writes through tqdm, so log lines print above a progress bar instead of through it.
+
+    tqdm's own write lock holds a multiprocessing semaphore, which a data-parallel worker (ended with
+    ``os._exit``) would leave to the resource tracker's "leaked semaphore" warning: a thread lock does here.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        from tqdm import tqdm
+
+        super().__init__(stream)
+        tqdm.set_lock(threading.RLock())
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

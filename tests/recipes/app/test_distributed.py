@@ -57,6 +57,7 @@ def test_two_workers_with_batch_b_each_equal_one_worker_with_batch_2b(tmp_path, 
     common = ("run", "ffnn", "--dataset", "fake", "--epochs", "3", "--batch-size", "16", "--no-progress")
     two = flint(*common, "--nproc-per-node", "2", "-o", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr
+    assert "leaked semaphore" not in two.stderr and "resource_tracker" not in two.stderr  # workers report through files
     assert main([*common, "-o", str(tmp_path / "one")]) == 0
     losses = [[(r["phase"], r["loss"]) for r in records(tmp_path / d) if r["phase"] in ("training", "validation")] for d in ("two", "one")]
     assert [p for p, _ in losses[0]] == [p for p, _ in losses[1]] and len(losses[0]) == 6
