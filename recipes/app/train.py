@@ -29,7 +29,7 @@ from ignite.metrics import Accuracy, Loss, MeanAbsoluteError, Metric
 from torch import nn
 from torch.utils.data import DataLoader
 
-from flint.engine import EpochSampler, RNGState, create_evaluator, create_trainer, epoch_loss_total, register_state, seed_everything
+from flint.engine import EpochSampler, RNGState, create_evaluator, create_trainer, progress, register_state, seed_everything
 from flint.engine.metrics import TopOneAccuracy
 from flint.handlers import (
     ETA,
@@ -118,7 +118,7 @@ def task_metrics(task: str, loss_fn: Callable, device: torch.device, monitor: st
     """(training metrics, validation metrics, monitored metric, "max"|"min") for a recipe's task.
 
     Classification reports accuracy, regression the mean absolute error; validation also the loss
-    (training's comes from the trainer's own running sum, ``flint.engine.epoch_loss_total``). All
+    (training's comes from the trainer's own running sum, ``flint.engine.TrainProgress``). All
     accumulate on ``device``. ``monitor`` (``NAME[:min|max]``, see ``flint.recipes.app.config.parse_monitor``)
     picks the best checkpoint: by default the best accuracy, or the lowest loss for regression.
     """
@@ -132,7 +132,7 @@ def task_metrics(task: str, loss_fn: Callable, device: torch.device, monitor: st
 
 def epoch_mean_loss(trainer: Any) -> float:
     """The training loss of the epoch so far: the mean over its samples (all ranks)."""
-    total, samples = epoch_loss_total(trainer)
+    total, samples = progress(trainer, "the training record").epoch_loss()
     return total / samples if samples else math.nan
 
 
@@ -225,7 +225,7 @@ def _throughput(trainer: Any, epoch_time: float | None, flops_per_sample: float 
     state = trainer.state
     if not epoch_time or not state.iteration or not state.epoch_length:
         return {"samples_per_sec": None}
-    rate = state.samples / state.iteration * state.epoch_length / epoch_time
+    rate = progress(trainer, "the summary").samples / state.iteration * state.epoch_length / epoch_time
     out: dict[str, Any] = {"samples_per_sec": rate}
     if flops_per_sample is not None:
         out["model_tflops"] = flops_per_sample * rate / 1e12
@@ -340,7 +340,7 @@ class Job:
             "phase": "summary",
             "status": status,
             "epochs": state.epoch,
-            "samples": getattr(state, "samples", 0),
+            "samples": progress(self.trainer, "the summary").samples,
             "best_epoch": self.checkpoints.best.epoch,
             f"best_{self.monitor}": self.checkpoints.best.value,
             "avg_epoch_time": self.timer.average,
@@ -472,7 +472,7 @@ def build_job(
     if cfg.progress and sys.stderr.isatty() and rank == 0:
         from flint.recipes.app.progress import attach_progress_bar
 
-        every = max(1, len(train_loader) // 50)  # redrawing per iteration costs ~85 us each
+        every = max(1, len(train_loader) // 50)  # Ignite's bar redraws at every event it is attached to
         attach_progress_bar(trainer, eta, cfg.log_interval, every)
 
     # --- safety: NaN guard, checkpoints (every stateful handler is in them by itself), stops -----
@@ -540,7 +540,7 @@ def run_job(job: Job, resume: Path | str | None, on_settled: Callable[[], None] 
             return summary
         if loaded is not None:
             position = {"epoch": trainer.state.epoch, "iteration": trainer.state.iteration}
-            job.stream.emit({"phase": "resume", **position, "samples": trainer.state.samples, "checkpoint": str(loaded)})  # type: ignore[attr-defined]
+            job.stream.emit({"phase": "resume", **position, "samples": progress(trainer, "run_job").samples, "checkpoint": str(loaded)})
         try:
             trainer.run(job.train_loader, max_epochs=cfg.epochs)
         except NonFiniteLoss as e:

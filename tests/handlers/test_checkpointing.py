@@ -4,7 +4,7 @@ from ignite.engine import Events
 from ignite.metrics import Accuracy
 from torch.utils.data import DataLoader, TensorDataset
 
-from flint.engine import EpochSampler, RNGState, create_evaluator, create_trainer, seed_everything
+from flint.engine import EpochSampler, RNGState, create_evaluator, create_trainer, progress, seed_everything
 from flint.handlers import BatchLogger, CheckpointError, Checkpointing, DataOrder, EpochMetrics, EpochTimer, Preemption, Validation
 
 
@@ -49,7 +49,7 @@ def test_resume_from_an_epoch_boundary_is_bit_exact(tmp_path):
 
     resumed, loader, resumed_model, _, ckpt = make_run(tmp_path / "interrupted")
     ckpt.load(Checkpointing.find_latest(tmp_path / "interrupted"))
-    assert resumed.state.epoch == 2 and resumed.state.samples == 80
+    assert resumed.state.epoch == 2 and progress(resumed).samples == 80
     resumed.run(loader, max_epochs=4)
     for a, b in zip(straight_model.parameters(), resumed_model.parameters()):
         assert torch.equal(a, b)
