@@ -220,17 +220,17 @@ def create_trainer(
         else:  # not entering a disabled autocast: it costs Python time every step
             y_pred = model(x)
             loss = loss_fn(y_pred, y)
-        n = batch_size_of(x)
+        n = x.shape[0] if type(x) is torch.Tensor and x.ndim else batch_size_of(x)  # the usual case in line
         counts.samples += n * world
         counts.epoch_samples += n * world
         detached = loss.detach()
         counts.loss_sum.add_(detached, alpha=n)  # on the device: no host sync
         if accumulation_steps == 1:
-            scaler.scale(loss).backward()
+            (scaler.scale(loss) if scaling else loss).backward()
             optimizer_step(engine)
         else:
             # Sum-weight each batch; optimizer_step divides by the cycle's samples.
-            scaler.scale(loss * n).backward()
+            (scaler.scale(loss * n) if scaling else loss * n).backward()
             counts.cycle_batches += 1
             counts.cycle_samples += n
             if counts.cycle_batches == accumulation_steps or is_last_update_of_epoch(engine):
