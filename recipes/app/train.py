@@ -124,7 +124,7 @@ def task_metrics(task: str, loss_fn: Callable, device: torch.device, monitor: st
     """
     classification = task == "classification"
     name = "accuracy" if classification else "mae"
-    # Updated every training iteration: Flint's lean accuracy (flint.engine.metrics) costs half of Ignite's.
+    # Updated every training iteration: Flint's lean accuracy keeps the loop at its target, Ignite's not (docs/performance.md).
     train: dict[str, Metric] = {name: TopOneAccuracy(device=device) if classification else MeanAbsoluteError(device=device)}
     val = {"loss": Loss(loss_fn, device=device), name: Accuracy(device=device) if classification else MeanAbsoluteError(device=device)}
     return (train, val, *parse_monitor(monitor, task))
