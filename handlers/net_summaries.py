@@ -1,4 +1,4 @@
-"""Net summaries: weight and gradient histograms per epoch, as BMXNet's ``write_net_summaries``."""
+"""Net summaries: weight and gradient histograms every epoch, as BMXNet's ``write_net_summaries``."""
 
 from __future__ import annotations
 
