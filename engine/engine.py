@@ -10,13 +10,11 @@ earlier event, whatever the order of ``attach`` calls.
 
 from __future__ import annotations
 
-import logging
-import weakref
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import ignite.engine
-from ignite.engine import EventEnum, Events
+from ignite.engine import EventEnum, Events, State
 
 __all__ = ["Engine", "FlintEvents", "TrainEvents", "when", "register_state", "registered_states", "iteration_in_epoch"]
 
@@ -59,14 +57,32 @@ class TrainEvents(EventEnum):
     ``BEFORE_OPTIMIZER_STEP`` fires when the gradients of the whole update cycle are present (already
     unscaled under AMP): the place for clipping, gradient norms and gradient histograms.
     ``OPTIMIZER_STEPPED`` fires after ``optimizer.step()`` and ``zero_grad()``. Both can be filtered
-    with ``every``/``once``, which count ``engine.state.optimizer_step``. Import them from ``engine``.
+    with ``every``/``once``, which count optimizer steps (``flint.engine.TrainProgress``).
     """
 
     BEFORE_OPTIMIZER_STEP = "before_optimizer_step"
     OPTIMIZER_STEPPED = "optimizer_stepped"
 
 
-_EPOCH_END = (FlintEvents.EPOCH_REPORT, FlintEvents.VALIDATE, FlintEvents.SAVE)
+# The one table of Flint's events: each one's Ignite event. A FlintEvent fires right after that
+# event's handlers, in this order; on a plain Ignite engine, `when` gives that event instead. The
+# trainer fires TrainEvents inside its step; their Ignite event is where a plain engine's handler
+# sees the step done.
+_FOLLOWS: dict[FlintEvents | TrainEvents, Events] = {
+    FlintEvents.NEW_EPOCH: Events.EPOCH_STARTED,
+    FlintEvents.ITERATION_REPORT: Events.ITERATION_COMPLETED,
+    FlintEvents.EPOCH_REPORT: Events.EPOCH_COMPLETED,
+    FlintEvents.VALIDATE: Events.EPOCH_COMPLETED,
+    FlintEvents.SAVE: Events.EPOCH_COMPLETED,
+    TrainEvents.BEFORE_OPTIMIZER_STEP: Events.ITERATION_COMPLETED,
+    TrainEvents.OPTIMIZER_STEPPED: Events.ITERATION_COMPLETED,
+}
+
+# The same table by Ignite event, for firing. Keyed by identity: Ignite fires its events' single
+# members, and hashing one runs Python code on every event.
+_FIRED_AFTER: dict[int, tuple[FlintEvents, ...]] = {
+    id(after): tuple(e for e in FlintEvents if _FOLLOWS[e] is after) for after in set(_FOLLOWS.values())
+}
 
 
 class Engine(ignite.engine.Engine):
@@ -74,9 +90,10 @@ class Engine(ignite.engine.Engine):
 
     :func:`flint.engine.create_trainer` and :func:`flint.engine.create_evaluator` call :meth:`fire_flint_events`;
     constructed directly it behaves as Ignite's (Ignite's own engine and handler tests pass with it).
-    The one override, ``_fire_event``, runs Ignite's (without formatting its per-event debug message
-    while DEBUG is off) and then fires the Flint events that follow the event just fired. Named
-    ``Engine`` like its base, so Ignite's messages read the same.
+    Its override of ``_fire_event`` (the method Ignite's loop calls for every event) runs Ignite's
+    and then fires the Flint events that follow the event just fired, through ``_fire_event`` again,
+    so whatever watches it (a profiler, a tracer) sees them too. Named ``Engine`` like its base, so
+    Ignite's messages read the same.
 
     Example:
         >>> seen = []
@@ -91,50 +108,20 @@ class Engine(ignite.engine.Engine):
 
     def __init__(self, process_function: Any) -> None:
         super().__init__(process_function)
-        self._fires_flint_events = False
+        self._fired_after: dict[int, tuple[FlintEvents, ...]] = {}  # none until fire_flint_events
 
     def fire_flint_events(self) -> None:
         """Register :class:`FlintEvents` and fire them from now on; ``every``/``once`` filters on them
         count iterations (``ITERATION_REPORT``) or epochs (the others), as on the Ignite event each follows."""
-        self.register_events(*FlintEvents, event_to_attr={e: "iteration" if e is FlintEvents.ITERATION_REPORT else "epoch" for e in FlintEvents})
-        self._fires_flint_events = True
+        self.register_events(*FlintEvents, event_to_attr={e: State.event_to_attr[_FOLLOWS[e]] for e in FlintEvents})
+        self._fired_after = _FIRED_AFTER
 
     def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
-        if self.logger.isEnabledFor(logging.DEBUG):
-            super()._fire_event(event_name, *event_args, **event_kwargs)
-        else:  # Ignite's own, less its debug message: formatting the event for it costs 4 Python calls per event
-            self.last_event_name = event_name
-            for func, args, kwargs in self._event_handlers[event_name]:
-                kwargs.update(event_kwargs)
-                if args and isinstance(args[0], weakref.ref):
-                    engine = args[0]()
-                    if engine is None:
-                        raise RuntimeError("Engine reference not resolved. Cannot execute event handler.")
-                    func(engine, *event_args, *args[1:], **kwargs)
-                else:  # metrics are registered without the engine
-                    func(*event_args, *args, **kwargs)
-        if not self._fires_flint_events:
-            return
-        # Identity tests, the most frequent event first: this runs for every event. The Flint events
-        # go through _fire_event too, so whatever watches it (a profiler, a tracer) sees them.
-        if event_name is Events.ITERATION_COMPLETED:
-            self._fire_event(FlintEvents.ITERATION_REPORT)
-        elif event_name is Events.EPOCH_COMPLETED:
-            for event in _EPOCH_END:
-                self._fire_event(event)
-        elif event_name is Events.EPOCH_STARTED and not iteration_in_epoch(self):
-            self._fire_event(FlintEvents.NEW_EPOCH)
-
-
-_FOLLOWS: dict[Any, Any] = {
-    FlintEvents.NEW_EPOCH: Events.EPOCH_STARTED,
-    FlintEvents.ITERATION_REPORT: Events.ITERATION_COMPLETED,
-    FlintEvents.EPOCH_REPORT: Events.EPOCH_COMPLETED,
-    FlintEvents.VALIDATE: Events.EPOCH_COMPLETED,
-    FlintEvents.SAVE: Events.EPOCH_COMPLETED,
-    TrainEvents.BEFORE_OPTIMIZER_STEP: Events.ITERATION_COMPLETED,
-    TrainEvents.OPTIMIZER_STEPPED: Events.ITERATION_COMPLETED,
-}
+        super()._fire_event(event_name, *event_args, **event_kwargs)
+        for event in self._fired_after.get(id(event_name), ()):
+            if event is FlintEvents.NEW_EPOCH and iteration_in_epoch(self):
+                continue  # an epoch resumed inside: its state was loaded, not new
+            self._fire_event(event)
 
 
 def when(engine: ignite.engine.Engine, event: FlintEvents | TrainEvents) -> Any:

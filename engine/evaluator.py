@@ -7,11 +7,10 @@ from typing import Any
 
 import torch
 from ignite.engine import Events
-from ignite.engine import _prepare_batch as _ignite_prepare_batch
 from ignite.metrics import Metric
 
 from flint.engine.engine import Engine
-from flint.engine.trainer import PrepareBatch, _autocast_dtype, _resolve_device
+from flint.engine.trainer import PrepareBatch, _autocast_dtype, _default_prepare, _resolve_device
 
 __all__ = ["create_evaluator"]
 
@@ -40,7 +39,8 @@ def create_evaluator(
         metrics: name -> Ignite metric. Default: none.
         device: where batches go; default: the device of the model's first parameter.
         amp: autocast as the trainer does. Default False.
-        prepare_batch: ``prepare_batch(batch, device, non_blocking) -> (x, y)``; default Ignite's.
+        prepare_batch: ``prepare_batch(batch, device, non_blocking) -> (x, y)``; default
+            :func:`flint.engine.prepare_batch`.
         non_blocking: passed to ``prepare_batch``. Default False.
 
     Example:
@@ -55,7 +55,7 @@ def create_evaluator(
         0.5
     """
     device = _resolve_device(model, device)
-    prepare: Callable[..., Any] = prepare_batch or _ignite_prepare_batch
+    prepare: Callable[..., Any] = prepare_batch or _default_prepare
     amp_dtype = _autocast_dtype(device)
 
     def evaluate(engine: Engine, batch: Any) -> dict[str, Any]:

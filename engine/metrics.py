@@ -1,10 +1,11 @@
-"""Lean training metrics: the epoch's mean loss and top-1 accuracy, summed on the device in one op each.
+"""A lean training accuracy: top-1 correct predictions counted on the device, one in-place add per batch.
 
-Ignite's ``Average`` and ``Accuracy`` check shapes and types, reshape and move tensors on every
-batch: about 75 us per training iteration on a CPU, more than the rest of Flint's handlers together
-(docs/performance.md). These two keep Ignite's ``Metric`` interface (attach, reset at epoch start,
-all-reduce across ranks at compute, ``state_dict``) and do only the sums, for the one case a
-trainer's output always has: a mean loss and multiclass scores. Validation keeps Ignite's metrics.
+Ignite's ``Accuracy`` checks the shapes, types and values of every batch and handles the binary and
+multilabel cases too; updated at every training iteration, that costs more than the rest of
+Flint's handlers together (docs/performance.md). :class:`TopOneAccuracy` keeps Ignite's ``Metric``
+interface (attach, reset at epoch start, all-reduce across ranks at compute, ``state_dict``) and
+does the one case a classifier's training output has: scores over classes and class indices.
+Validation keeps Ignite's ``Accuracy``.
 """
 
 from __future__ import annotations
@@ -16,88 +17,20 @@ import torch
 from ignite.engine import Engine
 from ignite.exceptions import NotComputableError
 from ignite.metrics import Metric
-from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
+from ignite.metrics.metric import sync_all_reduce
 
-from flint.engine.trainer import batch_size_of
-
-__all__ = ["MeanLoss", "TopOneAccuracy"]
+__all__ = ["TopOneAccuracy"]
 
 
-class _LeanMetric(Metric):
-    """A ``Metric`` whose per-iteration update goes straight to the sums (``_accumulate``).
+class TopOneAccuracy(Metric):
+    """The share of targets whose class has the highest score: ``y_pred`` ``(N, C, ...)`` with C >= 2, ``y`` ``(N, ...)``.
 
-    Ignite's ``iteration_completed`` enters ``no_grad`` and checks the output for mappings and lists
-    of tensors on every batch (about 8 us on a CPU); these metrics only read detached tensors with
-    non-differentiable ops, so they skip both, and skip ``update``'s decorator too (two Python
-    calls, each 1-3.5 us in a real training loop) by doing what it does here. With the default
-    output transform, the two outputs are read here too (one call less).
-    """
-
-    _first: str | None = None  # the default transform, (output[_first], output["y"]), read inline: one call less
-
-    def iteration_completed(self, engine: Engine) -> None:
-        output: Any = engine.state.output
-        if self._first is not None:
-            self._accumulate(output[self._first], output["y"])
-        else:
-            self._accumulate(*self._output_transform(output))
-        if "_result" in self.__dict__:  # as Ignite's reinit__is_reduced after an update
-            self._result = None
-
-    @reinit__is_reduced
-    def update(self, output: tuple[torch.Tensor, Any]) -> None:
-        self._accumulate(*output)
-
-    def _accumulate(self, a: torch.Tensor, b: Any) -> None:
-        raise NotImplementedError
-
-
-class MeanLoss(_LeanMetric):
-    """The sample-weighted mean of a trainer's batch losses: ``sum(loss_b * n_b) / sum(n_b)``.
-
-    Args:
-        output_transform: engine output -> ``(mean loss tensor, target)``. Default: the trainer's
-            ``output["loss"]`` and ``output["y"]``.
-        device: where the sum is kept. Default CPU.
-
-    Example:
-        >>> import torch
-        >>> from ignite.engine import Engine
-        >>> engine = Engine(lambda e, b: {"loss": torch.tensor(b[0]), "y": torch.zeros(b[1])})
-        >>> MeanLoss().attach(engine, "loss")
-        >>> engine.run([(1.0, 1), (4.0, 3)]).metrics["loss"]
-        3.25
-    """
-
-    _state_dict_all_req_keys = ("_sum", "_count")
-
-    def __init__(
-        self,
-        output_transform: Callable[[Any], tuple[torch.Tensor, Any]] | None = None,
-        device: str | torch.device = "cpu",
-    ) -> None:
-        super().__init__(output_transform=output_transform or (lambda out: (out["loss"], out["y"])), device=device)
-        self._first = "loss" if output_transform is None else None
-
-    @reinit__is_reduced
-    def reset(self) -> None:
-        self._sum = torch.zeros((), dtype=torch.float64, device=self._device)
-        self._count = 0
-
-    def _accumulate(self, loss: torch.Tensor, y: Any) -> None:
-        n = batch_size_of(y)
-        self._sum.add_(loss.detach(), alpha=n)
-        self._count += n
-
-    @sync_all_reduce("_sum", "_count")
-    def compute(self) -> float:
-        if self._count == 0:
-            raise NotComputableError("MeanLoss needs at least one batch before it can be computed")
-        return float(self._sum.item()) / self._count
-
-
-class TopOneAccuracy(_LeanMetric):
-    """The share of samples whose highest score is the target class (multiclass ``y_pred`` [N, C], ``y`` [N]).
+    The class is the argmax over ``y_pred``'s dimension 1, compared with ``y`` element by element
+    (one prediction per sample, or per pixel of a segmentation). Any other pair of shapes, a
+    single score per sample among them, raises ``ValueError`` naming both shapes: it has no top-1
+    class (use Ignite's ``Accuracy`` on thresholded predictions). The count stays on ``device``;
+    one value is read back at ``compute``. Unlike Ignite's metrics, each update reads the engine's
+    output directly (``Metric.iteration_completed`` overridden): the one output form a trainer has.
 
     Args:
         output_transform: engine output -> ``(y_pred, y)``. Default ``output["y_pred"], output["y"]``.
@@ -112,35 +45,41 @@ class TopOneAccuracy(_LeanMetric):
         0.5
     """
 
-    _state_dict_all_req_keys = ("_correct", "_count")
+    _state_dict_all_req_keys = ("_correct", "_count")  # what Ignite's Metric.state_dict saves
 
     def __init__(
         self,
         output_transform: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
-        super().__init__(output_transform=output_transform or (lambda out: (out["y_pred"], out["y"])), device=device)
-        self._first = "y_pred" if output_transform is None else None
+        super().__init__(output_transform=output_transform or _scores_and_targets, device=device)
+        self._default_output = output_transform is None  # then read in place: one call less per step
 
-    @reinit__is_reduced
     def reset(self) -> None:
         self._correct = torch.zeros((), dtype=torch.int64, device=self._device)
         self._count = 0
 
-    def iteration_completed(self, engine: Engine) -> None:  # _LeanMetric's with _accumulate inline: one call less per step
+    def iteration_completed(self, engine: Engine) -> None:
         output: Any = engine.state.output
-        y_pred, y = (output["y_pred"], output["y"]) if self._first is not None else self._output_transform(output)
-        self._correct.add_(torch.count_nonzero(y_pred.argmax(dim=1) == y))
-        self._count += int(y.shape[0])
-        if "_result" in self.__dict__:
-            self._result = None
+        self.update((output["y_pred"], output["y"]) if self._default_output else self._output_transform(output))
 
-    def _accumulate(self, y_pred: torch.Tensor, y: torch.Tensor) -> None:  # update(); the same two lines as above
-        self._correct.add_(torch.count_nonzero(y_pred.argmax(dim=1) == y))  # half the cost of bool .sum()
-        self._count += int(y.shape[0])
+    def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        y_pred, y = output
+        shape = y_pred.shape
+        if len(shape) < 2 or shape[1] < 2 or shape[:1] + shape[2:] != y.shape:
+            raise ValueError(
+                f"TopOneAccuracy needs y_pred of shape (N, C, ...) with C >= 2 and y of shape (N, ...), "
+                f"got y_pred {tuple(shape)} and y {tuple(y.shape)}"
+            )
+        self._correct.add_(torch.count_nonzero(y_pred.argmax(dim=1) == y))  # half the cost of a bool .sum()
+        self._count += y.numel()
 
     @sync_all_reduce("_correct", "_count")
     def compute(self) -> float:
         if self._count == 0:
             raise NotComputableError("TopOneAccuracy needs at least one batch before it can be computed")
         return float(self._correct.item()) / self._count
+
+
+def _scores_and_targets(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return output["y_pred"], output["y"]

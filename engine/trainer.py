@@ -3,9 +3,10 @@
 What this adds over ``ignite.engine.create_supervised_trainer``: the loss stays a tensor (no
 ``.item()`` host sync per step), gradient accumulation windows restart every epoch and a trailing
 partial window is stepped and weighted by its samples (so a cycle equals one large batch exactly),
-``TrainEvents`` fire around each real optimizer step, AMP works on CPU (bf16) as well as CUDA, the
-state counts samples seen and keeps the epoch's running loss for every handler that reads it, and
-the engine fires Flint's events (``flint.engine.FlintEvents``), so handlers compose in any order.
+``TrainEvents`` fire around each real optimizer step, AMP works on CPU (bf16) as well as CUDA, a
+:class:`flint.engine.TrainProgress` counts samples and optimizer steps and keeps the epoch's running
+loss for every handler that reads it, and the engine fires Flint's events
+(``flint.engine.FlintEvents``), so handlers compose in any order.
 """
 
 from __future__ import annotations
@@ -17,16 +18,33 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine as IgniteEngine
-from ignite.engine import Events
-from ignite.engine import _prepare_batch as _ignite_prepare_batch
+from ignite.engine import Events, State
+from ignite.utils import convert_tensor
 
 from flint.engine.engine import Engine, FlintEvents, TrainEvents, register_state
+from flint.engine.progress import PROGRESS_KEY, TrainProgress, progress
 
-__all__ = ["create_trainer", "batch_size_of", "samples_seen", "is_last_update_of_epoch", "epoch_loss_total"]
+__all__ = ["create_trainer", "prepare_batch", "batch_size_of", "samples_seen", "is_last_update_of_epoch"]
 
 logger = logging.getLogger(__name__)
 
 PrepareBatch = Callable[[Any, "torch.device | None", bool], tuple[Any, Any]]
+
+
+def prepare_batch(batch: Any, device: str | torch.device | None = None, non_blocking: bool = False) -> tuple[Any, Any]:
+    """``(x, y)`` of an ``(x, y)`` batch, moved to ``device`` with Ignite's ``convert_tensor`` (tensors,
+    and tensors in sequences and mappings; anything else as it is).
+
+    Example:
+        >>> x, y = prepare_batch(([torch.zeros(2)], {"label": torch.ones(2)}), "cpu")
+        >>> type(x).__name__, sorted(y)
+        ('list', ['label'])
+    """
+    x, y = batch
+    return convert_tensor(x, device, non_blocking), convert_tensor(y, device, non_blocking)
+
+
+_default_prepare = prepare_batch  # the factories' argument of the same name hides it
 
 
 def batch_size_of(x: Any) -> int:
@@ -41,24 +59,15 @@ def batch_size_of(x: Any) -> int:
 
 
 def samples_seen(engine: IgniteEngine) -> int:
-    """Samples processed so far: ``state.samples`` of a Flint trainer, else the iteration count."""
-    return int(getattr(engine.state, "samples", engine.state.iteration))
+    """Samples processed so far: :attr:`TrainProgress.samples` of a Flint trainer, else the iteration count."""
+    counts = progress(engine)
+    return counts.samples if counts is not None else engine.state.iteration
 
 
 def is_last_update_of_epoch(engine: IgniteEngine) -> bool:
     """True while the current iteration is the last one of its epoch (False if the length is unknown)."""
     length = engine.state.epoch_length
     return length is not None and engine.state.iteration % length == 0
-
-
-def epoch_loss_total(engine: IgniteEngine) -> tuple[float, int]:
-    """``(sum of batch loss x batch size, samples)`` of the epoch so far, over all ranks, from a trainer
-    made by :func:`create_trainer`. Reads one value back from the device: call it at log points only."""
-    state: Any = engine.state
-    if not isinstance(getattr(state, "loss_sum", None), torch.Tensor):
-        raise TypeError("the engine keeps no running loss (state.loss_sum): use a trainer from flint.engine.create_trainer")
-    total: torch.Tensor = idist.all_reduce(state.loss_sum.clone())  # type: ignore[assignment]
-    return float(total.item()), int(state.epoch_samples)
 
 
 def _resolve_device(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:
@@ -79,24 +88,17 @@ def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-class _RankLossSums:
-    """Every rank's running loss in the checkpoint, which one rank writes: each rank resumes with its own.
+class _TrainerState(State):
+    """Ignite's ``State``, whose ``optimizer_step`` reads the trainer's :class:`TrainProgress`: Ignite's
+    event filters read the count they go by from the state (``TrainEvents.OPTIMIZER_STEPPED(every=N)``)."""
 
-    ``state.loss_sum`` is this rank's sum; the trainer's state dict holds only the saving rank's.
-    ``state_dict`` gathers them (call it on every rank, as Ignite's ``Checkpoint`` does); with another
-    number of ranks, rank 0 takes the total, so the epoch's loss stays whole.
-    """
+    def __init__(self, counts: TrainProgress) -> None:
+        self._counts = counts  # before State's __init__, which looks up every filter's count
+        super().__init__()
 
-    def __init__(self, trainer: Engine) -> None:
-        self.trainer = trainer
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"loss_sum": idist.all_gather(self.trainer.state.loss_sum.reshape(1))}  # type: ignore[attr-defined]
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        sums, rank = state["loss_sum"], idist.get_rank()
-        own = sums[rank] if len(sums) == idist.get_world_size() else (sums.sum() if rank == 0 else torch.zeros_like(sums[0]))
-        self.trainer.state.loss_sum = own.clone()  # type: ignore[attr-defined]
+    @property
+    def optimizer_step(self) -> int:
+        return self._counts.optimizer_step
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype:
@@ -128,20 +130,13 @@ def create_trainer(
     last batch is weighted by its size.
 
     ``engine.state.output`` is ``{"loss": detached loss tensor, "y_pred": detached prediction,
-    "y": target}``; nothing in the step reads a value back to the host. ``engine.state.samples``
-    counts samples seen (by all ranks under ``ignite.distributed``, whose shards have equal batches)
-    and ``engine.state.optimizer_step`` optimizer steps; both are saved by ``engine.state_dict()``.
-    ``engine.state.cycle_batches`` is the number of batches whose gradients wait for the next step
-    (0 between update cycles: where a run can stop without losing gradients).
-
-    The step also keeps the epoch's running loss on the device, for every handler that reports or
-    checks it (one in-place add per step instead of one per handler): ``engine.state.loss_sum`` is
-    the sum of each batch's loss times its size on this rank, ``engine.state.epoch_samples`` the
-    samples of the epoch on all ranks; both restart at each epoch (not when resuming mid-epoch) and
-    are saved by ``engine.state_dict()``; every rank's ``loss_sum`` is also registered
-    (``flint.engine.register_state``, key ``loss_sums``), so under ``ignite.distributed`` each rank resumes
-    with its own, and with another number of ranks the epoch's total stays whole.
-    Read them with :func:`epoch_loss_total`.
+    "y": target}``; nothing in the step reads a value back to the host. The trainer's
+    :class:`flint.engine.TrainProgress` (``flint.engine.progress(trainer)``) counts samples seen and
+    optimizer steps, holds the update cycle in progress and keeps the epoch's running loss on the
+    device for every handler that reports or checks it (one in-place add per step instead of one
+    per handler); it is registered with the trainer (:func:`flint.engine.register_state`), so
+    ``flint.handlers.Checkpointing`` saves and restores it, each rank's running loss its own.
+    ``engine.state_dict()`` is Ignite's (epoch, iteration, lengths), before a run as after one.
 
     The model is put back in train mode when it, or the module inside its DDP or ``torch.compile``
     wrapper, is not: an evaluator running the plain module of a DDP-wrapped model leaves the
@@ -156,7 +151,7 @@ def create_trainer(
         amp: autocast in bfloat16 (float16 with a GradScaler on CUDA without bf16). Default False.
         clip_grad_norm: clip the gradients' total L2 norm to this value before each step. Default None.
         prepare_batch: ``prepare_batch(batch, device, non_blocking) -> (x, y)``; default: an ``(x, y)``
-            pair of tensors moved with ``Tensor.to``, anything else with Ignite's ``_prepare_batch``.
+            pair of tensors moved with ``Tensor.to``, anything else with :func:`prepare_batch`.
         non_blocking: passed to ``prepare_batch``. Default False.
 
     Example:
@@ -165,8 +160,9 @@ def create_trainer(
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> trainer = create_trainer(model, opt, torch.nn.functional.mse_loss, accumulation_steps=2)
         >>> data = [(torch.ones(4, 3), torch.zeros(4, 1))] * 5
-        >>> state = trainer.run(data, max_epochs=2)
-        >>> state.samples, state.optimizer_step
+        >>> _ = trainer.run(data, max_epochs=2)
+        >>> counts = progress(trainer)
+        >>> counts.samples, counts.optimizer_step
         (40, 6)
     """
     if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
@@ -182,6 +178,7 @@ def create_trainer(
     # An evaluator may run the plain module while this trains a wrapper of it (DDP): its eval() then
     # leaves the wrapper's own flag True, so the wrapped module's flag is the one to check as well.
     inner = _unwrapped(model)
+    counts = TrainProgress(device)
 
     def optimizer_step(engine: Engine) -> None:
         if scaling:
@@ -189,12 +186,11 @@ def create_trainer(
         if accumulation_steps > 1 or clip_grad_norm is not None:
             # Read at each step: param groups may be added after the trainer was made (unfreezing).
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        state: Any = engine.state  # Ignite's State takes new attributes; mypy does not know them
         if accumulation_steps > 1:
-            torch._foreach_div_([p.grad for p in params], float(state.cycle_samples))
-        state.cycle_batches = state.cycle_samples = 0
-        state.optimizer_step += 1
-        # Ignite's fire_event first finds the event in a list, comparing with Python's __eq__: ~95 calls.
+            torch._foreach_div_([p.grad for p in params], float(counts.cycle_samples))
+        counts.cycle_batches = counts.cycle_samples = 0
+        counts.optimizer_step += 1
+        # The engine's own dispatch: Ignite's public fire_event first looks the event up in a list (docs/engine.md).
         engine._fire_event(TrainEvents.BEFORE_OPTIMIZER_STEP)
         if clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
@@ -209,40 +205,41 @@ def create_trainer(
     def update(engine: Engine, batch: Any) -> dict[str, Any]:
         if not (model.training and inner.training):
             model.train()
-        if prepare_batch is None:  # two tensors: Tensor.to (Ignite's general _prepare_batch costs twice as much)
+        if prepare_batch is None:
             x, y = batch
-            if type(x) is torch.Tensor and type(y) is torch.Tensor:
+            if type(x) is torch.Tensor and type(y) is torch.Tensor:  # the usual case, directly
                 x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
             else:
-                x, y = _ignite_prepare_batch(batch, device, non_blocking)
+                x, y = _default_prepare(batch, device, non_blocking)
         else:
             x, y = prepare_batch(batch, device, non_blocking)
         if amp:
             with torch.autocast(device.type, dtype=amp_dtype):
                 y_pred = model(x)
                 loss = loss_fn(y_pred, y)
-        else:  # a disabled autocast still costs ~3 us of Python per step
+        else:  # not entering a disabled autocast: it costs Python time every step
             y_pred = model(x)
             loss = loss_fn(y_pred, y)
-        n = batch_size_of(x)
-        state: Any = engine.state
-        state.samples += n * world
-        state.epoch_samples += n * world
+        n = x.shape[0] if type(x) is torch.Tensor and x.ndim else batch_size_of(x)  # the usual case in line
+        counts.samples += n * world
+        counts.epoch_samples += n * world
         detached = loss.detach()
-        state.loss_sum.add_(detached, alpha=n)  # on the device: no host sync
+        counts.loss_sum.add_(detached, alpha=n)  # on the device: no host sync
         if accumulation_steps == 1:
-            scaler.scale(loss).backward()
+            (scaler.scale(loss) if scaling else loss).backward()
             optimizer_step(engine)
         else:
             # Sum-weight each batch; optimizer_step divides by the cycle's samples.
-            scaler.scale(loss * n).backward()
-            state.cycle_batches += 1
-            state.cycle_samples += n
-            if state.cycle_batches == accumulation_steps or is_last_update_of_epoch(engine):
+            (scaler.scale(loss * n) if scaling else loss * n).backward()
+            counts.cycle_batches += 1
+            counts.cycle_samples += n
+            if counts.cycle_batches == accumulation_steps or is_last_update_of_epoch(engine):
                 optimizer_step(engine)
         return {"loss": detached, "y_pred": y_pred.detach(), "y": y}
 
     trainer = Engine(update)
+    trainer.state = _TrainerState(counts)
+    register_state(trainer, PROGRESS_KEY, counts)
     trainer.fire_flint_events()
     trainer.register_events(
         *TrainEvents,
@@ -251,29 +248,22 @@ def create_trainer(
             TrainEvents.OPTIMIZER_STEPPED: "optimizer_step",
         },
     )
-    trainer.state_dict_user_keys.extend(["samples", "optimizer_step", "loss_sum", "epoch_samples"])
-    register_state(trainer, "loss_sums", _RankLossSums(trainer))  # one value per rank; also across a change of ranks
 
     @trainer.on(Events.STARTED)
     def _start(engine: Engine) -> None:
-        state: Any = engine.state
-        if state.iteration == 0:  # a fresh run; a resumed one keeps its loaded counters
-            state.samples = state.optimizer_step = state.epoch_samples = 0
-            state.loss_sum = torch.zeros((), device=device)
-        state.loss_sum = state.loss_sum.to(device)
-        state.cycle_batches = state.cycle_samples = 0  # the update cycle in progress
+        if engine.state.iteration == 0:  # a fresh run; a resumed one keeps its loaded counts
+            counts.restart(device)
+        counts.loss_sum = counts.loss_sum.to(device)
+        counts.cycle_batches = counts.cycle_samples = 0  # the update cycle in progress
         optimizer.zero_grad(set_to_none=True)
 
-    @trainer.on(FlintEvents.NEW_EPOCH)  # not when resuming mid-epoch: the loaded sums carry on
-    def _new_epoch(engine: Engine) -> None:
-        state: Any = engine.state
-        state.loss_sum.zero_()
-        state.epoch_samples = 0
+    # Not when resuming mid-epoch: the loaded sums carry on.
+    trainer.add_event_handler(FlintEvents.NEW_EPOCH, lambda _: counts.new_epoch())
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _flush_partial_cycle(engine: Engine) -> None:
         # Only reached with data of unknown length, where the last iteration could not be detected.
-        if engine.state.cycle_batches > 0:  # type: ignore[attr-defined]
+        if counts.cycle_batches > 0:
             optimizer_step(engine)
 
     trainer.scaler = scaler  # type: ignore[attr-defined]  # for checkpoints: to_save["scaler"]

@@ -12,7 +12,7 @@ from ignite.exceptions import NotComputableError
 from ignite.metrics import Metric
 
 from flint.engine.engine import FlintEvents, register_state, when
-from flint.engine.trainer import epoch_loss_total, samples_seen
+from flint.engine.progress import progress
 from flint.handlers.lr_tracker import current_lrs
 from flint.handlers.meters import Throughput
 from flint.handlers.records import RecordStream
@@ -28,9 +28,10 @@ class BatchLogger:
     counts the interval's samples over its wall time (both intervals restart at each epoch start, so
     validation time is not counted), ``lr`` lists each param group's LR, and each metric given is
     its running value over the epoch so far (BMXNet's ``metric.get()`` at log time). The loss comes
-    from the running sum a trainer made by ``flint.engine.create_trainer`` keeps on the device, read back
-    only when a record is written; under ``ignite.distributed`` it covers all ranks (call this on
-    every rank; give the others a stream with no sinks).
+    from the running sum a trainer made by ``flint.engine.create_trainer`` keeps on the device
+    (:class:`flint.engine.TrainProgress`), read back only when a record is written; under
+    ``ignite.distributed`` it covers all ranks (call this on every rank; give the others a stream
+    with no sinks). It needs such a trainer: ``attach`` refuses another engine.
 
     Records are emitted at ``FlintEvents.ITERATION_REPORT``, after the iteration's metric updates.
     Its state (where the interval started) is saved with the trainer's checkpoints under
@@ -79,9 +80,10 @@ class BatchLogger:
         self._mark = (0.0, 0)  # the epoch's loss total and samples at the last record
 
     def attach(self, engine: Engine) -> BatchLogger:
+        progress(engine, "BatchLogger")  # refuses another engine now, not at the first record
         engine.add_event_handler(Events.EPOCH_STARTED, self._start_window)
         engine.add_event_handler(when(engine, FlintEvents.NEW_EPOCH), self._new_epoch)
-        # A plain handler with its own modulo: an every= filter costs ~15 Python calls per iteration, due or not.
+        # A plain handler with its own modulo: cheaper than an every= filter, which runs whether due or not.
         engine.add_event_handler(when(engine, FlintEvents.ITERATION_REPORT), self._on_iteration)
         register_state(engine, self.state_key, self)
         return self
@@ -94,7 +96,7 @@ class BatchLogger:
         self._mark = (float(state["loss_total"]), int(state["samples"]))
 
     def _start_window(self, engine: Engine) -> None:
-        self._throughput.start(samples_seen(engine), self.clock())  # after a resume: the resumed part only
+        self._throughput.start(progress(engine, "BatchLogger").samples, self.clock())  # after a resume: the resumed part only
 
     def _new_epoch(self, engine: Engine) -> None:
         self._mark = (0.0, 0)
@@ -104,8 +106,9 @@ class BatchLogger:
             self._emit(engine)
 
     def _emit(self, engine: Engine) -> None:
-        samples = samples_seen(engine)
-        total, count = epoch_loss_total(engine)
+        counts = progress(engine, "BatchLogger")
+        samples = counts.samples
+        total, count = counts.epoch_loss()
         record: dict[str, Any] = {
             "phase": "batch",
             "epoch": engine.state.epoch,

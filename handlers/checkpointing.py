@@ -15,6 +15,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
 from flint.engine.engine import FlintEvents, registered_states, when
+from flint.engine.progress import PROGRESS_KEY
 from flint.handlers.checkpoint_io import CHECKSUM_KEY, CheckpointError, read_state, restore
 from flint.handlers.meters import BestScore
 from flint.handlers.safe_disk_saver import SafeDiskSaver
@@ -219,7 +220,7 @@ class Checkpointing:
         not hold (a handler the saving run did not have) is logged and left as it is.
         """
         path = Path(path)
-        state = read_state(path, map_location)
+        state = _upgraded(read_state(path, map_location))
         objects = self._objects()
         restore({k: v for k, v in objects.items() if k in state or k in self.to_save}, state, path)  # to_save: all required
         for key in [k for k in objects if k not in state and k not in ("best_score", "best_checkpointer")]:  # to_save's are all there
@@ -229,3 +230,14 @@ class Checkpointing:
             self.latest.load_state_dict(state["checkpointer"])
         self._saved_at = None
         logger.info("Resumed from %s", path)
+
+
+def _upgraded(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A checkpoint written before :class:`flint.engine.TrainProgress` had an entry of its own: the trainer's
+    counts were in the trainer's entry, each rank's running loss in ``loss_sums``. They go to its entry."""
+    trainer, sums = state.get("trainer"), state.get("loss_sums")
+    if PROGRESS_KEY in state or not isinstance(trainer, Mapping) or "samples" not in trainer:
+        return state
+    loss_sum = sums["loss_sum"] if isinstance(sums, Mapping) and "loss_sum" in sums else trainer["loss_sum"].reshape(1)
+    counts = {key: trainer[key] for key in ("samples", "optimizer_step", "epoch_samples")}
+    return {**state, PROGRESS_KEY: {**counts, "loss_sum": loss_sum}}

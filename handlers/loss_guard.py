@@ -6,7 +6,7 @@ import math
 
 from ignite.engine import Engine, Events
 
-from flint.engine.trainer import epoch_loss_total
+from flint.engine.progress import progress
 
 __all__ = ["LossGuard", "NonFiniteLoss"]
 
@@ -21,9 +21,10 @@ class LossGuard:
     Ignite's ``TerminateOnNan`` reads every output back to the host (a device sync per iteration)
     and only asks the engine to terminate, so handlers later on the same event still run and can
     save the broken weights. This guard reads the epoch's running loss sum that a trainer made by
-    ``flint.engine.create_trainer`` keeps on the device (NaN or infinite once any loss was; nothing per
-    step) every ``every`` iterations at ITERATION_COMPLETED, at each EPOCH_COMPLETED and at
-    TERMINATE, and raises. On a Flint engine the epoch's records, validation and checkpoints come
+    ``flint.engine.create_trainer`` keeps on the device (:class:`flint.engine.TrainProgress`; NaN or
+    infinite once any loss was; nothing per step) every ``every`` iterations at ITERATION_COMPLETED,
+    at each EPOCH_COMPLETED and at TERMINATE, and raises. It needs such a trainer: ``attach``
+    refuses another engine. On a Flint engine the epoch's records, validation and checkpoints come
     after EPOCH_COMPLETED, and ``Checkpointing`` saves a stopped run at COMPLETED, after TERMINATE:
     whatever the order of attachment, nothing is validated or saved after a non-finite loss, so the
     last checkpoint on disk is the last good one. Call :meth:`check` before saving by other means.
@@ -51,7 +52,8 @@ class LossGuard:
         self.every = every
 
     def attach(self, engine: Engine) -> LossGuard:
-        # A plain handler with its own modulo: an every= filter costs ~15 Python calls per iteration, due or not.
+        progress(engine, "LossGuard")  # refuses another engine now, not at the first check
+        # A plain handler with its own modulo: cheaper than an every= filter, which runs whether due or not.
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.check)
         engine.add_event_handler(Events.TERMINATE, self.check)  # a stop is about to be saved
@@ -65,7 +67,7 @@ class LossGuard:
         """Raise :class:`NonFiniteLoss` if any loss of the epoch so far was NaN or infinite (reads one value back)."""
         if not engine.state.iteration:
             return  # nothing trained yet
-        total, _ = epoch_loss_total(engine)  # summed over the ranks: every rank stops at the same check
+        total, _ = progress(engine, "LossGuard").epoch_loss()  # summed over the ranks: every rank stops at the same check
         if not math.isfinite(total):
             raise NonFiniteLoss(
                 f"the training loss became nan or inf at or before iteration {engine.state.iteration} (epoch {engine.state.epoch})"

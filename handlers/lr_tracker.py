@@ -8,6 +8,7 @@ import torch
 from ignite.engine import Engine
 
 from flint.engine.engine import FlintEvents, TrainEvents, when
+from flint.engine.progress import TrainProgress, progress
 from flint.engine.trainer import samples_seen
 from flint.handlers.records import RecordStream
 
@@ -55,25 +56,25 @@ class LRTracker:
         self.stream = stream
         self.every = every
         self._epoch_record_due = False
-        self._count = "iteration"  # the state attribute `every` counts
+        self._counts: TrainProgress | None = None  # a Flint trainer's: `every` counts its optimizer steps
 
     def attach(self, engine: Engine, *events: Any) -> LRTracker:
         """Register on ``events`` (default: each epoch's first step and every ``every`` steps)."""
         for event in events:
             engine.add_event_handler(event, self)
         if not events:
-            step = when(engine, TrainEvents.BEFORE_OPTIMIZER_STEP)
-            self._count = "optimizer_step" if step is TrainEvents.BEFORE_OPTIMIZER_STEP else "iteration"
+            self._counts = progress(engine)
             engine.add_event_handler(when(engine, FlintEvents.NEW_EPOCH), self._arm)
-            # A plain handler with its own modulo: an every= filter costs ~15 Python calls per step, due or not.
-            engine.add_event_handler(step, self._on_step)
+            # A plain handler with its own modulo: cheaper than an every= filter, which runs whether due or not.
+            engine.add_event_handler(when(engine, TrainEvents.BEFORE_OPTIMIZER_STEP), self._on_step)
         return self
 
     def _arm(self, engine: Engine) -> None:
         self._epoch_record_due = True
 
     def _on_step(self, engine: Engine) -> None:
-        if self._epoch_record_due or (self.every and not getattr(engine.state, self._count) % self.every):
+        count = self._counts.optimizer_step if self._counts is not None else engine.state.iteration
+        if self._epoch_record_due or (self.every and not count % self.every):
             self._epoch_record_due = False
             self(engine)
 

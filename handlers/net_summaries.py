@@ -1,4 +1,4 @@
-"""Net summaries: weight and gradient histograms per epoch, as BMXNet's ``write_net_summaries``."""
+"""Net summaries: weight and gradient histograms every epoch, as BMXNet's ``write_net_summaries``."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ class NetSummaries:
     update; this adds both. Tensors holding NaN or Inf (a diverged run) are skipped with a warning,
     tensors without elements silently.
     Each histogram has ``bins`` equal-width bins between the tensor's min and max: tensorboardX's
-    default (``"tensorflow"``, about 1,500 exponential buckets) cost 4x as much (LeNet's 14 tensors,
-    10.5 ms against 2.4 ms per epoch, 2 CPU cores); TensorBoard draws about 30 bins either way.
+    default (``"tensorflow"``, about 1,500 exponential buckets) costs several times as much
+    (docs/performance.md); TensorBoard draws about 30 bins either way.
 
     Args:
         model: whose named parameters to summarise.
@@ -58,7 +58,7 @@ class NetSummaries:
         self.model, self.writer, self.bins = model, writer, bins
 
     def attach(self, trainer: Engine) -> NetSummaries:
-        # A plain handler that checks the iteration itself: a filter costs ~15 Python calls per step.
+        # A plain handler that checks the iteration itself: cheaper than a filter, which runs at every step.
         trainer.add_event_handler(when(trainer, TrainEvents.BEFORE_OPTIMIZER_STEP), self._on_update)
         trainer.add_event_handler(when(trainer, FlintEvents.EPOCH_REPORT), self.write_weights)
         return self
@@ -81,7 +81,7 @@ class NetSummaries:
                 continue
             values = tensor.detach().float().cpu()
             # A diverged run: a histogram of NaN/Inf cannot be drawn. min and max find any (NaN makes
-            # both NaN) in one pass without a mask: 17x cheaper than isfinite().all() (docs/performance.md).
+            # both NaN) in one pass without a mask: cheaper than isfinite().all() (docs/performance.md).
             if not all(math.isfinite(v) for v in torch.aminmax(values)):
                 logger.warning("Not writing %s/%s at %d samples: it holds NaN or Inf", kind, name, step)
                 continue

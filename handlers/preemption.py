@@ -13,6 +13,7 @@ from types import FrameType
 from ignite.engine import Engine, Events
 
 from flint.engine.engine import FlintEvents, when
+from flint.engine.progress import TrainProgress, progress
 from flint.engine.trainer import is_last_update_of_epoch
 
 __all__ = ["Preemption"]
@@ -67,8 +68,10 @@ class Preemption:
         self.triggered = False
         self.settled = False  # see settle()
         self._running = False  # the trainer has started: a repeated signal may abort
+        self._counts: TrainProgress | None = None  # a Flint trainer's: its update cycle in progress
 
     def attach(self, engine: Engine) -> Preemption:
+        self._counts = progress(engine)
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
         engine.add_event_handler(when(engine, FlintEvents.SAVE), self._at_epoch_end)
@@ -119,7 +122,7 @@ class Preemption:
             return  # nothing to decide: the usual case, first
         if is_last_update_of_epoch(engine):
             return  # the epoch's end (records, validation, checkpoint) comes first: SAVE decides
-        if not getattr(engine.state, "cycle_batches", 0):  # mid update cycle, its gradients would be lost
+        if self._counts is None or not self._counts.cycle_batches:  # not mid update cycle: no gradient is lost
             self._maybe_stop(engine)
 
     def _at_epoch_end(self, engine: Engine) -> None:

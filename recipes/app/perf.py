@@ -8,10 +8,9 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from ignite.engine import _prepare_batch as _ignite_prepare_batch
 from ignite.handlers import HandlersTimeProfiler
 
-from flint.engine import FlintEvents, TrainEvents
+from flint.engine import FlintEvents, TrainEvents, prepare_batch
 
 __all__ = ["channels_last_batch", "train_flops_per_sample", "peak_flops", "profile_table"]
 
@@ -26,8 +25,8 @@ _PEAKS = {
 
 
 def channels_last_batch(batch: Any, device: torch.device | str | None = None, non_blocking: bool = False) -> tuple[Any, Any]:
-    """Ignite's ``prepare_batch``, then image batches (4-D) in channels-last (NHWC) memory format."""
-    x, y = _ignite_prepare_batch(batch, device, non_blocking)
+    """:func:`flint.engine.prepare_batch`, then image batches (4-D) in channels-last (NHWC) memory format."""
+    x, y = prepare_batch(batch, device, non_blocking)
     if isinstance(x, torch.Tensor) and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y

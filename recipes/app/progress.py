@@ -10,7 +10,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 
-from flint.engine import FlintEvents
+from flint.engine import FlintEvents, progress
 from flint.engine.engine import when
 from flint.handlers import ETA
 from flint.recipes.app.console import significant
@@ -24,7 +24,7 @@ class IntervalLoss:
     The interval is :class:`flint.handlers.BatchLogger`'s: it restarts every ``every`` iterations, at each
     epoch's start and where a launch starts (a resume). At a log point the value is the one the
     ``"batch"`` record gets (on one worker; with several, this worker's own). The trainer keeps the
-    epoch's running sum on the device (``state.loss_sum``); the interval's start is kept there too
+    epoch's running sum on the device (``TrainProgress.loss_sum``); the interval's start is kept there too
     (a copy, no host sync), and :meth:`value` reads the difference back once.
 
     Ignite's ``ProgressBar`` shows whatever its output transform returns, the last batch's loss in
@@ -53,6 +53,7 @@ class IntervalLoss:
         self._start: tuple[torch.Tensor | None, int] = (None, 0)  # (loss sum, samples) where the interval started
 
     def attach(self, trainer: Engine) -> IntervalLoss:
+        progress(trainer, "IntervalLoss")  # refuses another engine now
         trainer.add_event_handler(Events.STARTED, self._restart)
         trainer.add_event_handler(when(trainer, FlintEvents.NEW_EPOCH), self._new_epoch)
         # After ITERATION_COMPLETED's handlers, the bar's among them: a bar drawn at a log point shows the whole interval.
@@ -60,10 +61,8 @@ class IntervalLoss:
         return self
 
     def _restart(self, trainer: Engine) -> None:
-        state: Any = trainer.state
-        if not isinstance(getattr(state, "loss_sum", None), torch.Tensor):
-            raise TypeError("the engine keeps no running loss (state.loss_sum): use a trainer from flint.engine.create_trainer")
-        self._start = (state.loss_sum.clone(), int(state.epoch_samples))
+        counts = progress(trainer, "IntervalLoss")
+        self._start = (counts.loss_sum.clone(), counts.epoch_samples)
 
     def _new_epoch(self, trainer: Engine) -> None:
         self._start = (None, 0)  # the trainer's running sum starts again from zero
@@ -74,12 +73,12 @@ class IntervalLoss:
 
     def value(self, trainer: Engine) -> float:
         """The mean loss per sample since the interval started (NaN before its first batch); one host sync."""
-        state: Any = trainer.state
+        counts = progress(trainer, "IntervalLoss")
         start_sum, start_samples = self._start
-        samples = (int(state.epoch_samples) - start_samples) / idist.get_world_size()  # epoch_samples counts every rank's
+        samples = (counts.epoch_samples - start_samples) / idist.get_world_size()  # epoch_samples counts every rank's
         if samples <= 0:
             return math.nan
-        total = state.loss_sum if start_sum is None else state.loss_sum - start_sum
+        total = counts.loss_sum if start_sum is None else counts.loss_sum - start_sum
         return float(total.item()) / samples
 
 

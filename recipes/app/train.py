@@ -27,7 +27,7 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Accuracy, Loss, MeanAbsoluteError, Metric
 from torch import nn
 
-from flint.engine import RNGState, create_evaluator, create_trainer, epoch_loss_total, register_state, seed_everything
+from flint.engine import RNGState, create_evaluator, create_trainer, progress, register_state, seed_everything
 from flint.engine.metrics import TopOneAccuracy
 from flint.handlers import (
     ETA,
@@ -332,7 +332,8 @@ def task_metrics(task: str, loss_fn: Callable, device: torch.device) -> tuple[di
     """(training metrics, validation metrics) of a recipe's task, accumulated on ``device``.
 
     Classification reports accuracy, regression the mean absolute error; validation also the loss
-    (training's comes from the trainer's own running sum, ``flint.engine.epoch_loss_total``)."""
+    (training's comes from the trainer's own running sum, ``flint.engine.TrainProgress``). Training's
+    accuracy is Flint's lean one: Ignite's costs the loop its speed target (docs/performance.md)."""
     classification = task == "classification"
     name = "accuracy" if classification else "mae"
     train: dict[str, Metric] = {name: TopOneAccuracy(device=device) if classification else MeanAbsoluteError(device=device)}
@@ -342,7 +343,7 @@ def task_metrics(task: str, loss_fn: Callable, device: torch.device) -> tuple[di
 
 def epoch_mean_loss(trainer: Any) -> float:
     """The training loss of the epoch so far: the mean over its samples (all ranks)."""
-    total, samples = epoch_loss_total(trainer)
+    total, samples = progress(trainer, "the training record").epoch_loss()
     return total / samples if samples else math.nan
 
 
@@ -456,13 +457,13 @@ class Job:
             "phase": "summary",
             "status": status,
             "epochs": state.epoch,
-            "samples": getattr(state, "samples", 0),
+            "samples": progress(self.trainer, "the summary").samples,
             "monitor": self.monitor.text,
             "best_epoch": best.epoch,
             "best_value": best.value,
             "avg_epoch_time": self.report.timer.average,
             "stopped_early": self.safety.stopper is not None and self.safety.stopper.stopped,
-            **_throughput(state, self.report.timer.average, self.model.flops_per_sample, peak_flops(self.place.device, self.cfg.amp)),
+            **_throughput(self.trainer, self.report.timer.average, self.model.flops_per_sample, peak_flops(self.place.device, self.cfg.amp)),
         }
 
 
@@ -508,11 +509,12 @@ def _attach_profiler(trainer: Engine) -> Any:
     return profiler
 
 
-def _throughput(state: Any, epoch_time: float | None, flops_per_sample: float | None, peak: float | None) -> dict[str, Any]:
+def _throughput(trainer: Engine, epoch_time: float | None, flops_per_sample: float | None, peak: float | None) -> dict[str, Any]:
     """Training samples/sec over an average epoch (the launch's first excluded), TFLOP/s and, if the peak is known, MFU."""
+    state = trainer.state
     if not epoch_time or not state.iteration or not state.epoch_length:
         return {"samples_per_sec": None}
-    rate = state.samples / state.iteration * state.epoch_length / epoch_time
+    rate = progress(trainer, "the summary").samples / state.iteration * state.epoch_length / epoch_time
     out: dict[str, Any] = {"samples_per_sec": rate}
     if flops_per_sample is not None:
         out["model_tflops"] = flops_per_sample * rate / 1e12
@@ -586,7 +588,7 @@ def run_job(job: Job, resume: Path | str | None) -> dict[str, Any]:
             outcome.status = "interrupted"
             return summary
         if loaded is not None:
-            position = {"epoch": trainer.state.epoch, "iteration": trainer.state.iteration, "samples": trainer.state.samples}  # type: ignore[attr-defined]
+            position = {"epoch": trainer.state.epoch, "iteration": trainer.state.iteration, "samples": progress(trainer, "run_job").samples}
             job.report.stream.emit({"phase": "resume", **position, "checkpoint": str(loaded)})
         try:
             trainer.run(job.train_loader, max_epochs=cfg.epochs)

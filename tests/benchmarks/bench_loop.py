@@ -13,7 +13,7 @@ iterations, with the same features: interval loss and samples/sec every ``--log-
 running training accuracy and epoch loss accumulated on the device, per-epoch validation, latest and
 best checkpoints, log lines to a file, a JSON-lines file and TensorBoard scalars and histograms.
 A is written by hand as a careful person would (seed 004 style); B is ``flint.engine.create_trainer`` and
-``flint.engine.create_evaluator`` with the handlers attached exactly as ``recipes/train.py`` attaches them.
+``flint.engine.create_evaluator`` with the handlers attached exactly as ``flint.recipes.app.train`` attaches them.
 Everything runs in one process: within each repetition A and B take turns every ``--interleave``
 iterations (so a busy neighbour slows both alike), the first loop alternating between repetitions;
 the table gives the ratio paired per chunk of iterations (:func:`paired_ratio`) and the implied
@@ -296,7 +296,7 @@ def hand_loop(case: str, cfg: Any, data: Data, device: Any, out: Path, chunk: in
 
 
 # --------------------------------------------------------------------------------------------------
-# B: Flint, wired as recipes/train.py wires it
+# B: Flint, wired as flint.recipes.app.train wires it
 # --------------------------------------------------------------------------------------------------
 
 
@@ -600,9 +600,9 @@ def _where(code: Any) -> str:
 def calls_per_iteration(case: str, device: Any, args: argparse.Namespace, chunk: int = 50) -> dict[str, Calls]:
     """Python and C function calls per training iteration of each loop, counted with ``sys.setprofile``.
 
-    Deterministic, unlike time on a shared machine: each Python call costs 1-3.5 us in the real
-    loop (docs/performance.md). Counted over one chunk of ``chunk`` iterations after two (one log
-    point, no epoch end; the harness's pause, resume and chunk check included); loop name -> :class:`Calls`.
+    Deterministic, unlike time on a shared machine (what a call costs in the real loop:
+    docs/performance.md). Counted over one chunk of ``chunk`` iterations after two (one log point,
+    no epoch end; the harness's pause, resume and chunk check included); loop name -> :class:`Calls`.
     """
     import collections
 

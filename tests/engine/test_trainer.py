@@ -1,10 +1,11 @@
 import copy
+import math
 
 import pytest
 import torch
 from ignite.engine import Events
 
-from flint.engine import TrainEvents, create_evaluator, create_trainer
+from flint.engine import TrainEvents, TrainProgress, create_evaluator, create_trainer, progress, registered_states
 
 
 class FFNN(torch.nn.Module):
@@ -102,7 +103,7 @@ def test_train_events_fire_once_per_optimizer_step_with_the_cycles_gradients(mod
     assert steps == [3, 6, 7, 10, 13, 14]
     assert [it for kind, it, _ in seen if kind == "after"] == steps
     assert all(ok for _, _, ok in seen)
-    assert state.optimizer_step == 6
+    assert progress(trainer).optimizer_step == 6 and state.iteration == 14
 
 
 def test_train_event_handlers_changed_during_a_step_take_effect_at_the_next_firing(model, batches):
@@ -145,22 +146,31 @@ def test_train_events_can_be_filtered_by_step_count(model, batches):
     assert fired == [5, 10]
 
 
-def test_samples_are_counted_and_saved_in_the_state_dict(model, batches):
+def test_the_progress_counts_samples_and_steps_and_is_registered_for_checkpoints(model, batches):
     trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    assert trainer.state_dict() == {"epoch_length": None, "iteration": 0, "max_epochs": None}  # before a run too
     trainer.run(batches, max_epochs=3)
-    assert trainer.state.samples == 3 * 26
-    saved = trainer.state_dict()
-    assert saved["samples"] == 78 and saved["optimizer_step"] == 21
+    counts = progress(trainer)
+    assert registered_states(trainer)["train_progress"] is counts
+    assert (counts.samples, counts.optimizer_step, counts.epoch_samples) == (78, 21, 26)
+    saved = counts.state_dict()
+    assert (saved["samples"], saved["optimizer_step"], saved["epoch_samples"]) == (78, 21, 26)
+    assert saved["loss_sum"].shape == (1,)  # one value per rank
+    assert set(trainer.state_dict()) == {"epoch_length", "iteration", "max_epochs"}  # Ignite's own
 
 
-def test_resumed_trainer_keeps_its_counters(model, batches):
+def test_resumed_trainer_keeps_its_counts(model, batches):
     trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
     trainer.run(batches, max_epochs=1)
-    saved = trainer.state_dict()
+    saved = {"trainer": trainer.state_dict(), "progress": progress(trainer).state_dict()}
     resumed = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
-    resumed.load_state_dict(saved)
+    resumed.load_state_dict(saved["trainer"])
+    progress(resumed).load_state_dict(saved["progress"])
+    fired = []
+    resumed.add_event_handler(TrainEvents.OPTIMIZER_STEPPED(every=5), lambda e: fired.append(progress(e).optimizer_step))
     resumed.run(batches, max_epochs=2)
-    assert resumed.state.samples == 52 and resumed.state.optimizer_step == 14
+    assert progress(resumed).samples == 52 and progress(resumed).optimizer_step == 14
+    assert fired == [10]  # filters count the loaded optimizer steps too
 
 
 def test_clip_grad_norm_bounds_each_update(model, batches):
@@ -206,14 +216,17 @@ def test_a_wrapped_model_is_back_in_train_mode_after_an_evaluator_ran_the_plain_
 
 
 def test_each_rank_resumes_with_its_own_running_loss_and_another_world_size_with_the_total(model, batches):
-    from flint.engine.trainer import _RankLossSums
-
     trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
     trainer.run(batches, max_epochs=1)
-    sums = _RankLossSums(trainer)
-    assert torch.equal(sums.state_dict()["loss_sum"], trainer.state.loss_sum.reshape(1))  # one rank: its own
-    sums.load_state_dict({"loss_sum": torch.tensor([1.5, 2.25])})  # saved by two ranks, loaded by one
-    assert trainer.state.loss_sum.ndim == 0 and float(trainer.state.loss_sum) == 3.75
+    counts = progress(trainer)
+    saved = counts.state_dict()
+    assert torch.equal(saved["loss_sum"], counts.loss_sum.reshape(1))  # one rank: its own
+    again = TrainProgress()
+    again.load_state_dict(saved)
+    assert again.loss_sum.ndim == 0 and torch.equal(again.loss_sum, counts.loss_sum)
+    again.load_state_dict({**saved, "loss_sum": torch.tensor([1.5, 2.25])})  # saved by two ranks, loaded by one
+    assert again.loss_sum.ndim == 0 and float(again.loss_sum) == 3.75
+    assert again.epoch_loss() == (3.75, 26)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5])
@@ -242,3 +255,37 @@ def test_param_groups_added_after_creation_are_averaged_and_clipped_too(batches)
     x, y = torch.cat([batches[0][0], batches[1][0]]), torch.cat([batches[0][1], batches[1][1]])
     torch.nn.functional.cross_entropy(reference(x), y).backward()
     torch.testing.assert_close(seen["grad"], reference[0].weight.grad)
+
+
+def test_ignites_lr_finder_runs_on_the_trainer_and_restores_trainer_model_and_optimizer(model, batches):
+    from ignite.handlers import FastaiLRFinder
+
+    reference = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy)
+    before = trainer.state_dict()
+    finder = FastaiLRFinder()
+    to_save = {"model": model, "optimizer": opt}
+    with finder.attach(trainer, to_save, output_transform=lambda out: out["loss"], start_lr=1e-4, end_lr=100.0, num_iter=60) as tuning:
+        tuning.run(batches, max_epochs=10)
+    tried = finder.get_results()["lr"]
+    suggestion = finder.lr_suggestion()
+    assert len(tried) > 10 and math.isfinite(suggestion) and min(tried) <= suggestion <= max(tried)
+    assert 1e-4 <= min(tried) < 1e-3 and max(tried) > 1.0  # it swept from the start up to a diverging LR
+
+    # As Ignite promises: the trainer, the model and the optimizer are as before the search...
+    assert trainer.state_dict() == before
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
+    assert opt.param_groups[0]["lr"] == 0.01 and not opt.state
+    # ...so training now is training from the start: the same weights as a fresh trainer's.
+    trainer.run(batches, max_epochs=2)
+    fresh_opt = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=0.9)
+    create_trainer(reference, fresh_opt, torch.nn.functional.cross_entropy).run(batches, max_epochs=2)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
+    assert progress(trainer).samples == 52 and progress(trainer).optimizer_step == 14
+
+
+def test_the_module_inside_ddp_and_compile_wrappers_is_found(model):
+    from flint.engine.trainer import _unwrapped
+
+    assert _unwrapped(torch.compile(torch.nn.DataParallel(model))) is model  # torch.compile(DDP(model)) as the CLI builds it

@@ -52,3 +52,10 @@ def test_without_optimizer_or_metrics_the_record_is_minimal(model, batches, coll
 def test_rejects_bad_interval(collector, every):
     with pytest.raises(ValueError, match=f"every should be a positive integer, got {every}"):
         BatchLogger(collector, every=every)
+
+
+def test_needs_a_flint_trainer_and_says_so_when_attached(collector):
+    from ignite.engine import Engine
+
+    with pytest.raises(TypeError, match="^BatchLogger needs a trainer made by flint.engine.create_trainer"):
+        BatchLogger(collector, every=1).attach(Engine(lambda e, b: None))

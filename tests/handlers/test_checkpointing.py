@@ -4,9 +4,9 @@ from ignite.engine import Events
 from ignite.metrics import Accuracy
 from torch.utils.data import DataLoader, TensorDataset
 
-from flint.engine import EpochSampler, RNGState, create_evaluator, create_trainer, seed_everything
+from flint.engine import EpochSampler, RNGState, create_evaluator, create_trainer, progress, seed_everything
 from flint.handlers import BatchLogger, CheckpointError, Checkpointing, DataOrder, EpochMetrics, EpochTimer, Preemption, Validation
-from flint.handlers.checkpoint_io import CHECKSUM_KEY, checksum
+from flint.handlers.checkpoint_io import CHECKSUM_KEY, checksum, read_state
 from tests.handlers.test_checkpoint_io import flip_inside
 
 
@@ -51,7 +51,7 @@ def test_resume_from_an_epoch_boundary_is_bit_exact(tmp_path):
 
     resumed, loader, resumed_model, _, ckpt = make_run(tmp_path / "interrupted")
     ckpt.load(Checkpointing.find_latest(tmp_path / "interrupted"))
-    assert resumed.state.epoch == 2 and resumed.state.samples == 80
+    assert resumed.state.epoch == 2 and progress(resumed).samples == 80
     resumed.run(loader, max_epochs=4)
     for a, b in zip(straight_model.parameters(), resumed_model.parameters()):
         assert torch.equal(a, b)
@@ -243,3 +243,22 @@ def test_a_handler_the_saving_run_did_not_have_starts_afresh_with_a_warning(tmp_
     ckpt.load(Checkpointing.find_latest(tmp_path))
     assert again.state.iteration == 5 and logger.state_dict() == {"loss_total": 0.0, "samples": 0}
     assert "holds no state for batch_logger: it starts afresh" in caplog.text
+
+
+def test_a_checkpoint_of_the_layout_before_train_progress_loads_its_counts_without_a_warning(tmp_path, caplog):
+    # Then the trainer's counts were in the trainer's entry and each rank's running loss in "loss_sums".
+    trainer, loader, _, _, ckpt = make_run(tmp_path / "new")
+    trainer.run(loader, max_epochs=2)
+    saved = read_state(Checkpointing.find_latest(tmp_path / "new"))
+    counts = saved.pop("train_progress")
+    old = {**saved, "trainer": {**saved["trainer"], **{k: counts[k] for k in ("samples", "optimizer_step", "epoch_samples")},
+                                "loss_sum": torch.tensor(9.0)},
+           "loss_sums": {"loss_sum": counts["loss_sum"]}}  # fmt: skip
+    (tmp_path / "old").mkdir()
+    torch.save(old, tmp_path / "old" / "checkpoint_10.pt")
+    resumed, _, _, _, ckpt = make_run(tmp_path / "old")
+    ckpt.load(tmp_path / "old" / "checkpoint_10.pt")
+    loaded = progress(resumed)
+    assert (loaded.samples, loaded.optimizer_step, loaded.epoch_samples) == (80, 10, 40)
+    assert torch.equal(loaded.loss_sum, counts["loss_sum"][0])  # this rank's from loss_sums, not the trainer entry's
+    assert "holds no state for train_progress" not in caplog.text

@@ -72,3 +72,11 @@ def test_custom_events(model, batches, collector):
 def test_rejects_negative_interval(model):
     with pytest.raises(ValueError, match="every should be a non-negative integer or None, got -1"):
         LRTracker(torch.optim.SGD(model.parameters(), lr=0.1), None, every=-1)  # type: ignore[arg-type]
+
+
+def test_every_counts_optimizer_steps_on_a_flint_trainer(model, batches, collector):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = create_trainer(model, opt, torch.nn.functional.cross_entropy, accumulation_steps=2)
+    LRTracker(opt, collector, every=3).attach(trainer)
+    trainer.run(batches, max_epochs=2)  # 7 batches an epoch: steps at iterations 2, 4, 6, 7, 9, 11, 13, 14
+    assert [r["iteration"] for r in collector.records] == [2, 6, 9, 11]  # each epoch's first step; steps 3 and 6

@@ -175,7 +175,7 @@ def test_update_cycle_lr_mult_and_amp_reach_the_run(tmp_path, flint):
     training = [r for r in records(out) if r["phase"] == "training"]
     assert [r["lr"] for r in training] == [[0.01, 0.01, pytest.approx(0.001), pytest.approx(0.001)]] * 2
     state = torch.load(out / "checkpoints" / "checkpoint_2.pt", weights_only=True)
-    assert state["trainer"]["optimizer_step"] == 2  # one-batch epochs: each flushes its partial cycle
+    assert state["train_progress"]["optimizer_step"] == 2  # one-batch epochs: each flushes its partial cycle
     groups = state["optimizer"]["param_groups"]
     assert [g["weight_decay"] for g in groups] == [1e-4, 0.0, 1e-4, 0.0]
 
