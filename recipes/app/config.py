@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from flint.recipes.app.monitor import Monitor
-from flint.recipes.app.tasks import METRICS, TASKS, canonical_task, metrics_problem, task_problem, validated
+from flint.recipes.app.tasks import METRICS, TASKS, canonical_task, metrics_problem, run_task, task_problem, validated
 
 __all__ = [
     "Config", "UsageError", "Option", "DEVICES", "OPTIMIZERS", "REFUSED_OPTIMIZERS", "LOSSES", "DEFAULT_LOSS", "LR_MODES",
@@ -319,7 +319,7 @@ def _task(recipe: Any, given: str, style: str) -> str:
     """The run's task: the recipe's if it sets one (another one given is refused), else the one given, else multiclass."""
     if recipe.task is not None and given and canonical_task(given) != canonical_task(recipe.task):
         raise UsageError(f"{_show('task', given, style)}: recipe {recipe.name} sets its task, {canonical_task(recipe.task)}")
-    return canonical_task(recipe.task or given or "multiclass")
+    return run_task(recipe.task, given)
 
 
 def _show(option: str, value: Any, style: str) -> str:

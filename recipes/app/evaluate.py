@@ -33,7 +33,7 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: s
     from flint.recipes.app.metrics import TaskForm, TaskLoss, chosen_metrics, task_metrics
     from flint.recipes.app.optim import make_loss
     from flint.recipes.app.runs import open_run
-    from flint.recipes.app.tasks import canonical_task
+    from flint.recipes.app.tasks import run_task
     from flint.recipes.app.train import resolve_device
 
     run = open_run(path)
@@ -44,7 +44,7 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: s
             raise UsageError(f"--dataset {dataset!r}: {run.recipe.name} takes {', '.join(run.recipe.datasets)}")
         cfg.dataset = dataset
     where = resolve_device(device)
-    cfg.task = canonical_task(run.recipe.task or cfg.task or "multiclass")  # a run from before --task: its recipe's
+    cfg.task = run_task(run.recipe.task, cfg.task)  # a run from before --task has none: its recipe's
     _, val_set = run.recipe.datasets[cfg.dataset](cfg)
     if val_set is None:
         raise UsageError(f"{cfg.dataset} of {run.recipe.name} has no validation set")

@@ -40,11 +40,11 @@ def model_metadata(recipe: Recipe, config: Mapping[str, Any], checkpoint: str | 
         >>> meta["input_shape"], meta["mean"], meta["std"], meta["classes"][:3]
         ([1, 28, 28], [0.1307], [0.3081], ['0', '1', '2'])
     """
-    from flint.recipes.app.tasks import canonical_task
+    from flint.recipes.app.tasks import run_task
     from flint.recipes.builtin.data import DatasetInfo, dataset_info
 
     dataset = str(config.get("dataset") or recipe.default_dataset)
-    task = canonical_task(recipe.task or config.get("task") or "multiclass")
+    task = run_task(recipe.task, config.get("task") or "")
     try:
         info = dataset_info(dataset, task)
     except ValueError:

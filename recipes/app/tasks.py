@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = ["TASKS", "ALIASES", "METRICS", "TRAINING_METRIC", "task_problem", "canonical_task", "metrics_problem", "own_metrics_problem",
-           "validated"]  # fmt: skip
+           "run_task", "validated"]  # fmt: skip
 
 TASKS = ("multiclass", "binary", "multilabel", "regression")
 ALIASES = {"classification": "multiclass"}
@@ -47,6 +47,16 @@ def canonical_task(name: str) -> str:
     if problem:
         raise ValueError(f"task {name!r}: {problem}")
     return ALIASES.get(name, name)
+
+
+def run_task(recipe_task: str | None, given: str = "") -> str:
+    """The task a run trains for: the recipe's if it sets one, else the one ``given`` (``--task``), else multiclass.
+
+    Example:
+        >>> run_task(None, "binary"), run_task("classification", ""), run_task(None)
+        ('binary', 'multiclass', 'multiclass')
+    """
+    return canonical_task(recipe_task or given or "multiclass")
 
 
 def metrics_problem(names: Any, task: str, own: Iterable[str] = ()) -> str | None:

@@ -68,6 +68,7 @@ from flint.recipes.app.registry import Recipe
 from flint.recipes.app.resume import check_before_writing, claim_run_dir, last_summary, load_resume_point
 from flint.recipes.app.rundir import RunDir
 from flint.recipes.app.stopping import STOPS, StopSignal
+from flint.recipes.app.tasks import run_task
 
 __all__ = ["train", "prepare", "build_job", "run_job", "Job", "Parts", "Place", "attach_all", "build_optimizer", "resolve_device", "task_metrics", "RunOutcome"]
 
@@ -306,15 +307,14 @@ def build_optimizer(cfg: Config, model: nn.Module, factory: type | OptimizerFact
 
 
 def build_engines(cfg: Config, model: Model, place: Place, fingerprint: dict[str, Any], batches: Any = None) -> tuple[Engine, Engine]:
-    """The trainer (the update cycle, AMP, clipping) and the evaluator, whose output is put in the task's form before
-    any metric reads it; a checkpoint keeps the run's options and fingerprint. ``batches``: their ``prepare_batch``."""
+    """The trainer (the update cycle, AMP, clipping) and the evaluator; a checkpoint keeps the run's options and fingerprint.
+    ``batches``: their ``prepare_batch`` (default: the engines' own)."""
     pin = place.device.type == "cuda"
     trainer = create_trainer(
         model.net, model.optimizer, model.loss_fn, device=place.device, accumulation_steps=cfg.update_cycle, amp=cfg.amp,
         clip_grad_norm=cfg.clip_grad_norm, prepare_batch=batches, non_blocking=pin,
     )  # fmt: skip
     evaluator = create_evaluator(model.eval_net, device=place.device, amp=cfg.amp, non_blocking=pin, prepare_batch=batches)
-    TaskForm(cfg.task).attach(evaluator)  # before any metric: they attach later
     register_state(trainer, "config", RunConfig(cfg, fingerprint))  # a checkpoint refuses to resume another run
     return trainer, evaluator
 
@@ -472,14 +472,16 @@ def build_job(cfg: Config, recipe: Recipe, run: RunDir, place: Place, extra_hand
     whose validation part is None trains without validation (no best checkpoint, no early stopping).
     ``parts`` are the recipe's datasets and model from :func:`prepare` (default: prepared here)."""
     parts = parts or prepare(cfg, recipe)
+    task = run_task(recipe.task, cfg.task)
     data = build_data(cfg, parts, place)
-    model = build_model(cfg, cfg.task, parts, place, data, loss_fn, optimizer_factory)
+    model = build_model(cfg, task, parts, place, data, loss_fn, optimizer_factory)
     if place.main:
         log_header(recipe.name, cfg.dataset, data.train_size, data.val_size, model.module, place.device, run.path, cfg.epochs,
                    place.world, cfg.test_run)  # fmt: skip
     trainer, evaluator = build_engines(cfg, model, place, parts.fingerprint, parts.batches.prepare_batch)
-    monitor = Monitor.parse(cfg.monitor, cfg.task)
-    report = build_reporting(cfg, cfg.task, run, place, model, data, trainer, chosen_metrics(cfg.metrics, recipe.metrics))
+    TaskForm(task).attach(evaluator)  # the evaluator's output in the task's form before any metric reads it
+    monitor = Monitor.parse(cfg.monitor, task)
+    report = build_reporting(cfg, task, run, place, model, data, trainer, chosen_metrics(cfg.metrics, recipe.metrics))
     safety = build_safety(cfg, run, monitor, model, trainer, validating=data.val_loader is not None)
     if place.main:  # the console: one line per epoch, the closing lines with the best checkpoint's path
         best = safety.checkpoints.best_checkpoint

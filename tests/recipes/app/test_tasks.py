@@ -80,9 +80,9 @@ def test_multilabel_on_digits_reaches_sensible_accuracy(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
     fit(model, (x[:1400], labels[:1400]), (x[1400:], labels[1400:]), output_dir=tmp_path, task="multilabel", metrics=["f1"],
-        epochs=6, batch_size=64, lr=0.1, **OPTIONS)  # fmt: skip
+        epochs=4, batch_size=128, lr=0.3, **OPTIONS)  # fmt: skip
     last = validations(tmp_path)[-1]
-    assert last["accuracy"] > 0.6 and last["f1"] > 0.85  # accuracy: every label of a sample right
+    assert last["accuracy"] > 0.6 and last["f1"] > 0.8  # accuracy: every label of a sample right (chance: 1/16)
 
 
 def test_regression_with_an_n_by_1_output_and_n_targets_trains_what_n_by_1_targets_train(tmp_path):
