@@ -72,6 +72,14 @@ def test_each_form_trains_as_the_equivalent_dataset_of_pairs(tmp_path):
         assert torch.equal(trained(tmp_path, name, train, val, **kwargs), expected), name
 
 
+@pytest.mark.slow
+def test_mappings_on_two_spawned_workers_train_as_pairs_do(tmp_path):
+    pairs = TensorDataset(X, Y)
+    expected = trained(tmp_path, "pairs", pairs, pairs, nproc_per_node=2)
+    mappings = trained(tmp_path, "mappings", Records(), Records(), net=KeywordNet, target_key="label", nproc_per_node=2)
+    assert torch.allclose(mappings, expected, rtol=0, atol=1e-5)  # two runs on spawned workers differ in the last bits already
+
+
 def test_an_iterable_dataset_trains_in_its_own_order_as_a_loader_of_the_same_batches(tmp_path):
     in_order = DataLoader(TensorDataset(X, Y), batch_size=16)
     assert torch.equal(trained(tmp_path, "stream", Stream(), Stream()), trained(tmp_path, "loader", in_order, in_order))

@@ -147,8 +147,11 @@ def data(cfg):
     y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
     return (x[:128], y[:128]), (x[128:], y[128:])
 
+def positive_rate(y_pred, y):  # a metric of the recipe's own
+    return float((y_pred > 0).float().mean())
+
 RECIPE = Recipe("logit", "one logit, task left to --task", build_model=lambda: torch.nn.Linear(5, 1), datasets={"made-up": data},
-                input_shape=(5,))
+                input_shape=(5,), metrics={"positive": positive_rate})
 '''
 
 
@@ -157,21 +160,36 @@ def test_the_command_line_takes_task_and_metrics_for_a_recipe_that_leaves_its_ta
     recipe.write_text(RECIPE_FILE)
     out = tmp_path / "run"
     common = ["--epochs", "2", "--batch-size", "16", "--no-progress", "--device", "cpu"]
-    assert main(["run", str(recipe), "-o", str(out), "--task", "binary", "--metrics", "roc_auc,f1", "--monitor", "roc_auc", *common]) == 0
+    assert main(["run", str(recipe), "-o", str(out), "--task", "binary", "--metrics", "roc_auc,f1,positive", "--monitor", "roc_auc",
+                 *common]) == 0  # fmt: skip
     config = json.loads((out / "config.json").read_text())
-    assert config["task"] == "binary" and config["metrics"] == ["roc_auc", "f1"] and config["loss"] == "bce-with-logits"
+    assert config["task"] == "binary" and config["metrics"] == ["roc_auc", "f1", "positive"] and config["loss"] == "bce-with-logits"
     records = read_records(out)
     summary = records[-1]
     best = next(r for r in records if r["phase"] == "validation" and r["epoch"] == summary["best_epoch"])
     capsys.readouterr()
     assert main(["evaluate", str(out), "--json", "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert {k: result[k] for k in ("loss", "accuracy", "roc_auc", "f1")} == pytest.approx({k: best[k] for k in ("loss", "accuracy", "roc_auc", "f1")})
+    names = ("loss", "accuracy", "roc_auc", "f1", "positive")
+    assert {k: result[k] for k in names} == pytest.approx({k: best[k] for k in names})
     assert main(["run", str(recipe), "-o", str(tmp_path / "bad"), "--metrics", "auc", *common]) == 2
     assert "--metrics auc: auc is not a metric of multiclass; choose from accuracy, top5, precision, recall, f1" in capsys.readouterr().err
     assert main(["run", "ffnn", "-o", str(tmp_path / "bad"), "--task", "binary", *common]) == 2
     assert "--task binary: recipe ffnn sets its task, regression" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_two_spawned_workers_validate_the_whole_set(tmp_path):
+    train, val = binary_data()
+    model = torch.nn.Linear(5, 1)
+    fit(model, train, val, output_dir=tmp_path, task="binary", metrics={"balanced": balanced_accuracy}, nproc_per_node=2, epochs=2,
+        batch_size=16, **OPTIONS)  # fmt: skip
+    last = [r for r in read_records(tmp_path) if r["phase"] == "validation"][-1]
+    with torch.no_grad():  # the model holds the last checkpoint's weights, those of the last validation
+        logits = model(val[0])[:, 0]
+    assert last["balanced"] == pytest.approx(balanced_accuracy(logits, val[1]))  # each worker validated half of it
+    assert last["accuracy"] == pytest.approx(((logits > 0).float() == val[1]).float().mean().item())
 
 
 def test_a_metric_object_that_does_not_pickle_is_refused_for_spawned_workers(tmp_path):

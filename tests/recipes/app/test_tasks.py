@@ -116,3 +116,11 @@ def test_shapes_that_would_broadcast_are_refused_at_the_first_batch_naming_both(
     with pytest.raises(ValueError) as error:
         fit(torch.nn.Linear(4, out), (x, target), output_dir=tmp_path, task=task, epochs=1, batch_size=8, **OPTIONS)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_validation_targets_that_do_not_fit_are_refused_at_the_first_validation_batch(tmp_path):
+    x = torch.randn(16, 3)
+    with pytest.raises(ValueError, match=r"^regression takes targets of the output's shape .*; got output \(16, 1\) and target \(16, 2\)$"):
+        fit(torch.nn.Linear(3, 1), (x, torch.zeros(16)), (x, torch.zeros(16, 2)), output_dir=tmp_path, task="regression", epochs=1,
+            batch_size=16, **OPTIONS)  # fmt: skip
+    assert not list((tmp_path / "checkpoints").glob("*.pt"))  # it failed before the epoch's checkpoint
