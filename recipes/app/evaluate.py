@@ -30,7 +30,7 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: s
     from flint.engine import create_evaluator
     from flint.recipes.app.data_forms import KeywordInputs, checked_data
     from flint.recipes.app.loaders import make_val_loader
-    from flint.recipes.app.metrics import TaskForm, TaskLoss, chosen_metrics, task_metrics
+    from flint.recipes.app.task_metrics import TaskForm, TaskLoss, chosen_metrics, task_metrics
     from flint.recipes.app.optim import make_loss
     from flint.recipes.app.runs import open_run
     from flint.recipes.app.tasks import run_task

@@ -98,7 +98,7 @@ def make_loss(task: str, name: str, label_smoothing: float = 0.0) -> nn.Module:
     """The named loss for ``task``; refuses a loss that does not fit the task, listing those that do.
 
     Binary and multilabel's ``bce-with-logits`` takes the task's float 0/1 targets as they are
-    (:class:`flint.recipes.app.metrics.TaskLoss` brings them to the output's shape).
+    (:class:`flint.recipes.app.task_metrics.TaskLoss` brings them to the output's shape).
 
     Example:
         >>> make_loss("regression", "huber"), make_loss("binary", "bce-with-logits")

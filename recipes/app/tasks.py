@@ -1,7 +1,7 @@
 """What a run is trained for: its task, and the metrics it validates by name. Nothing here imports torch.
 
 A task decides the default loss (:data:`flint.recipes.app.config.LOSSES`), the shapes a batch's
-output and target must have (:mod:`flint.recipes.app.metrics`), the metric computed on training
+output and target must have (:mod:`flint.recipes.app.task_metrics`), the metric computed on training
 batches and the catalogue of validation metrics a run may name (``--metrics``, ``fit(metrics=...)``).
 Each metric's direction is :data:`flint.recipes.app.monitor.DIRECTIONS`'.
 """

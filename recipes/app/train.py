@@ -60,7 +60,7 @@ from flint.recipes.app.console import RECORDS, ConsoleSink, log_header
 from flint.recipes.app.data_forms import Batches, KeywordInputs, checked_data, fingerprinted, size_of
 from flint.recipes.app.fingerprint import data_fingerprint, file_digest, recipe_file
 from flint.recipes.app.loaders import first_input, make_loaders
-from flint.recipes.app.metrics import TaskForm, TaskLoss, chosen_metrics, task_metrics
+from flint.recipes.app.task_metrics import TaskForm, TaskLoss, chosen_metrics, task_metrics
 from flint.recipes.app.monitor import Monitor
 from flint.recipes.app.optim import make_loss, make_optimizer, param_groups
 from flint.recipes.app.perf import peak_flops, profile_table, train_flops_per_sample
@@ -354,7 +354,7 @@ def build_reporting(cfg: Config, task: str, run: RunDir, place: Place, model: Mo
                     chosen: Mapping[str, Any] | None = None) -> Reporting:  # fmt: skip
     """Epoch and batch records, LR records, weight histograms, the epoch timer, the ETA and the progress bar.
 
-    ``chosen``: the validation metrics besides the loss and the task's own (:func:`flint.recipes.app.metrics.task_metrics`)."""
+    ``chosen``: the validation metrics besides the loss and the task's own (:func:`flint.recipes.app.task_metrics.task_metrics`)."""
     tb = TensorBoardWriter(run.path) if place.main else None  # writes in this thread: a full disk raises, never hangs
     sinks = [LoggingSink(RECORDS), JsonlSink(run.metrics_file), TensorBoardSink(tb)] if tb else []
     stream = RecordStream(sinks)

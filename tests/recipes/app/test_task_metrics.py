@@ -15,7 +15,7 @@ from sklearn import metrics as sk
 
 from flint.recipes import fit
 from flint.recipes.app.cli import main
-from flint.recipes.app.metrics import TaskForm, TaskLoss, TaskOutputs, target_reshaped, task_metrics
+from flint.recipes.app.task_metrics import TaskForm, TaskLoss, TaskOutputs, target_reshaped, task_metrics
 from flint.recipes.app.report import plot_data, read_records, summarise
 from tests.handlers.test_tensorboard_writer import read_events
 
