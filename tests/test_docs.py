@@ -1,7 +1,9 @@
 """The code in the docs runs as written: docs/handlers.md's custom handler, its test and the handler-test
-pattern; docs/api.md's fit() example."""
+pattern; docs/api.md's fit() examples; docs/cli.md's recipe for --task and --metrics."""
 
+import json
 import re
+import shlex
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,7 +21,30 @@ def test_handlers_md_examples_run():
 
 def test_api_md_example_runs_and_prints_what_it_says(capsys):
     text = (REPO / "docs" / "api.md").read_text()
-    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "fit(" in b and "import" in b]
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "fit(" in b and "UpdateCounter" in b]
     exec(compile(block, "docs/api.md", "exec"), {})
     printed = capsys.readouterr().out.strip().splitlines()[-1]
     assert printed == "completed 4 32 True" and f"prints `{printed}`" in text
+
+
+def test_api_md_dataset_of_mappings_example_runs_and_prints_what_it_says(capsys):
+    text = (REPO / "docs" / "api.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "target_key=" in b and "import" in b]
+    exec(compile(block, "docs/api.md", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed == "True" and f"prints `{printed}`" in text
+
+
+def test_cli_md_task_and_metrics_example_runs(tmp_path, monkeypatch, capsys):
+    from flint.recipes.app.cli import main
+
+    text = (REPO / "docs" / "cli.md").read_text()
+    (recipe,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if b.startswith("# logit_recipe.py")]
+    (commands,) = [b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if "logit_recipe.py" in b]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "logit_recipe.py").write_text(recipe)
+    for line in commands.strip().splitlines():
+        assert main(shlex.split(line)[1:]) == 0, line
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["roc_auc"] > 0.9 and 0 < result["f1"] <= 1
+    assert json.loads((tmp_path / "runs" / "logit" / "config.json").read_text())["task"] == "binary"

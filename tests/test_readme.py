@@ -19,6 +19,19 @@ def test_readme_compose_example_trains_logs_and_checkpoints(tmp_path, monkeypatc
     assert {p.name for p in (tmp_path / "checkpoints").glob("checkpoint_*.pt")} == {"checkpoint_46.pt", "checkpoint_69.pt"}
 
 
+def test_readme_binary_example_trains_with_its_own_metric(tmp_path, monkeypatch):
+    readme = (REPO / "README.md").read_text()
+    (code,) = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if 'task="binary"' in block]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    summary = namespace["summary"]
+    assert summary["status"] == "completed" and summary["monitor"] == "balanced:max" and summary["best_value"] > 0.9
+    validation = [json.loads(line) for line in (tmp_path / "runs" / "cancer" / "metrics.jsonl").read_text().splitlines()
+                  if '"validation"' in line]  # fmt: skip
+    assert validation[-1]["auc"] > 0.95
+
+
 def test_every_cli_option_is_documented_in_the_readme_and_docs():
     from flint.recipes.app.cli import build_parser
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from flint.recipes.app.monitor import Monitor
+from flint.recipes.app.tasks import METRICS, TASKS, canonical_task, metrics_problem, run_task, task_problem, validated
 
 __all__ = [
     "Config", "UsageError", "Option", "DEVICES", "OPTIMIZERS", "REFUSED_OPTIMIZERS", "LOSSES", "DEFAULT_LOSS", "LR_MODES",
@@ -25,7 +26,6 @@ __all__ = [
 ]  # fmt: skip
 
 DEVICES = ("auto", "cpu", "cuda")
-TASKS = ("classification", "regression")
 LR_MODES = ("constant", "step", "cosine", "poly")  # flint.handlers.LR_MODES (tested equal)
 # optimizer -> the options besides lr and weight decay it takes (the others are refused when given)
 OPTIMIZERS: dict[str, tuple[str, ...]] = {
@@ -37,10 +37,12 @@ REFUSED_OPTIMIZERS = {
     "and Flint's trainer takes one step per update cycle",
 }
 LOSSES = {
-    "classification": ("cross-entropy", "nll", "bce-with-logits", "multi-margin"),
+    "multiclass": ("cross-entropy", "nll", "bce-with-logits", "multi-margin"),
+    "binary": ("bce-with-logits",),
+    "multilabel": ("bce-with-logits",),
     "regression": ("mse", "l1", "smooth-l1", "huber"),
 }
-DEFAULT_LOSS = {"classification": "cross-entropy", "regression": "mse"}
+DEFAULT_LOSS = {"multiclass": "cross-entropy", "binary": "bce-with-logits", "multilabel": "bce-with-logits", "regression": "mse"}
 FLOAT32_MAX = 3.4028234663852886e38  # learning rates and weight decay become float32 tensors in torch's optimizers
 INT32_MAX = 2**31 - 1  # counts and sizes: what a DataLoader, a range or a C int takes
 
@@ -136,6 +138,14 @@ def _parse_name_factor(text: str) -> tuple[str, float]:
     return name, _parse_float(factor)
 
 
+def _parse_names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _names(value: Any) -> str | None:
+    return None if isinstance(value, list) and all(isinstance(n, str) for n in value) else "must be a list of metric names"
+
+
 def _parse_optimizer(name: str) -> str:
     if name in REFUSED_OPTIMIZERS:
         raise argparse.ArgumentTypeError(f"{name} is not supported: {REFUSED_OPTIMIZERS[name]}; choose from {', '.join(OPTIMIZERS)}")
@@ -190,8 +200,8 @@ class Config:
     nesterov: bool = _opt(False, "Nesterov momentum (sgd)", _flag, kind="switch")
     wd: float = _opt(1e-4, "weight decay, on weights only: not on biases and normalisation parameters", _number(0), metavar="X", **_FLOAT)
     wd_all: bool = _opt(False, "weight decay on every parameter, biases and BatchNorm too", _flag, kind="switch")
-    loss: str = _opt("", "loss; must fit the recipe's task (default: cross-entropy, or mse for regression)", _text,
-                     metavar="{" + ",".join(LOSSES["classification"] + LOSSES["regression"]) + "}")  # fmt: skip
+    loss: str = _opt("", "loss; must fit the task (default: cross-entropy, bce-with-logits for binary and multilabel, mse for "
+                     "regression)", _text, metavar="{" + ",".join(dict.fromkeys(n for names in LOSSES.values() for n in names)) + "}")  # fmt: skip
     label_smoothing: float = _opt(0.0, "cross-entropy label smoothing", _number(0, 1, high_open=True), metavar="X", **_FLOAT)
     lr_mult: dict[str, float] = _opt(dict, "parameters whose name contains NAME get lr*FACTOR in their own param group (repeatable)",
                                      _lr_mult, metavar="NAME=FACTOR", kind="list", parse=_parse_name_factor)  # fmt: skip
@@ -231,6 +241,13 @@ class Config:
     nproc_per_node: int = _opt(1, "data-parallel workers spawned on this machine (gloo on CPU, nccl on CUDA)", _int_in(1, 1024),
                                metavar="N", resumable=True, **_INT)  # fmt: skip
     profile: bool = _opt(False, "log each handler's cost (Ignite's HandlersTimeProfiler) at the end", _flag, kind="switch", resumable=True)
+    # tasks and metrics (flint.recipes.app.tasks)
+    task: str = _opt("", "the task, for a recipe that leaves it out: multiclass (also: classification), binary, multilabel or "
+                     "regression; a recipe that sets its task takes only that one (default: the recipe's, else multiclass)",
+                     task_problem, metavar="{" + ",".join(TASKS) + "}")  # fmt: skip
+    metrics: list[str] = _opt(list, "validation metrics besides the loss and accuracy (mae for regression), by task: "
+                              + "; ".join(f"{task}: {', '.join(names)}" for task, names in METRICS.items()) + " (default: the recipe's)",
+                              _names, metavar="NAME,...", parse=_parse_names, resumable=True)  # fmt: skip
 
 
 def option_fields(scope: str | None = None) -> list[Any]:
@@ -287,10 +304,22 @@ def resolve_config(
     if values["dataset"] not in recipe.datasets:
         raise UsageError(f"{show('dataset', values['dataset'])}: {recipe.name} takes {', '.join(recipe.datasets)}")
     values["output_dir"] = values.get("output_dir") or f"runs/{recipe.name}"
-    values["loss"] = values.get("loss") or DEFAULT_LOSS[recipe.task]
+    values["task"] = _task(recipe, values.get("task", ""), style)
+    values.setdefault("metrics", list(recipe.metrics))
+    problem = metrics_problem(values["metrics"], values["task"], own=list(recipe.metrics) if isinstance(recipe.metrics, Mapping) else ())
+    if problem:
+        raise UsageError(f"{show('metrics', values['metrics'])}: {problem}")
+    values["loss"] = values.get("loss") or DEFAULT_LOSS[values["task"]]
     cfg = Config(recipe=spec or recipe.name, **values)
-    _check_together(cfg, recipe.task, set(given) if typed is None else typed, style)
+    _check_together(cfg, cfg.task, set(given) if typed is None else typed, style)
     return cfg
+
+
+def _task(recipe: Any, given: str, style: str) -> str:
+    """The run's task: the recipe's if it sets one (another one given is refused), else the one given, else multiclass."""
+    if recipe.task is not None and given and canonical_task(given) != canonical_task(recipe.task):
+        raise UsageError(f"{_show('task', given, style)}: recipe {recipe.name} sets its task, {canonical_task(recipe.task)}")
+    return run_task(recipe.task, given)
 
 
 def _show(option: str, value: Any, style: str) -> str:
@@ -340,9 +369,10 @@ def _check_together(cfg: Config, task: str, given: set[str], style: str) -> None
     if cfg.data_on_device and cfg.num_workers:
         raise UsageError(f"{name('data_on_device')} serves batches from device memory; it takes no {name('num_workers')}")
     monitor = Monitor.parse(cfg.monitor, task)
-    metrics = ("loss", "accuracy") if task == "classification" else ("loss", "mae")
+    metrics = validated(task, cfg.metrics)
     if monitor.name not in metrics:
-        raise UsageError(f"{show('monitor', cfg.monitor)}: {task} validates {', '.join(metrics)}")
+        hint = f"; add {monitor.name} to {name('metrics')}" if monitor.name in METRICS[task] else ""
+        raise UsageError(f"{show('monitor', cfg.monitor)}: {task} validates {', '.join(metrics)}{hint}")
     check_global_batch(cfg.batch_size, cfg.nproc_per_node, style)
 
 

@@ -20,7 +20,7 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: s
     ``validation`` record of the checkpoint's epoch. ``dataset`` picks another of the recipe's datasets.
 
     Returns:
-        ``{"checkpoint", "epoch", "dataset", "loss", <metric>}`` (``accuracy``, or ``mae`` for regression).
+        ``{"checkpoint", "epoch", "dataset", "loss", <metric>...}``: ``accuracy`` (``mae`` for regression) and the run's ``metrics``.
 
     Raises:
         UsageError: not a run or checkpoint (see :func:`flint.recipes.app.runs.open_run`), or an unknown ``dataset``.
@@ -28,11 +28,13 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: s
     import torch
 
     from flint.engine import create_evaluator
-    from flint.recipes.app.optim import make_loss
-    from flint.recipes.app.perf import channels_last_batch
-    from flint.recipes.app.runs import open_run
+    from flint.recipes.app.data_forms import KeywordInputs, checked_data
     from flint.recipes.app.loaders import make_val_loader
-    from flint.recipes.app.train import resolve_device, task_metrics
+    from flint.recipes.app.task_metrics import TaskForm, TaskLoss, chosen_metrics, task_metrics
+    from flint.recipes.app.optim import make_loss
+    from flint.recipes.app.runs import open_run
+    from flint.recipes.app.tasks import run_task
+    from flint.recipes.app.train import resolve_device
 
     run = open_run(path)
     known = {f.name for f in fields(Config)}
@@ -42,16 +44,21 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: s
             raise UsageError(f"--dataset {dataset!r}: {run.recipe.name} takes {', '.join(run.recipe.datasets)}")
         cfg.dataset = dataset
     where = resolve_device(device)
+    cfg.task = run_task(run.recipe.task, cfg.task)  # a run from before --task has none: its recipe's
     _, val_set = run.recipe.datasets[cfg.dataset](cfg)
     if val_set is None:
         raise UsageError(f"{cfg.dataset} of {run.recipe.name} has no validation set")
+    (val_set,), batches = checked_data([(f"recipe {run.recipe.name}'s validation set", val_set)], cfg, run.recipe)
     val_loader = make_val_loader(cfg, val_set, where)
     model = run.model().to(where)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    loss_fn = make_loss(run.recipe.task, cfg.loss, cfg.label_smoothing)
-    _, metrics = task_metrics(run.recipe.task, loss_fn, where)
-    prepare = channels_last_batch if cfg.channels_last else None
-    evaluator = create_evaluator(model, metrics, device=where, amp=cfg.amp, prepare_batch=prepare)
+    loss_fn = TaskLoss(make_loss(cfg.task, cfg.loss, cfg.label_smoothing), cfg.task)
+    _, metrics = task_metrics(cfg.task, loss_fn, where, chosen_metrics(cfg.metrics, run.recipe.metrics))
+    called = KeywordInputs(model) if batches.keyword_inputs else model
+    evaluator = create_evaluator(called, device=where, amp=cfg.amp, prepare_batch=batches.prepare_batch)
+    TaskForm(cfg.task).attach(evaluator)  # before the metrics, as in training
+    for name, metric in metrics.items():
+        metric.attach(evaluator, name)
     results = evaluator.run(val_loader).metrics
     return {"checkpoint": str(run.checkpoint), "epoch": run.epoch, "dataset": cfg.dataset, **{k: float(v) for k, v in results.items()}}

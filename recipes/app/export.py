@@ -18,6 +18,12 @@ __all__ = ["FORMATS", "METADATA_FILE", "export_model", "model_metadata"]
 logger = logging.getLogger(__name__)
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "state_dict": ".state_dict.pt"}
 METADATA_FILE = "flint_metadata.json"  # the TorchScript extra file holding the metadata
+_OUTPUTS = {
+    "multiclass": "logits, one per class (softmax gives probabilities)",
+    "binary": "one logit (sigmoid gives the probability of class 1)",
+    "multilabel": "logits, one per label (sigmoid gives each label's probability)",
+    "regression": "the predicted values",
+}
 
 
 def model_metadata(recipe: Recipe, config: Mapping[str, Any], checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
@@ -34,24 +40,25 @@ def model_metadata(recipe: Recipe, config: Mapping[str, Any], checkpoint: str | 
         >>> meta["input_shape"], meta["mean"], meta["std"], meta["classes"][:3]
         ([1, 28, 28], [0.1307], [0.3081], ['0', '1', '2'])
     """
+    from flint.recipes.app.tasks import run_task
     from flint.recipes.builtin.data import DatasetInfo, dataset_info
 
     dataset = str(config.get("dataset") or recipe.default_dataset)
+    task = run_task(recipe.task, config.get("task") or "")
     try:
-        info = dataset_info(dataset, recipe.task)
+        info = dataset_info(dataset, task)
     except ValueError:
         info = DatasetInfo("unknown: not a dataset Flint knows")
-    classification = recipe.task == "classification"
     return {
         "recipe": recipe.name,
         "dataset": dataset,
-        "task": recipe.task,
+        "task": task,
         "input_shape": list(recipe.input_shape),
         "preprocessing": info.preprocessing,
         "mean": list(info.mean) if info.mean is not None else None,
         "std": list(info.std) if info.std is not None else None,
         "classes": list(info.classes) if info.classes is not None else None,
-        "output": "logits, one per class (softmax gives probabilities)" if classification else "the predicted values",
+        "output": _OUTPUTS[task],
         "checkpoint": Path(checkpoint).name,
         "config": dict(config),
     }

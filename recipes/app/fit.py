@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,20 +29,22 @@ class _Given:
 
 def fit(
     model: nn.Module,
-    train_data: Dataset,
-    val_data: Dataset | None = None,
+    train_data: Dataset | Any,
+    val_data: Dataset | Any = None,
     *,
     output_dir: str | os.PathLike[str],
-    task: str = "classification",
+    task: str = "multiclass",
     loss: Any = None,
     optimizer: Any = "sgd",
+    metrics: Sequence[str] | Mapping[str, Any] = (),
     handlers: Sequence[Any] = (),
+    target_key: str = "target",
+    prepare_batch: Callable[[Any, Any, bool], tuple[Any, Any]] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Train ``model`` with the loop of ``flint run``: records, TensorBoard, checkpoints, exact resume.
 
-    Everything ``flint run`` does for a recipe it does here for any ``nn.Module`` and map-style
-    datasets of ``(input, target)`` pairs: the update cycle, LR schedules, per-epoch validation,
+    Everything ``flint run`` does for a recipe it does here for any ``nn.Module`` and your data: the update cycle, LR schedules, per-epoch validation,
     latest and best checkpoints in ``output_dir/checkpoints``, ``metrics.jsonl``, TensorBoard files,
     ``train.log``, a SIGTERM or SIGINT stopping at the next update with a checkpoint, exact resume.
     Every ``flint run`` option is a keyword with its Python name and the same default (see
@@ -54,18 +56,28 @@ def fit(
     Args:
         model: the network; trained in place (its weights are the run's at the end; with
             ``nproc_per_node`` > 1, or a resumed run with nothing left to train, it loads the last checkpoint's).
-        train_data: the training set.
-        val_data: the validation set; None trains without validation (no best checkpoint, no early stopping).
+        train_data: the training data: a ``Dataset`` (map-style, or iterable with a length) of ``(input, target)``
+            pairs or of mappings, a ``DataLoader`` (used as given), or arrays ``(X, y)`` (NumPy or torch).
+        val_data: the validation data, in one of those forms; None trains without validation (no best
+            checkpoint, no early stopping).
         output_dir: where the run's files go; a new run refuses a directory that holds one.
-        task: ``"classification"`` (accuracy, cross-entropy) or ``"regression"`` (MAE, MSE). Default classification.
-        loss: a name from ``flint run``'s catalogue (``"cross-entropy"``, ``"mse"``, ...) or a callable
-            ``loss(y_pred, y)`` returning a scalar mean loss. Default: the task's.
+        task: ``"multiclass"`` (``"classification"``), ``"binary"`` (one logit), ``"multilabel"`` or
+            ``"regression"``: the default loss, the shapes checked and the metrics. Default multiclass.
+        loss: a name from ``flint run``'s catalogue (``"cross-entropy"``, ``"bce-with-logits"``, ``"mse"``, ...)
+            or a callable ``loss(y_pred, y)`` returning a scalar mean loss. Default: the task's.
         optimizer: a name (``"sgd"``, ``"adamw"``, ...), an optimizer class (called with the param groups
             and ``lr=``), or a callable taking the param groups (each with its ``lr`` and
             ``weight_decay``) and returning an optimizer. Default ``"sgd"``.
+        metrics: validation metrics besides the loss and accuracy (MAE for regression): names from the
+            task's catalogue (``flint.recipes.app.tasks.METRICS``: ``"f1"``, ``"roc_auc"``, ``"r2"``, ...), or a
+            dict of name -> Ignite ``Metric`` (reading the evaluator's output in the task's form) or callable
+            ``(y_pred, y) -> float`` over the whole validation set. ``monitor`` may name any of them.
         handlers: more handlers; each gets ``attach(trainer)``, or ``attach(trainer, evaluator)`` when
             its ``attach`` takes two engines. Their state is checkpointed if they register it
             (``flint.engine.register_state``).
+        target_key: in a dataset of mappings, the target's key; the other entries go to ``model(**features)``.
+        prepare_batch: ``prepare_batch(batch, device, non_blocking) -> (x, y)`` for batches of any other
+            form; the model is called as ``model(x)``.
         **options: ``flint run``'s options by their Python names.
 
     Returns:
@@ -121,8 +133,12 @@ def fit(
     if val_data is None and given.get("early_stopping"):
         raise ValueError("early_stopping needs val_data: it counts validations without improvement")
     name = type(model).__name__.lower()
-    recipe = Recipe(name, f"fit() of a {type(model).__name__}", _Given(model), {"data": _Given((train_data, val_data))}, task=task)
+    given["task"] = task
+    recipe = Recipe(name, f"fit() of a {type(model).__name__}", _Given(model), {"data": _Given((train_data, val_data))},
+                    metrics=metrics, target_key=target_key, prepare_batch=prepare_batch)  # fmt: skip
     cfg = resolve_config(recipe, given, style="python", spec=f"fit:{type(model).__module__}.{type(model).__qualname__}")
+    if cfg.nproc_per_node > 1:
+        _check_pickles(metrics, prepare_batch)
     if loss_fn is not None:
         cfg.loss = f"custom:{_qualname(loss_fn)}"
     if factory is not None:
@@ -139,6 +155,18 @@ def fit(
     for index, state in summary.pop("handler_states", {}).items():  # trained by spawned workers: the handlers take their state
         handlers[int(index)].load_state_dict(state)
     return summary
+
+
+def _check_pickles(metrics: Any, prepare_batch: Any) -> None:
+    """Spawned workers get the metrics and ``prepare_batch`` by pickle: an Ignite metric built with its default
+    output transform (a lambda) does not pickle."""
+    import pickle
+
+    for what, value in (("metrics", metrics), ("prepare_batch", prepare_batch)):
+        try:
+            pickle.dumps(value)
+        except Exception as e:
+            raise ValueError(f"{what} must pickle to reach the spawned workers (nproc_per_node > 1): {e}") from None
 
 
 def _load_last_weights(model: nn.Module, output_dir: str) -> None:

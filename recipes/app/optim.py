@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flint.recipes.app.config import DEFAULT_LOSS, LOSSES, OPTIMIZERS, REFUSED_OPTIMIZERS, UsageError
+from flint.recipes.app.tasks import canonical_task
 
 __all__ = ["OPTIMIZERS", "REFUSED_OPTIMIZERS", "LOSSES", "DEFAULT_LOSS", "make_optimizer", "make_loss", "param_groups"]
 
@@ -75,7 +76,7 @@ class _NLLOnLogits(nn.Module):
 
 
 class _OneHotBCEWithLogits(nn.Module):
-    """Binary cross-entropy with logits against one-hot targets made from class indices."""
+    """Binary cross-entropy with logits against one-hot targets made from class indices (multiclass's bce-with-logits)."""
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits, F.one_hot(y, logits.shape[1]).to(logits.dtype))
@@ -96,13 +97,19 @@ _LOSSES: dict[str, Callable[[float], nn.Module]] = {
 def make_loss(task: str, name: str, label_smoothing: float = 0.0) -> nn.Module:
     """The named loss for ``task``; refuses a loss that does not fit the task, listing those that do.
 
+    Binary and multilabel's ``bce-with-logits`` takes the task's float 0/1 targets as they are
+    (:class:`flint.recipes.app.task_metrics.TaskLoss` brings them to the output's shape).
+
     Example:
-        >>> make_loss("regression", "huber")
-        HuberLoss()
+        >>> make_loss("regression", "huber"), make_loss("binary", "bce-with-logits")
+        (HuberLoss(), BCEWithLogitsLoss())
     """
+    task = canonical_task(task)
     choices = LOSSES[task]
     if name not in choices:
         raise UsageError(f"--loss {name!r} does not fit {task}; choose from {', '.join(choices)}")
     if label_smoothing and name != "cross-entropy":
         raise UsageError(f"--label-smoothing applies to --loss cross-entropy, not {name}")
+    if name == "bce-with-logits" and task != "multiclass":
+        return nn.BCEWithLogitsLoss()
     return _LOSSES[name](label_smoothing)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from ignite.handlers import HandlersTimeProfiler
 
 from flint.engine import FlintEvents, TrainEvents, prepare_batch
 
-__all__ = ["channels_last_batch", "train_flops_per_sample", "peak_flops", "profile_table"]
+__all__ = ["ChannelsLast", "train_flops_per_sample", "peak_flops", "profile_table"]
 
 # Dense tensor-core peaks (FLOP/s) per device-name fragment, for model FLOPs utilisation. Low precision
 # is bf16/fp16; "fp32" is the plain (non-TF32) rate. Unknown devices report no utilisation.
@@ -24,12 +25,23 @@ _PEAKS = {
 }
 
 
-def channels_last_batch(batch: Any, device: torch.device | str | None = None, non_blocking: bool = False) -> tuple[Any, Any]:
-    """:func:`flint.engine.prepare_batch`, then image batches (4-D) in channels-last (NHWC) memory format."""
-    x, y = prepare_batch(batch, device, non_blocking)
-    if isinstance(x, torch.Tensor) and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y
+class ChannelsLast:
+    """``prepare(batch, device, non_blocking)``, then an image batch (4-D tensor) in channels-last (NHWC) memory format.
+
+    Example:
+        >>> x, _ = ChannelsLast()((torch.zeros(2, 3, 4, 4), torch.zeros(2)))
+        >>> x.is_contiguous(memory_format=torch.channels_last)
+        True
+    """
+
+    def __init__(self, prepare: Callable[[Any, Any, bool], tuple[Any, Any]] = prepare_batch) -> None:
+        self.prepare = prepare
+
+    def __call__(self, batch: Any, device: torch.device | str | None = None, non_blocking: bool = False) -> tuple[Any, Any]:
+        x, y = self.prepare(batch, device, non_blocking)
+        if isinstance(x, torch.Tensor) and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
 
 
 def train_flops_per_sample(model: torch.nn.Module, sample: torch.Tensor | None) -> float | None:

@@ -19,12 +19,13 @@ import importlib.metadata
 import importlib.util
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flint.recipes.app.config import TASKS, UsageError
+from flint.recipes.app.config import UsageError
+from flint.recipes.app.tasks import TASKS, own_metrics_problem, task_problem
 
 if TYPE_CHECKING:
     from torch import nn
@@ -46,9 +47,9 @@ class Recipe:
     """A training job's ingredients: ``flint run`` and :func:`flint.recipes.app.fit` add the loop.
 
     Example:
-        >>> recipe = Recipe("tiny", "a tiny model", build_model=dict, datasets={"mine": lambda cfg: ([], [])})
+        >>> recipe = Recipe("tiny", "a tiny model", build_model=dict, datasets={"mine": lambda cfg: ([], [])}, task="binary")
         >>> recipe.default_dataset, recipe.task
-        ('mine', 'classification')
+        ('mine', 'binary')
     """
 
     name: str  # what `flint run NAME` takes, and the default output dir runs/NAME
@@ -56,14 +57,24 @@ class Recipe:
     build_model: Callable[[], nn.Module]  # a fresh, randomly initialised model
     datasets: Mapping[str, Callable[[Config], tuple[Dataset, Dataset | None]]]  # name -> (train, val or None); first is default
     defaults: Mapping[str, Any] = field(default_factory=dict)  # Config fields this recipe sets differently
-    task: str = "classification"  # one of TASKS: decides the loss, the metrics and the monitored one
+    task: str | None = None  # one of TASKS (the loss, the metrics, the monitored one); None: multiclass, or --task's
     input_shape: tuple[int, ...] = (1, 28, 28)  # one sample's shape, for export
+    # validation metrics: catalogue names (flint.recipes.app.tasks.METRICS), or name -> Ignite Metric or callable (y_pred, y) -> float
+    metrics: Sequence[str] | Mapping[str, Any] = ()
+    target_key: str = "target"  # in a dataset of mappings, the target's key; the other keys are the model's keyword arguments
+    prepare_batch: Callable[[Any, Any, bool], tuple[Any, Any]] | None = None  # (batch, device, non_blocking) -> (x, y)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", self.name) or ".." in self.name:
             raise ValueError(f"Argument name should be a plain name (letters, digits, '_', '-', '.'; no path), got {self.name!r}")
-        if self.task not in TASKS:
-            raise ValueError(f"Argument task should be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task is not None and (not self.task or task_problem(self.task)):
+            raise ValueError(f"Argument task should be one of {', '.join(TASKS)} (or classification), got {self.task!r}")
+        problem = own_metrics_problem(self.metrics)
+        if problem:
+            raise ValueError(f"Argument metrics {problem}")
+        if not isinstance(self.target_key, str) or (self.prepare_batch is not None and not callable(self.prepare_batch)):
+            raise ValueError(f"Argument target_key should be a string and prepare_batch a callable, got {self.target_key!r} and "
+                             f"{type(self.prepare_batch).__name__}")  # fmt: skip
         if not self.datasets:
             raise ValueError(f"Recipe {self.name!r} needs at least one dataset")
 

@@ -16,7 +16,7 @@ import logging
 import math
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,9 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from ignite.metrics import Accuracy, Loss, MeanAbsoluteError, Metric
 from torch import nn
 
 from flint.engine import RNGState, create_evaluator, create_trainer, progress, register_state, seed_everything
-from flint.engine.metrics import TopOneAccuracy
 from flint.handlers import (
     ETA,
     BatchLogger,
@@ -59,15 +57,18 @@ from flint.handlers import (
 )
 from flint.recipes.app.config import Config, RunConfig, UsageError, check_global_batch
 from flint.recipes.app.console import RECORDS, ConsoleSink, log_header
+from flint.recipes.app.data_forms import Batches, KeywordInputs, checked_data, fingerprinted, size_of
 from flint.recipes.app.fingerprint import data_fingerprint, file_digest, recipe_file
 from flint.recipes.app.loaders import first_input, make_loaders
+from flint.recipes.app.task_metrics import TaskForm, TaskLoss, chosen_metrics, task_metrics
 from flint.recipes.app.monitor import Monitor
 from flint.recipes.app.optim import make_loss, make_optimizer, param_groups
-from flint.recipes.app.perf import channels_last_batch, peak_flops, profile_table, train_flops_per_sample
+from flint.recipes.app.perf import peak_flops, profile_table, train_flops_per_sample
 from flint.recipes.app.registry import Recipe
 from flint.recipes.app.resume import check_before_writing, claim_run_dir, last_summary, load_resume_point
 from flint.recipes.app.rundir import RunDir
 from flint.recipes.app.stopping import STOPS, StopSignal
+from flint.recipes.app.tasks import run_task
 
 __all__ = ["train", "prepare", "build_job", "run_job", "Job", "Parts", "Place", "attach_all", "build_optimizer", "resolve_device", "task_metrics", "RunOutcome"]
 
@@ -205,10 +206,11 @@ def _logging_to(run: RunDir) -> Iterator[None]:
 class Parts:
     """The recipe's own code, run once and checked before anything is written: its datasets, a fresh model, the fingerprint."""
 
-    train_set: Any
+    train_set: Any  # a form of flint.recipes.app.data_forms, arrays made a TensorDataset
     val_set: Any  # None: no validation
     module: nn.Module
     fingerprint: dict[str, Any]
+    batches: Batches = Batches()  # how batches reach the model
 
 
 def prepare(cfg: Config, recipe: Recipe) -> Parts:
@@ -219,13 +221,15 @@ def prepare(cfg: Config, recipe: Recipe) -> Parts:
     if not isinstance(loaded, (tuple, list)) or len(loaded) != 2 or loaded[0] is None:
         raise UsageError(f"recipe {recipe.name}: datasets[{cfg.dataset!r}](cfg) returned {_described(loaded)}; "
                          "it must return a pair (training set, validation set or None)")  # fmt: skip
+    names = ("train_data", "val_data") if cfg.recipe.startswith("fit:") else tuple(f"recipe {recipe.name}'s {part} set" for part in ("training", "validation"))
+    (train_set, val_set), batches = checked_data(list(zip(names, loaded)), cfg, recipe)
     module = recipe.build_model()
     if not isinstance(module, nn.Module):
         raise UsageError(f"recipe {recipe.name}: build_model() returned {_described(module)}, not a torch.nn.Module")
     source = recipe_file(cfg.recipe)
     fingerprint = {"recipe_file": str(source) if source else None, "recipe_sha256": file_digest(source) if source else None,
-                   "data": data_fingerprint(*loaded)}  # fmt: skip
-    return Parts(loaded[0], loaded[1], module, fingerprint)
+                   "data": data_fingerprint(fingerprinted(train_set), fingerprinted(val_set))}  # fmt: skip
+    return Parts(train_set, val_set, module, fingerprint, batches)
 
 
 def _described(value: Any) -> str:
@@ -250,8 +254,8 @@ def build_data(cfg: Config, parts: Parts, place: Place) -> Data:
     """The recipe's datasets as loaders: the order is a function of (seed, epoch), so a run resumed mid-epoch sees the same batches."""
     train_set, val_set = parts.train_set, parts.val_set
     train_loader, val_loader, sampler = make_loaders(cfg, train_set, val_set, place.device, place.world, place.rank)
-    val_size = len(val_set) if val_set is not None else None
-    return Data(train_loader, val_loader, sampler, len(train_set), val_size, first_input(train_set, place.device))
+    val_size = size_of(val_set) if val_set is not None else None
+    return Data(train_loader, val_loader, sampler, size_of(train_set), val_size, first_input(train_set, place.device))
 
 
 @dataclass
@@ -277,14 +281,15 @@ def build_model(cfg: Config, task: str, parts: Parts, place: Place, data: Data, 
         module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     flops = train_flops_per_sample(module, data.first_input)
     optimizer = build_optimizer(cfg, module, optimizer_factory)
-    loss_fn = loss_fn or make_loss(task, cfg.loss, cfg.label_smoothing)
-    net: Any = idist.auto_model(module) if place.world > 1 else module
+    loss_fn = TaskLoss(loss_fn or make_loss(task, cfg.loss, cfg.label_smoothing), task)  # shapes checked at the first batch
+    called: nn.Module = KeywordInputs(module) if parts.batches.keyword_inputs else module  # what the engines call
+    net: Any = idist.auto_model(called) if place.world > 1 else called
     optimizer = idist.auto_optim(optimizer) if place.world > 1 else optimizer
-    eval_net: Any = module
+    eval_net: Any = called
     if cfg.compile:  # the engines run the compiled module; checkpoints keep the plain one's names
         logger.info("Compiling the model: the first training and validation iterations include the compile")
         net = torch.compile(net)
-        eval_net = net if place.world == 1 else torch.compile(module)
+        eval_net = net if place.world == 1 else torch.compile(called)
     return Model(module, net, eval_net, optimizer, loss_fn, flops)
 
 
@@ -301,9 +306,9 @@ def build_optimizer(cfg: Config, model: nn.Module, factory: type | OptimizerFact
     return factory(groups)
 
 
-def build_engines(cfg: Config, model: Model, place: Place, fingerprint: dict[str, Any]) -> tuple[Engine, Engine]:
-    """The trainer (the update cycle, AMP, clipping) and the evaluator; a checkpoint keeps the run's options and fingerprint."""
-    batches = channels_last_batch if cfg.channels_last else None
+def build_engines(cfg: Config, model: Model, place: Place, fingerprint: dict[str, Any], batches: Any = None) -> tuple[Engine, Engine]:
+    """The trainer (the update cycle, AMP, clipping) and the evaluator; a checkpoint keeps the run's options and fingerprint.
+    ``batches``: their ``prepare_batch`` (default: the engines' own)."""
     pin = place.device.type == "cuda"
     trainer = create_trainer(
         model.net, model.optimizer, model.loss_fn, device=place.device, accumulation_steps=cfg.update_cycle, amp=cfg.amp,
@@ -316,7 +321,8 @@ def build_engines(cfg: Config, model: Model, place: Place, fingerprint: dict[str
 
 def schedule_handlers(cfg: Config, data: Data, model: Model, evaluator: Engine) -> list[Any]:
     """The epoch's data order, validation every ``--val-every`` epochs, the LR schedule."""
-    handlers: list[Any] = [DataOrder(data.sampler, cfg.batch_size // idist.get_world_size())]
+    batch = getattr(data.train_loader, "batch_size", None) or cfg.batch_size // idist.get_world_size()  # a DataLoader of yours: its own
+    handlers: list[Any] = [DataOrder(data.sampler, batch)] if data.sampler is not None else []
     if data.val_loader is not None:
         handlers.append(Validation(evaluator, data.val_loader, every=cfg.val_every))
     if cfg.lr_mode != "constant" or cfg.warmup_epochs:  # a constant LR needs no per-iteration work
@@ -326,19 +332,6 @@ def schedule_handlers(cfg: Config, data: Data, model: Model, evaluator: Engine) 
         )  # fmt: skip
         handlers.append(LRSchedule(model.optimizer, schedule))
     return handlers
-
-
-def task_metrics(task: str, loss_fn: Callable, device: torch.device) -> tuple[dict[str, Metric], dict[str, Metric]]:
-    """(training metrics, validation metrics) of a recipe's task, accumulated on ``device``.
-
-    Classification reports accuracy, regression the mean absolute error; validation also the loss
-    (training's comes from the trainer's own running sum, ``flint.engine.TrainProgress``). Training's
-    accuracy is Flint's lean one: Ignite's costs the loop its speed target (docs/performance.md)."""
-    classification = task == "classification"
-    name = "accuracy" if classification else "mae"
-    train: dict[str, Metric] = {name: TopOneAccuracy(device=device) if classification else MeanAbsoluteError(device=device)}
-    val = {"loss": Loss(loss_fn, device=device), name: Accuracy(device=device) if classification else MeanAbsoluteError(device=device)}
-    return train, val
 
 
 def epoch_mean_loss(trainer: Any) -> float:
@@ -357,12 +350,15 @@ class Reporting:
     handlers: list[Any]
 
 
-def build_reporting(cfg: Config, task: str, run: RunDir, place: Place, model: Model, data: Data, trainer: Engine) -> Reporting:
-    """Epoch and batch records, LR records, weight histograms, the epoch timer, the ETA and the progress bar."""
+def build_reporting(cfg: Config, task: str, run: RunDir, place: Place, model: Model, data: Data, trainer: Engine,
+                    chosen: Mapping[str, Any] | None = None) -> Reporting:  # fmt: skip
+    """Epoch and batch records, LR records, weight histograms, the epoch timer, the ETA and the progress bar.
+
+    ``chosen``: the validation metrics besides the loss and the task's own (:func:`flint.recipes.app.task_metrics.task_metrics`)."""
     tb = TensorBoardWriter(run.path) if place.main else None  # writes in this thread: a full disk raises, never hangs
     sinks = [LoggingSink(RECORDS), JsonlSink(run.metrics_file), TensorBoardSink(tb)] if tb else []
     stream = RecordStream(sinks)
-    train_metrics, val_metrics = task_metrics(task, model.loss_fn, place.device)
+    train_metrics, val_metrics = task_metrics(task, model.loss_fn, place.device, chosen)
     timer, eta = EpochTimer(), ETA(cfg.progress_file if place.main else None)
     optimizer = model.optimizer
 
@@ -476,14 +472,16 @@ def build_job(cfg: Config, recipe: Recipe, run: RunDir, place: Place, extra_hand
     whose validation part is None trains without validation (no best checkpoint, no early stopping).
     ``parts`` are the recipe's datasets and model from :func:`prepare` (default: prepared here)."""
     parts = parts or prepare(cfg, recipe)
+    task = run_task(recipe.task, cfg.task)
     data = build_data(cfg, parts, place)
-    model = build_model(cfg, recipe.task, parts, place, data, loss_fn, optimizer_factory)
+    model = build_model(cfg, task, parts, place, data, loss_fn, optimizer_factory)
     if place.main:
         log_header(recipe.name, cfg.dataset, data.train_size, data.val_size, model.module, place.device, run.path, cfg.epochs,
                    place.world, cfg.test_run)  # fmt: skip
-    trainer, evaluator = build_engines(cfg, model, place, parts.fingerprint)
-    monitor = Monitor.parse(cfg.monitor, recipe.task)
-    report = build_reporting(cfg, recipe.task, run, place, model, data, trainer)
+    trainer, evaluator = build_engines(cfg, model, place, parts.fingerprint, parts.batches.prepare_batch)
+    TaskForm(task).attach(evaluator)  # the evaluator's output in the task's form before any metric reads it
+    monitor = Monitor.parse(cfg.monitor, task)
+    report = build_reporting(cfg, task, run, place, model, data, trainer, chosen_metrics(cfg.metrics, recipe.metrics))
     safety = build_safety(cfg, run, monitor, model, trainer, validating=data.val_loader is not None)
     if place.main:  # the console: one line per epoch, the closing lines with the best checkpoint's path
         best = safety.checkpoints.best_checkpoint

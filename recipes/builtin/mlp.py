@@ -14,5 +14,6 @@ RECIPE = Recipe(
         "mnist": lazy("flint.recipes.builtin.data:torchvision_for", "mnist"),
         "fake": lazy("flint.recipes.builtin.data:fake_images_for", (1, 28, 28)),
     },
+    task="multiclass",
     defaults={"epochs": 10, "batch_size": 32, "lr": 0.05, "lr_mode": "cosine", "optimizer": "sgd", "momentum": 0.9, "wd": 1e-4},
 )

@@ -13,5 +13,6 @@ RECIPE = Recipe(
         "fake": lazy("flint.recipes.builtin.data:fake_images_for", (3, 32, 32)),
     },
     input_shape=(3, 32, 32),
+    task="multiclass",
     defaults={"epochs": 30, "batch_size": 128, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9, "wd": 5e-4},
 )

@@ -102,7 +102,7 @@ def test_ffnn_update_cycle_equals_the_large_batch(tmp_path):
         (["run", "lenet", "--epochs", "3", "--interrupt-at", "7"], ["--interrupt-at 7: must be below --epochs 3"]),
         (["run", "lenet", "--optimizer", "sgdd"], ["--optimizer sgdd: choose from sgd,", "adamw", "radam"]),
         (["run", "lenet", "--optimizer", "lbfgs"], ["--optimizer: lbfgs is not supported: L-BFGS re-evaluates", "adamw"]),
-        (["run", "lenet", "--loss", "mse"], ["--loss mse does not fit classification; choose from cross-entropy, nll"]),
+        (["run", "lenet", "--loss", "mse"], ["--loss mse does not fit multiclass; choose from cross-entropy, nll"]),
         (["run", "ffnn", "--loss", "nll"], ["--loss nll does not fit regression; choose from mse, l1, smooth-l1, huber"]),
         (["run", "lenet", "--optimizer", "adam", "--nesterov"], ["--nesterov: adam takes no nesterov (it applies to sgd)"]),
         (["run", "lenet", "--optimizer", "rprop"], ["--optimizer rprop has no weight decay; pass --wd 0"]),

@@ -41,7 +41,7 @@ def test_the_recipes_defaults_then_the_options_given():
         ({"num_workers": -1}, "--num-workers -1: must be a non-negative integer", "num_workers=-1"),
         ({"seed": -1}, "--seed -1: must be an integer from 0 to 2**63-1", "seed=-1"),
         ({"monitor": "loss:up"}, "--monitor loss:up: must be NAME or NAME:min or NAME:max", "monitor='loss:up'"),
-        ({"monitor": "mae"}, "--monitor mae: classification validates loss, accuracy", "monitor='mae'"),
+        ({"monitor": "mae"}, "--monitor mae: multiclass validates loss, accuracy", "monitor='mae'"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_option_as_its_caller_spells_it(given, cli, python):
@@ -65,7 +65,10 @@ def test_options_that_combine_badly_are_refused():
         ({"epochs": 3, "interrupt_at": 3}, "--interrupt-at 3: must be below --epochs 3"),
         ({"lr_mode": "step"}, "--lr-mode step needs --lr-steps"),
         ({"batch_size": 63, "nproc_per_node": 2}, "--batch-size 63 is global: it must divide among 2 workers"),
-        ({"loss": "mse"}, "--loss mse does not fit classification"),
+        ({"loss": "mse"}, "--loss mse does not fit multiclass"),
+        ({"task": "binary"}, "--task binary: recipe lenet sets its task, multiclass"),
+        ({"metrics": ["top5", "r2"]}, "--metrics top5,r2: r2 is not a metric of multiclass; choose from accuracy, top5, precision, recall, f1"),
+        ({"metrics": ["top5"], "monitor": "f1"}, "--monitor f1: multiclass validates loss, accuracy, top5; add f1 to --metrics"),
     ]:
         with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
             resolve_config(LENET, given)

@@ -44,7 +44,7 @@ def check_metadata(meta, run_dir, recipe):
     assert meta["input_shape"] == list(RECIPES[recipe].input_shape)
     assert meta["checkpoint"].startswith("best_checkpoint_1_")
     if recipe == "lenet":
-        assert meta["task"] == "classification" and meta["output"].startswith("logits")
+        assert meta["task"] == "multiclass" and meta["output"].startswith("logits")
         assert "FakeData" in meta["preprocessing"] and meta["mean"] is None and meta["classes"] is None
     else:
         assert meta["task"] == "regression" and meta["classes"] is None

@@ -149,23 +149,34 @@ def test_fit_writes_train_log_whatever_the_logging_configuration(tmp_path):
         ({"epochs": 0}, "epochs=0: must be a positive integer"),
         ({"epoch": 3}, "unknown option 'epoch'; the options are amp, batch_size"),
         ({"lr": float("inf")}, "lr=inf: must be a finite number > 0"),
-        ({"task": "segmentation"}, "Argument task should be one of classification, regression, got 'segmentation'"),
-        ({"loss": "mse"}, "loss='mse' does not fit classification; choose from cross-entropy"),
+        ({"task": "segmentation"}, "task='segmentation': choose from multiclass, binary, multilabel, regression (classification is multiclass)"),
+        ({"loss": "mse"}, "loss='mse' does not fit multiclass; choose from cross-entropy"),
+        ({"task": "binary", "loss": "cross-entropy"}, "loss='cross-entropy' does not fit binary; choose from bce-with-logits"),
+        ({"metrics": ["f1", "auc"]}, "metrics=['f1', 'auc']: auc is not a metric of multiclass; choose from accuracy, top5, precision, "
+                                     "recall, f1, or give your own"),
+        ({"metrics": {"loss": len}}, "Argument metrics names 'loss': a metric's name is a plain word"),
+        ({"metrics": {"mine": 3}}, "Argument metrics mine is a int: give an Ignite Metric or a callable (y_pred, y) -> float"),
+        ({"metrics": {"mine": len}, "monitor": "mine"}, "monitor='mine': the direction of mine is not known: give mine:max or mine:min"),
+        ({"train_data": 42}, "train_data: a int is not data Flint takes; give a Dataset of (input, target) pairs or of mappings"),
+        ({"val_data": (torch.zeros(3, 4), torch.zeros(2))}, "val_data=(X, y): X and y must hold one row per sample, got shapes (3, 4) and (2,)"),
+        ({"train_data": [{"x": torch.zeros(4), "label": 1}] * 8}, "train_data[0] has no key 'target' (its keys: x, label); name the "
+                                                                  "target's key with target_key="),
+        ({"train_data": [torch.zeros(4)] * 8}, "train_data[0] is a Tensor: samples must be (input, target) pairs or mappings"),
         ({"loss": 42}, "Argument loss should be a loss name or a callable, got int"),
         ({"optimizer": 42}, "Argument optimizer should be a name, an optimizer class or a factory, got int"),
         ({"optimizer": torch.optim.SGD, "momentum": 0.5}, "momentum: a custom optimizer takes its own arguments"),
         ({"optimizer": "adam", "momentum": 0.5}, "momentum: adam takes no momentum (it applies to sgd, rmsprop)"),
         ({"dataset": "mnist"}, "dataset: not options of fit(), which trains on the data you give"),
         ({"val_data": None, "early_stopping": 2}, "early_stopping needs val_data"),
-        ({"monitor": "f1"}, "monitor='f1': classification validates loss, accuracy"),
+        ({"monitor": "f1"}, "monitor='f1': multiclass validates loss, accuracy; add f1 to metrics"),
         ({"handlers": [print]}, "Argument handlers should hold objects with an attach(trainer[, evaluator]) method, got builtin_function"),
     ],
 )
 def test_bad_arguments_raise_value_error_before_anything_is_written(tmp_path, arguments, message):
     train, val = made_up()
-    arguments = {"val_data": val, **arguments}
+    arguments = {"train_data": train, "val_data": val, **arguments}
     with pytest.raises(ValueError) as error:
-        fit(fresh_net(), train, output_dir=tmp_path / "run", **{**OPTIONS, **arguments})
+        fit(fresh_net(), output_dir=tmp_path / "run", **{**OPTIONS, **arguments})
     assert str(error.value).startswith(message), str(error.value)
     assert not (tmp_path / "run").exists()
 

@@ -6,11 +6,11 @@ from flint.recipes.app.monitor import DIRECTIONS, Monitor
 
 
 def test_a_name_takes_its_known_direction_and_the_empty_text_the_tasks_default():
-    assert Monitor.parse("", "classification") == Monitor("accuracy", "max")
+    assert Monitor.parse("", "multiclass") == Monitor("accuracy", "max")
     assert Monitor.parse("", "regression") == Monitor("loss", "min")
     assert Monitor.parse("mae", "regression") == Monitor("mae", "min")
-    assert Monitor.parse("f1", "classification") == Monitor("f1", "max")
-    assert Monitor.parse("accuracy:min", "classification") == Monitor("accuracy", "min")  # a direction given wins
+    assert Monitor.parse("f1", "multiclass") == Monitor("f1", "max")
+    assert Monitor.parse("accuracy:min", "multiclass") == Monitor("accuracy", "min")  # a direction given wins
 
 
 @pytest.mark.parametrize(
@@ -25,12 +25,12 @@ def test_a_name_takes_its_known_direction_and_the_empty_text_the_tasks_default()
 def test_bad_texts_say_what_is_wrong(text, problem):
     assert Monitor.problem(text) == problem
     with pytest.raises(ValueError, match="monitor"):
-        Monitor.parse(text, "classification")
+        Monitor.parse(text, "multiclass")
 
 
 def test_a_metric_of_your_own_takes_a_direction_or_a_table_of_them():
     assert Monitor.problem("iou:max") is None
-    assert Monitor.parse("iou", "classification", {**DIRECTIONS, "iou": "max"}) == Monitor("iou", "max")
+    assert Monitor.parse("iou", "multiclass", {**DIRECTIONS, "iou": "max"}) == Monitor("iou", "max")
 
 
 def test_better_follows_the_direction_and_nan_never_wins():

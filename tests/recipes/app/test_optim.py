@@ -47,18 +47,18 @@ def test_refusals_say_why():
         make_optimizer("sgd", groups, lr=0.1, momentum=0.0, nesterov=True)
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES["classification"]))
-def test_classification_losses_take_logits_and_class_indices(name):
+@pytest.mark.parametrize("name", sorted(LOSSES["multiclass"]))
+def test_multiclass_losses_take_logits_and_class_indices(name):
     logits = torch.randn(5, 4, requires_grad=True)
     y = torch.tensor([0, 1, 2, 3, 0])
-    loss = make_loss("classification", name)(logits, y)
+    loss = make_loss("multiclass", name)(logits, y)
     loss.backward()
     assert loss.dim() == 0 and torch.isfinite(loss) and logits.grad.abs().sum() > 0
 
 
 def test_nll_on_logits_is_cross_entropy_and_smoothing_changes_it():
     logits, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
-    ce = make_loss("classification", "cross-entropy")(logits, y)
+    ce = make_loss("classification", "cross-entropy")(logits, y)  # classification: multiclass's other name
     assert torch.allclose(make_loss("classification", "nll")(logits, y), ce)
     assert not torch.allclose(make_loss("classification", "cross-entropy", 0.1)(logits, y), ce)
 
@@ -69,9 +69,19 @@ def test_regression_losses(name):
     assert loss.item() > 0
 
 
+def test_binary_and_multilabel_bce_takes_float_targets_of_the_output_shape():
+    logits, y = torch.tensor([[0.3, -1.0], [2.0, 0.1]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+    assert torch.equal(make_loss("multilabel", "bce-with-logits")(logits, y), expected)
+    assert torch.equal(make_loss("binary", "bce-with-logits")(logits[:, 0], y[:, 0]),
+                       torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], y[:, 0]))  # fmt: skip
+
+
 def test_a_loss_of_the_other_task_is_refused_with_the_choices():
-    with pytest.raises(UsageError, match="--loss 'huber' does not fit classification; choose from cross-entropy, nll"):
+    with pytest.raises(UsageError, match="--loss 'huber' does not fit multiclass; choose from cross-entropy, nll"):
         make_loss("classification", "huber")
+    with pytest.raises(UsageError, match="--loss 'cross-entropy' does not fit binary; choose from bce-with-logits"):
+        make_loss("binary", "cross-entropy")
     with pytest.raises(UsageError, match="--label-smoothing applies to --loss cross-entropy, not nll"):
         make_loss("classification", "nll", 0.1)
 

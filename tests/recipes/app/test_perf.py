@@ -13,7 +13,7 @@ import torch
 from flint.recipes import RECIPES
 from flint.recipes.app.cli import main
 from flint.recipes.app.config import Config
-from flint.recipes.app.perf import channels_last_batch, peak_flops, train_flops_per_sample
+from flint.recipes.app.perf import ChannelsLast, peak_flops, train_flops_per_sample
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -42,7 +42,7 @@ def test_channels_last_trains_the_same_model(tmp_path):
     assert main([*common, "-o", str(tmp_path / "plain")]) == 0
     assert main([*common, "--channels-last", "-o", str(tmp_path / "nhwc")]) == 0
     assert losses(tmp_path / "nhwc") == pytest.approx(losses(tmp_path / "plain"), rel=1e-4)
-    x, _ = channels_last_batch((torch.zeros(2, 3, 4, 4), torch.zeros(2)))
+    x, _ = ChannelsLast()((torch.zeros(2, 3, 4, 4), torch.zeros(2)))
     assert x.is_contiguous(memory_format=torch.channels_last)
 
 

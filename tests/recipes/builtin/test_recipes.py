@@ -43,7 +43,7 @@ def test_every_recipe_runs_a_batch_of_each_embedded_dataset(name):
         train, val = recipe.datasets[dataset](None)
         x, y = train[0]
         out = recipe.build_model().eval()(torch.as_tensor(x).unsqueeze(0))
-        expected = (1, 10) if recipe.task == "classification" else (1, 1)
+        expected = (1, 10) if recipe.task == "multiclass" else (1, 1)
         assert out.shape == expected and torch.isfinite(out).all() and len(val) > 0
 
 
