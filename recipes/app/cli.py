@@ -42,13 +42,13 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _add_options(parser: argparse.ArgumentParser, recipe: Recipe | None, resuming: bool = False) -> None:
-    """One option per :class:`flint.recipes.app.config.Config` field of the command line (for ``flint resume``,
-    those a resumed run may change, whose defaults are the run's), with its default in the help."""
+def _add_options(parser: argparse.ArgumentParser, recipe: Recipe | None, resuming: bool = False, skip: frozenset[str] = frozenset()) -> None:
+    """One option per :class:`flint.recipes.app.config.Config` field of the command line but those in ``skip`` (for
+    ``flint resume``, those a resumed run may change, whose defaults are the run's), with its default in the help."""
     overridden = {key for r in builtin_recipes().values() for key in r.defaults}
     for f in option_fields("cli"):
         opt = f.metadata["option"]
-        if resuming and (not opt.resumable or f.name in ("resume", "output_dir")):
+        if f.name in skip or (resuming and (not opt.resumable or f.name in ("resume", "output_dir", "overwrite", "init_from"))):
             continue
         flags = [*([opt.short] if opt.short else []), option_name(f.name, "cli")]
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
