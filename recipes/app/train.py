@@ -59,6 +59,7 @@ from flint.handlers import (
 )
 from flint.recipes.app.config import Config, RunConfig, UsageError, check_global_batch, option_text
 from flint.recipes.app.console import RECORDS, ConsoleSink, log_header
+from flint.recipes.app.export import data_metadata
 from flint.recipes.app.fingerprint import data_fingerprint, file_digest, recipe_file
 from flint.recipes.app.loaders import first_input, make_loaders
 from flint.recipes.app.monitor import Monitor
@@ -160,7 +161,7 @@ def train(
         idist.barrier()  # no rank may see rank 0's new files as "a run already there"
         if place.main:
             owned.enter_context(_logging_to(run))
-            config = {**asdict(cfg), "fingerprint": parts.fingerprint}
+            config = {**asdict(cfg), "fingerprint": parts.fingerprint, "metadata": data_metadata(recipe, cfg.dataset)}
             write_text_atomic(run.config_file, json.dumps(config, indent=2) + "\n", "config file")
             RECORDS.info("Run config: %s", json.dumps(config))  # train.log only; the console has a header
             if place.world > 1:
