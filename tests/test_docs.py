@@ -19,7 +19,15 @@ def test_handlers_md_examples_run():
 
 def test_api_md_example_runs_and_prints_what_it_says(capsys):
     text = (REPO / "docs" / "api.md").read_text()
-    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "fit(" in b and "import" in b]
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "fit(" in b and "UpdateCounter" in b]
     exec(compile(block, "docs/api.md", "exec"), {})
     printed = capsys.readouterr().out.strip().splitlines()[-1]
     assert printed == "completed 4 32 True" and f"prints `{printed}`" in text
+
+
+def test_api_md_fine_tuning_example_runs_and_prints_what_it_says(capsys):
+    text = (REPO / "docs" / "api.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "init_from=" in b]
+    exec(compile(block, "docs/api.md", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed == "['accuracy', 'epoch', 'loss', 'val_accuracy', 'val_loss'] torch.Size([3, 2])" and f"prints `{printed}`" in text
