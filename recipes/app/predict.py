@@ -55,7 +55,8 @@ def predict(run_dir_or_model: Any, data: Any, *, batch_size: int = 256, device: 
         data: a tensor of inputs (the first dimension indexes samples), or a map-style dataset whose
             items are inputs or ``(input, target)`` pairs.
         batch_size: samples per forward pass. Default 256.
-        device: where to run; default None: a module where its parameters are, a run's model on the CPU.
+        device: where to run (a module of yours is moved there); default None: a module where its
+            parameters are, a run's model on the CPU.
 
     Raises:
         ValueError: a bad ``batch_size``; flint.recipes.app.config.UsageError (a ValueError): a path
