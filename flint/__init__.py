@@ -2,7 +2,7 @@
 
 ``import flint`` imports no torch; the names below load their modules when first used:
 
-- :func:`fit` and :class:`Recipe` (``flint.recipes``): train your own model, or describe a recipe;
+- :func:`fit`, :func:`predict` and :class:`Recipe` (``flint.recipes``): train your own model, get its outputs, or describe a recipe;
 - :func:`create_trainer` and :func:`create_evaluator` (``flint.engine``): compose your own loop.
 
 The packages are ``flint.engine`` (the engines and Flint's events), ``flint.handlers`` (one concern
@@ -20,10 +20,11 @@ import importlib
 from typing import Any
 
 __version__ = "0.2.0"
-__all__ = ["__version__", "fit", "Recipe", "create_trainer", "create_evaluator"]
+__all__ = ["__version__", "fit", "predict", "Recipe", "create_trainer", "create_evaluator"]
 
 _WHERE = {
     "fit": "flint.recipes",
+    "predict": "flint.recipes",
     "Recipe": "flint.recipes",
     "create_trainer": "flint.engine",
     "create_evaluator": "flint.engine",

@@ -48,3 +48,11 @@ def test_cli_md_task_and_metrics_example_runs(tmp_path, monkeypatch, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["roc_auc"] > 0.9 and 0 < result["f1"] <= 1
     assert json.loads((tmp_path / "runs" / "logit" / "config.json").read_text())["task"] == "binary"
+
+
+def test_api_md_fine_tuning_example_runs_and_prints_what_it_says(capsys):
+    text = (REPO / "docs" / "api.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "init_from=" in b]
+    exec(compile(block, "docs/api.md", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed == "['accuracy', 'epoch', 'loss', 'val_accuracy', 'val_loss'] torch.Size([3, 2])" and f"prints `{printed}`" in text

@@ -1,4 +1,4 @@
-"""The ``flint`` command: ``list``, ``run``, ``resume``, ``evaluate``, ``report`` and ``export``.
+"""The ``flint`` command: ``list``, ``run``, ``resume``, ``evaluate``, ``report``, ``export``, ``lr-find`` and ``predict``.
 
 Exit status: 0 completed; 3 stopped with a checkpoint to resume from (``--interrupt-at``, SIGTERM,
 a first Ctrl-C; relaunch with ``flint resume RUN_DIR``); 2 bad usage, one line naming the bad value
@@ -42,13 +42,13 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _add_options(parser: argparse.ArgumentParser, recipe: Recipe | None, resuming: bool = False) -> None:
-    """One option per :class:`flint.recipes.app.config.Config` field of the command line (for ``flint resume``,
-    those a resumed run may change, whose defaults are the run's), with its default in the help."""
+def _add_options(parser: argparse.ArgumentParser, recipe: Recipe | None, resuming: bool = False, skip: frozenset[str] = frozenset()) -> None:
+    """One option per :class:`flint.recipes.app.config.Config` field of the command line but those in ``skip`` (for
+    ``flint resume``, those a resumed run may change, whose defaults are the run's), with its default in the help."""
     overridden = {key for r in builtin_recipes().values() for key in r.defaults}
     for f in option_fields("cli"):
         opt = f.metadata["option"]
-        if resuming and (not opt.resumable or f.name in ("resume", "output_dir")):
+        if f.name in skip or (resuming and (not opt.resumable or f.name in ("resume", "output_dir", "overwrite", "init_from"))):
             continue
         flags = [*([opt.short] if opt.short else []), option_name(f.name, "cli")]
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
@@ -77,7 +77,7 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
     """The command line; ``recipe``'s defaults shown in ``flint run RECIPE --help``."""
     parser = _Parser(prog="flint", description="Flint: the BMXNet training loop on PyTorch-Ignite.")
     parser.add_argument("--version", action="version", version=f"flint {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,run,resume,evaluate,report,export}",
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,run,resume,evaluate,report,export,lr-find,predict}",
                                      parser_class=_Parser)  # fmt: skip
     commands.add_parser("list", help="list the recipes: the built-ins and installed packages'")
     run = commands.add_parser("run", help="train a recipe", argument_default=argparse.SUPPRESS,
@@ -103,7 +103,38 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
     export.add_argument("--format", choices=FORMATS, required=True, help="onnx, torchscript or state_dict")
     export.add_argument("-o", "--output", help="file to write (default RUN_DIR/model.<format suffix>)")
     export.add_argument("--debug", action="store_true", help="show tracebacks and the exporter's log")
+    _add_lr_find(commands, recipe)
+    _add_predict(commands)
     return parser
+
+
+# Options that do not shape one training step: lr-find sweeps the LR itself and keeps no run.
+_NOT_LR_FIND = frozenset({"epochs", "lr", "resume", "overwrite", "interrupt_at", "val_every", "monitor", "early_stopping", "save_frequency",
+                          "progress", "progress_file", "nproc_per_node", "profile", "log_interval", "lr_mode", "lr_steps", "lr_factor",
+                          "warmup_epochs", "warmup_lr"})  # fmt: skip
+
+
+def _add_lr_find(commands: Any, recipe: Recipe | None) -> None:
+    from flint.recipes.app.lr_find import LRSweep
+
+    default = LRSweep()
+    lr_find = commands.add_parser("lr-find", help="sweep the LR over a recipe's training steps (Ignite's FastaiLRFinder): DIR/lr_find.png "
+                                  "and the suggested --lr as the last line", argument_default=argparse.SUPPRESS)  # fmt: skip
+    lr_find.add_argument("recipe", metavar="RECIPE", help="as for flint run")
+    _add_options(lr_find, recipe, skip=_NOT_LR_FIND)
+    lr_find.add_argument("--start-lr", type=float, metavar="X", help=f"the first LR tried (default {default.start_lr:g})")
+    lr_find.add_argument("--end-lr", type=float, metavar="X", help=f"the last LR tried (default {default.end_lr:g})")
+    lr_find.add_argument("--num-iter", type=int, metavar="N", help=f"iterations of the sweep (default {default.num_iter})")
+    lr_find.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_predict(commands: Any) -> None:
+    predict = commands.add_parser("predict", help="one CSV row per validation sample: target, prediction, probabilities or score")
+    predict.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory (the checkpoint flint evaluate takes) or a checkpoint")
+    predict.add_argument("--dataset", metavar="NAME", help="another of the recipe's datasets (default: the run's)")
+    predict.add_argument("--device", choices=DEVICES, default="auto", help="default auto: cuda if available")
+    predict.add_argument("-o", "--output", metavar="FILE.csv", help="file to write (default RUN_DIR/predictions.csv)")
+    predict.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
@@ -200,6 +231,25 @@ def _export(args: argparse.Namespace) -> int:
     return _print_settled(str(export_model(args.path, args.format, args.output)))
 
 
+def _lr_find(args: argparse.Namespace, recipe: Recipe) -> int:
+    from flint.recipes.app.lr_find import LRSweep
+
+    cfg = resolve_config(recipe, _given(args), spec=resolve_spec(args.recipe))
+    sweep = LRSweep(**{k: getattr(args, k) for k in ("start_lr", "end_lr", "num_iter") if hasattr(args, k)})  # checked before torch
+    log_to_console(getattr(args, "debug", False))
+    from flint.recipes.app.lr_find import lr_find
+
+    lr, path = lr_find(cfg, recipe, sweep)
+    return _print_settled(f"curve: {path}\n{lr:.4g}")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from flint.recipes.app.predict import write_predictions
+
+    log_to_console(args.debug, quiet=not args.debug)
+    return _print_settled(str(write_predictions(args.path, args.dataset, args.output, args.device)[0]))
+
+
 def _print_settled(text: str) -> int:
     """A command's result: settled (no signal changes the exit status from here), then printed."""
     STOPS.settle()
@@ -220,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     STOPS.install()
     args: argparse.Namespace | None = None
     try:
-        recipe = load_recipe(argv[1]) if len(argv) > 1 and argv[0] == "run" and not argv[1].startswith("-") else None
+        recipe = load_recipe(argv[1]) if len(argv) > 1 and argv[0] in ("run", "lr-find") and not argv[1].startswith("-") else None
         args = build_parser(recipe).parse_args(argv)
         if args.command == "list":
             return _list()
@@ -228,7 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args, recipe or load_recipe(args.recipe), debug)
         if args.command == "resume":
             return _resume(args, debug)
-        return {"evaluate": _evaluate, "report": _report, "export": _export}[args.command](args)
+        if args.command == "lr-find":
+            return _lr_find(args, recipe or load_recipe(args.recipe))
+        return {"evaluate": _evaluate, "report": _report, "export": _export, "predict": _predict}[args.command](args)
     except BaseException as e:  # one line: no later signal can cut it short (Stops raises once)
         STOPS.settle()
         return _failed(e, args, debug)

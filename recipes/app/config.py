@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -21,8 +22,8 @@ from flint.recipes.app.tasks import METRICS, TASKS, canonical_task, metrics_prob
 
 __all__ = [
     "Config", "UsageError", "Option", "DEVICES", "OPTIMIZERS", "REFUSED_OPTIMIZERS", "LOSSES", "DEFAULT_LOSS", "LR_MODES",
-    "TASKS", "FLOAT32_MAX", "resolve_config", "option_fields", "option_name", "check_global_batch", "config_changes", "RunConfig",
-    "resume_refusal",
+    "TASKS", "FLOAT32_MAX", "resolve_config", "option_fields", "option_name", "option_text", "style_of", "check_global_batch",
+    "config_changes", "RunConfig", "resume_refusal",
 ]  # fmt: skip
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -248,6 +249,22 @@ class Config:
     metrics: list[str] = _opt(list, "validation metrics besides the loss and accuracy (mae for regression), by task: "
                               + "; ".join(f"{task}: {', '.join(names)}" for task, names in METRICS.items()) + " (default: the recipe's)",
                               _names, metavar="NAME,...", parse=_parse_names, resumable=True)  # fmt: skip
+    # starting afresh over a finished run, or from another run's weights
+    overwrite: bool = _opt(False, "start afresh in an output dir holding a finished or interrupted run: its Flint files are removed "
+                           "(train.log kept as train.log.1)", _flag, kind="switch", resumable=True)  # fmt: skip
+    init_from: str | None = _opt(None, "start a new run from the weights of this run (its best checkpoint) or checkpoint file, "
+                                 "with a fresh optimizer and LR schedule", _optional(_text), metavar="RUN_DIR_OR_CHECKPOINT",
+                                 resumable=True)  # fmt: skip
+
+    @property
+    def style(self) -> str:
+        """How messages name this run's options: as :func:`flint.recipes.fit`'s arguments for its runs, else as flags."""
+        return style_of(self.recipe)
+
+
+def style_of(recipe: str) -> str:
+    """``"python"`` for a run of :func:`flint.recipes.fit` (its recipe is named ``fit:...``), else ``"cli"``."""
+    return "python" if recipe.startswith("fit:") else "cli"
 
 
 def option_fields(scope: str | None = None) -> list[Any]:
@@ -261,11 +278,12 @@ def _option(name: str) -> Option:
     return next(f for f in fields(Config) if f.name == name).metadata["option"]
 
 
-def option_name(name: str, style: str) -> str:
-    """How an option is named in messages: ``--batch-size`` (``style="cli"``) or ``batch_size`` (``"python"``)."""
+def option_name(name: str, style: str, short: bool = False) -> str:
+    """How an option is named in messages: ``--batch-size`` (``style="cli"``; with ``short``, ``-o`` where
+    there is one) or ``batch_size`` (``"python"``)."""
     if style == "python":
         return name
-    return _option(name).flag or "--" + name.replace("_", "-")
+    return (short and _option(name).short) or _option(name).flag or "--" + name.replace("_", "-")
 
 
 def check_global_batch(batch_size: int, workers: int, style: str = "cli") -> None:
@@ -287,7 +305,7 @@ def resolve_config(
     """
 
     def show(option: str, value: Any) -> str:
-        return _show(option, value, style)
+        return option_text(option, value, style)
 
     known = {f.name for f in option_fields()}
     for source, names in (("", given), (f"recipe {recipe.name}'s defaults: ", recipe.defaults)):
@@ -318,12 +336,17 @@ def resolve_config(
 def _task(recipe: Any, given: str, style: str) -> str:
     """The run's task: the recipe's if it sets one (another one given is refused), else the one given, else multiclass."""
     if recipe.task is not None and given and canonical_task(given) != canonical_task(recipe.task):
-        raise UsageError(f"{_show('task', given, style)}: recipe {recipe.name} sets its task, {canonical_task(recipe.task)}")
+        raise UsageError(f"{option_text('task', given, style)}: recipe {recipe.name} sets its task, {canonical_task(recipe.task)}")
     return run_task(recipe.task, given)
 
 
-def _show(option: str, value: Any, style: str) -> str:
-    """An option and its value as the user would have written them."""
+def option_text(option: str, value: Any, style: str) -> str:
+    """An option and its value as the user would have written them.
+
+    Example:
+        >>> option_text("lr", 0.5, "cli"), option_text("resume", True, "cli"), option_text("resume", True, "python")
+        ('--lr 0.5', '--resume', 'resume=True')
+    """
     if style == "python":
         return f"{option}={value!r}"
     name = option_name(option, style)
@@ -341,8 +364,10 @@ def _check_together(cfg: Config, task: str, given: set[str], style: str) -> None
         return option_name(option, style)
 
     def show(option: str, value: Any) -> str:
-        return _show(option, value, style)
+        return option_text(option, value, style)
 
+    if {"overwrite", "resume"} <= given and cfg.overwrite and cfg.resume is not None:  # a resumed run keeps its saved overwrite
+        raise UsageError(f"{show('overwrite', True)} starts afresh; it takes no {name('resume')}")
     if cfg.loss not in LOSSES[task]:
         raise UsageError(f"{show('loss', cfg.loss)} does not fit {task}; choose from {', '.join(LOSSES[task])}")
     if cfg.label_smoothing and cfg.loss != "cross-entropy":
@@ -405,9 +430,10 @@ class RunConfig:
     """
 
     def __init__(self, options: Mapping[str, Any] | Config, fingerprint: Mapping[str, Any] | None = None,
-                 source: str = "the checkpoint") -> None:  # fmt: skip
+                 path: str | os.PathLike[str] | None = None) -> None:  # fmt: skip
         self.options = asdict(options) if isinstance(options, Config) else dict(options)
-        self.fingerprint, self.source = dict(fingerprint or {}), source  # source: "checkpoint PATH", for the message
+        self.fingerprint = dict(fingerprint or {})
+        self.path = None if path is None else os.fspath(path)  # the checkpoint's, for the message
 
     def state_dict(self) -> dict[str, Any]:
         # strings: plain data whatever the options hold
@@ -417,21 +443,25 @@ class RunConfig:
         from flint.recipes.app.fingerprint import fingerprint_changes
 
         saved = json.loads(state["fingerprint"]) if "fingerprint" in state else None  # a checkpoint without one: nothing to compare
-        refused = resume_refusal(self.source, config_changes(json.loads(state["json"]), self.options), fingerprint_changes(saved, self.fingerprint))
+        changes = config_changes(json.loads(state["json"]), self.options), fingerprint_changes(saved, self.fingerprint)
+        source = "the checkpoint" + (f" {self.path}" if self.path else "")
+        refused = resume_refusal(source, *changes, style_of(str(self.options.get("recipe", ""))), self.path)
         if refused:
             raise UsageError(refused)
 
 
-def resume_refusal(source: str, options: list[str], fingerprint: list[str]) -> str | None:
-    """The one line refusing to resume ``source`` ("checkpoint PATH", "the run in DIR") after these changes, or None.
+def resume_refusal(source: str, options: list[str], fingerprint: list[str], style: str = "cli", weights: str | None = None) -> str | None:
+    """The one line refusing to resume ``source`` ("the checkpoint PATH", "the run in DIR") after these changes, or None;
+    it points to ``init_from``, with ``weights`` (the run or checkpoint) where known, to start a new run from them.
 
     Example:
-        >>> resume_refusal("the run in runs/a", ["seed=1, now 2"], [])
-        '--resume: the run in runs/a was trained with seed=1, now 2; resume it unchanged'
-        >>> resume_refusal("the run in runs/a", [], ["the data changed (10 training samples, now 9)"])
-        '--resume: since the run in runs/a was trained, the data changed (10 training samples, now 9); resume it unchanged'
+        >>> resume_refusal("the run in runs/a", ["seed=1, now 2"], [], weights="runs/a")
+        '--resume: the run in runs/a was trained with seed=1, now 2; resume it unchanged, or start a new run from its weights with --init-from runs/a'
+        >>> resume_refusal("the checkpoint", [], ["the data changed (10 training samples, now 9)"], style="python")
+        'resume=True: since the checkpoint was trained, the data changed (10 training samples, now 9); resume it unchanged, or start a new run from its weights with init_from'
     """
     said = [f"{source} was trained with {'; '.join(options)}"] if options else []
     if fingerprint:
         said.append(f"{'since then' if options else f'since {source} was trained,'} {'; '.join(fingerprint)}")
-    return f"--resume: {'; '.join(said)}; resume it unchanged" if said else None
+    init = option_text("init_from", weights, style) if weights else option_name("init_from", style)
+    return f"{option_text('resume', True, style)}: {'; '.join(said)}; resume it unchanged, or start a new run from its weights with {init}" if said else None

@@ -21,12 +21,13 @@ when a line is complete. Nothing here imports torch: the command line starts at 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from flint.recipes.app.monitor import Monitor
@@ -35,8 +36,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "RECORDS", "LOG_ONLY", "for_console", "route_ignite_logging", "log_to_console", "significant", "lr_text", "duration", "epoch_line", "header_lines",
-    "closing_lines", "log_header", "ConsoleSink",
+    "RECORDS", "LOG_ONLY", "for_console", "route_ignite_logging", "log_to_console", "console_shown", "significant", "lr_text", "duration",
+    "epoch_values", "epoch_line", "header_lines", "closing_lines", "log_header", "ConsoleSink",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -140,8 +141,7 @@ def log_to_console(debug: bool = False, rank: int = 0, quiet: bool = False) -> N
 
     Adds one handler to the root logger (replacing one this function added before), filtered by
     :func:`for_console`, and routes Ignite's lines to the root logger (:func:`route_ignite_logging`).
-    ``flint`` calls it; call it before :func:`flint.recipes.app.fit` to see the same lines (``fit()`` itself
-    leaves your logging configuration as it is and writes every line to ``train.log``).
+    ``flint`` calls it for the whole process; :func:`flint.recipes.app.fit` for the run only (:func:`console_shown`).
 
     Args:
         debug: show DEBUG lines too. Default False.
@@ -158,6 +158,30 @@ def log_to_console(debug: bool = False, rank: int = 0, quiet: bool = False) -> N
     console.addFilter(for_console)  # Ignite's own lines and the full records: train.log only
     root.addHandler(console)
     route_ignite_logging()
+
+
+@contextlib.contextmanager
+def console_shown(debug: bool = False) -> Iterator[None]:
+    """:func:`log_to_console` for the block only: afterwards the logging configuration is as it was.
+
+    The loggers it changes (the root logger, Ignite's and ``torch.multiprocessing``) get their level,
+    handlers and propagation back, and Ignite's ``setup_logger`` loggers that the block made are
+    forgotten again, so Ignite makes them afresh, as it would have without the block.
+    """
+    manager = logging.root.manager  # logging's registry of loggers by name, as route_ignite_logging reads it
+    made = [name for name in IGNITE_SETUP_LOGGERS if name not in manager.loggerDict]
+    names = {"", "ignite", "torch.multiprocessing", *IGNITE_SETUP_LOGGERS, *(n for n in manager.loggerDict if n.startswith("ignite."))}
+    saved = [(log, log.level, list(log.handlers), log.propagate) for log in map(logging.getLogger, sorted(names - set(made)))]
+    log_to_console(debug)
+    try:
+        yield
+    finally:
+        for log, level, handlers, propagate in saved:
+            log.setLevel(level)
+            log.handlers[:] = handlers
+            log.propagate = propagate
+        for name in made:
+            manager.loggerDict.pop(name, None)
 
 
 def significant(value: Any) -> str:
@@ -218,6 +242,18 @@ def _measured(record: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
     return sorted(fields, key=lambda kv: kv[0] != "loss")  # stable: the others keep their order
 
 
+def epoch_values(training: Mapping[str, Any] | None, validation: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """An epoch's numbers as its line shows them: each training one by name, the loss first, then the
+    validation ones prefixed ``val_`` (Keras's ``History``). Position, time and LR are left out.
+
+    Example:
+        >>> epoch_values({"phase": "training", "epoch": 3, "accuracy": 0.98, "loss": 0.05, "epoch_time": 0.9, "lr": [0.04]},
+        ...              {"phase": "validation", "epoch": 3, "loss": 0.1, "accuracy": 0.97})
+        {'loss': 0.05, 'accuracy': 0.98, 'val_loss': 0.1, 'val_accuracy': 0.97}
+    """
+    return {**dict(_measured(training)), **{f"val_{name}": value for name, value in _measured(validation)}}
+
+
 def epoch_line(epoch: int, epochs: int, training: Mapping[str, Any] | None, validation: Mapping[str, Any] | None = None) -> str:
     """One epoch as Keras prints it: ``Epoch 3/10  0.9s  loss 0.0548  accuracy 0.9847  val_loss ...  lr 0.04``.
 
@@ -240,8 +276,7 @@ def epoch_line(epoch: int, epochs: int, training: Mapping[str, Any] | None, vali
     parts = [f"Epoch {epoch:>{len(str(epochs))}}/{epochs}"]
     if training is not None and isinstance(training.get("epoch_time"), (int, float)):
         parts.append(duration(training["epoch_time"]))
-    parts += [f"{name} {significant(value)}" for name, value in _measured(training)]
-    parts += [f"val_{name} {significant(value)}" for name, value in _measured(validation)]
+    parts += [f"{name} {significant(value)}" for name, value in epoch_values(training, validation).items()]
     if training is not None and training.get("lr") is not None:
         parts.append(f"lr {lr_text(training['lr'])}")
     return "  ".join(parts)

@@ -178,7 +178,7 @@ def checked_data(named: Sequence[tuple[str, Any]], cfg: Any, recipe: Any) -> tup
         UsageError: a form Flint does not take, a first sample that is neither a pair nor a mapping with the
             target's key (without ``prepare_batch``), or options that need datasets (see :func:`check_forms`).
     """
-    style = "python" if cfg.recipe.startswith("fit:") else "cli"
+    style = cfg.style
     sets = [as_data(data, name) if data is not None else None for name, data in named]
     check_forms(sets, cfg.nproc_per_node, cfg.data_on_device, style)
     kinds = []

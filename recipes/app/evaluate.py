@@ -3,27 +3,40 @@
 from __future__ import annotations
 
 import os
-from dataclasses import fields
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 from flint.recipes.app.config import Config, UsageError
 
-__all__ = ["evaluate"]
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+    from flint.recipes.app.runs import Run
+
+__all__ = ["evaluate", "Validating", "validating"]
 
 
-def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: str = "auto") -> dict[str, Any]:
-    """The validation metrics of a checkpoint: the best of a run directory, or the file given.
+@dataclass
+class Validating:
+    """A checkpoint's model ready to run over a validation set as training validated it."""
+
+    run: Run
+    cfg: Config  # the run's options, ``dataset`` the one evaluated
+    evaluator: Engine  # the model with the task's validation metrics attached
+    loader: Any  # the validation batches, in order
+
+
+def validating(path: str | os.PathLike[str], dataset: str | None = None, device: str = "auto") -> Validating:
+    """The checkpoint of ``path`` (a run directory's best, or the file given) and its recipe's validation set.
 
     The run's ``config.json`` (or the options the checkpoint carries) names its recipe and options;
     the validation set, its batches and the metrics are built as training built them
-    (``flint.recipes.app.loaders.make_val_loader``, ``flint.recipes.app.train.task_metrics``), so on the same device the numbers equal the
-    ``validation`` record of the checkpoint's epoch. ``dataset`` picks another of the recipe's datasets.
-
-    Returns:
-        ``{"checkpoint", "epoch", "dataset", "loss", <metric>...}``: ``accuracy`` (``mae`` for regression) and the run's ``metrics``.
+    (``flint.recipes.app.loaders.make_val_loader``, ``flint.recipes.app.train.task_metrics``).
+    ``dataset`` picks another of the recipe's datasets.
 
     Raises:
-        UsageError: not a run or checkpoint (see :func:`flint.recipes.app.runs.open_run`), or an unknown ``dataset``.
+        UsageError: not a run or checkpoint (see :func:`flint.recipes.app.runs.open_run`), an unknown
+            ``dataset``, or a dataset without a validation set.
     """
     import torch
 
@@ -60,5 +73,20 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: s
     TaskForm(cfg.task).attach(evaluator)  # before the metrics, as in training
     for name, metric in metrics.items():
         metric.attach(evaluator, name)
-    results = evaluator.run(val_loader).metrics
-    return {"checkpoint": str(run.checkpoint), "epoch": run.epoch, "dataset": cfg.dataset, **{k: float(v) for k, v in results.items()}}
+    return Validating(run, cfg, evaluator, val_loader)
+
+
+def evaluate(path: str | os.PathLike[str], dataset: str | None = None, device: str = "auto") -> dict[str, Any]:
+    """The validation metrics of a checkpoint: the best of a run directory, or the file given (see :func:`validating`).
+
+    On the same device the numbers equal the ``validation`` record of the checkpoint's epoch.
+
+    Returns:
+        ``{"checkpoint", "epoch", "dataset", "loss", <metric>...}``: ``accuracy`` (``mae`` for regression) and the run's ``metrics``.
+
+    Raises:
+        UsageError: see :func:`validating`.
+    """
+    job = validating(path, dataset, device)
+    results = job.evaluator.run(job.loader).metrics
+    return {"checkpoint": str(job.run.checkpoint), "epoch": job.run.epoch, "dataset": job.cfg.dataset, **{k: float(v) for k, v in results.items()}}

@@ -13,17 +13,41 @@ from typing import Any
 from flint.recipes.app.config import UsageError
 from flint.recipes.app.registry import Recipe
 
-__all__ = ["FORMATS", "METADATA_FILE", "export_model", "model_metadata"]
+__all__ = ["FORMATS", "METADATA_FILE", "export_model", "model_metadata", "data_metadata"]
 
 logger = logging.getLogger(__name__)
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "state_dict": ".state_dict.pt"}
 METADATA_FILE = "flint_metadata.json"  # the TorchScript extra file holding the metadata
-_OUTPUTS = {
-    "multiclass": "logits, one per class (softmax gives probabilities)",
-    "binary": "one logit (sigmoid gives the probability of class 1)",
-    "multilabel": "logits, one per label (sigmoid gives each label's probability)",
-    "regression": "the predicted values",
-}
+
+
+def data_metadata(recipe: Recipe, dataset: str, task: str = "multiclass") -> dict[str, Any]:
+    """What a model of ``recipe`` trained for ``task`` on ``dataset`` takes in and gives out: ``preprocessing`` (in words),
+    ``mean`` and ``std`` (per channel, or None), ``classes`` (names by output index, or None).
+
+    The recipe's own ``classes`` and ``normalization`` come first, then what Flint knows of a built-in
+    dataset (:func:`flint.recipes.builtin.data.dataset_info`). A run keeps them in ``config.json``
+    (``"metadata"``) for ``flint report``.
+
+    Example:
+        >>> from flint.recipes import Recipe
+        >>> mine = Recipe("mine", "a model of mine", dict, {"made-up": dict}, classes=["cat", "dog"], normalization=(0.5, 0.2))
+        >>> data_metadata(mine, "made-up")
+        {'preprocessing': 'unknown: not a dataset Flint knows', 'mean': [0.5], 'std': [0.2], 'classes': ['cat', 'dog']}
+    """
+    from flint.recipes.builtin.data import DatasetInfo, dataset_info
+
+    try:
+        info = dataset_info(dataset, task)
+    except ValueError:
+        info = DatasetInfo("unknown: not a dataset Flint knows")
+    mean, std = recipe.normalization or (info.mean, info.std)
+    classes = recipe.classes or info.classes
+    return {
+        "preprocessing": info.preprocessing,
+        "mean": list(mean) if mean is not None else None,
+        "std": list(std) if std is not None else None,
+        "classes": list(classes) if classes is not None else None,
+    }
 
 
 def model_metadata(recipe: Recipe, config: Mapping[str, Any], checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
@@ -31,8 +55,9 @@ def model_metadata(recipe: Recipe, config: Mapping[str, Any], checkpoint: str | 
 
     Keys: ``recipe``, ``dataset``, ``task``, ``input_shape`` (one sample; the batch dimension comes
     first and is free), ``preprocessing`` (in words), ``mean`` and ``std`` (per channel, or None if
-    the input is not normalised), ``classes`` (names by output index, or None), ``output``,
-    ``checkpoint`` (the file the weights came from) and ``config`` (the run's ``config.json``).
+    the input is not normalised), ``classes`` (names by output index, or None) (these three from
+    :func:`data_metadata`), ``output``, ``checkpoint`` (the file the weights came from) and ``config``
+    (the run's ``config.json``).
 
     Example:
         >>> from flint.recipes import RECIPES
@@ -40,25 +65,18 @@ def model_metadata(recipe: Recipe, config: Mapping[str, Any], checkpoint: str | 
         >>> meta["input_shape"], meta["mean"], meta["std"], meta["classes"][:3]
         ([1, 28, 28], [0.1307], [0.3081], ['0', '1', '2'])
     """
+    from flint.recipes.app.predict import OUTPUTS, output_kind
     from flint.recipes.app.tasks import run_task
-    from flint.recipes.builtin.data import DatasetInfo, dataset_info
 
     dataset = str(config.get("dataset") or recipe.default_dataset)
     task = run_task(recipe.task, config.get("task") or "")
-    try:
-        info = dataset_info(dataset, task)
-    except ValueError:
-        info = DatasetInfo("unknown: not a dataset Flint knows")
     return {
         "recipe": recipe.name,
         "dataset": dataset,
         "task": task,
         "input_shape": list(recipe.input_shape),
-        "preprocessing": info.preprocessing,
-        "mean": list(info.mean) if info.mean is not None else None,
-        "std": list(info.std) if info.std is not None else None,
-        "classes": list(info.classes) if info.classes is not None else None,
-        "output": _OUTPUTS[task],
+        **data_metadata(recipe, dataset, task),
+        "output": OUTPUTS[output_kind(task)],
         "checkpoint": Path(checkpoint).name,
         "config": dict(config),
     }

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flint.recipes.app.config import option_fields, resolve_config
+from flint.recipes.app.console import console_shown, log_to_console
+from flint.recipes.app.history import run_history
 from flint.recipes.app.registry import Recipe
 from flint.recipes.app.stopping import STOPS
 
@@ -40,6 +44,8 @@ def fit(
     handlers: Sequence[Any] = (),
     target_key: str = "target",
     prepare_batch: Callable[[Any, Any, bool], tuple[Any, Any]] | None = None,
+    classes: Sequence[str] | None = None,
+    verbose: bool = True,
     **options: Any,
 ) -> dict[str, Any]:
     """Train ``model`` with the loop of ``flint run``: records, TensorBoard, checkpoints, exact resume.
@@ -51,7 +57,11 @@ def fit(
     ``flint.recipes.app.config.Config``: ``epochs``, ``batch_size``, ``lr``, ``lr_mult``, ``update_cycle``,
     ``lr_mode``, ``interrupt_at``, ``early_stopping``, ``monitor``, ``val_every``, ``clip_grad_norm``,
     ``amp``, ``device="auto"``, ``progress``, ``seed``, ...); ``resume=True`` continues the run in
-    ``output_dir`` from its latest checkpoint (a new run if it has none), ``resume=PATH`` from a checkpoint.
+    ``output_dir`` from its latest checkpoint (a new run if it has none), ``resume=PATH`` from a checkpoint;
+    ``overwrite=True`` starts afresh over a finished or interrupted run there; ``init_from=RUN_DIR_OR_CHECKPOINT``
+    starts from those weights with a fresh optimizer and schedule. It shows what ``flint run`` shows on
+    stderr (the header, one line per epoch, the closing lines, the progress bar on a terminal) and
+    leaves your logging configuration as it was.
 
     Args:
         model: the network; trained in place (its weights are the run's at the end; with
@@ -78,12 +88,20 @@ def fit(
         target_key: in a dataset of mappings, the target's key; the other entries go to ``model(**features)``.
         prepare_batch: ``prepare_batch(batch, device, non_blocking) -> (x, y)`` for batches of any other
             form; the model is called as ``model(x)``.
+        classes: the class names by output index, kept in ``config.json`` (``flint report`` shows them).
+            Default None.
+        verbose: show the console's lines and the progress bar; False shows nothing (unless
+            ``progress=True`` is given). Default True.
         **options: ``flint run``'s options by their Python names.
 
     Returns:
         The run's ``"summary"`` record (as written to ``metrics.jsonl``): ``status`` is
         ``"completed"``, or ``"interrupted"`` when it stopped with a checkpoint saved (SIGTERM,
-        ``interrupt_at``); ``epochs``, ``best_epoch``, ``best_<metric>``, ``avg_epoch_time``, ...
+        ``interrupt_at``); ``epochs``, ``best_epoch``, ``best_<metric>``, ``avg_epoch_time``, ...;
+        and ``history``, one dict per epoch as Keras's ``History`` (``epoch``, ``loss``, ``accuracy``,
+        ``val_loss``, ``val_accuracy``...: the numbers of the console's lines and of ``metrics.jsonl``),
+        of the whole run: a resumed run's holds the epochs of its earlier launches too (read from
+        ``metrics.jsonl``, the last record of each epoch).
 
     Raises:
         ValueError: a bad option or argument, named, before anything is written.
@@ -94,14 +112,16 @@ def fit(
         >>> from torch.utils.data import TensorDataset
         >>> data = TensorDataset(torch.randn(64, 3), torch.randint(0, 2, (64,)))
         >>> summary = fit(torch.nn.Linear(3, 2), data, data, output_dir=tempfile.mkdtemp(), epochs=2, batch_size=16,
-        ...               optimizer=torch.optim.Adam, lr=0.01, progress=False, device="cpu")
-        >>> summary["status"], summary["epochs"]
-        ('completed', 2)
+        ...               optimizer=torch.optim.Adam, lr=0.01, verbose=False, device="cpu")
+        >>> summary["status"], summary["epochs"], [sorted(epoch) for epoch in summary["history"]][0]
+        ('completed', 2, ['accuracy', 'epoch', 'loss', 'val_accuracy', 'val_loss'])
     """
     import torch
 
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"Argument model should be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(verbose, bool):
+        raise ValueError(f"Argument verbose should be True or False, got {verbose!r}")
     cli_only = sorted(set(options) & {f.name for f in option_fields()} - {f.name for f in option_fields("python")})
     if cli_only:
         raise ValueError(f"{', '.join(cli_only)}: not options of fit(), which trains on the data you give")
@@ -109,6 +129,8 @@ def fit(
     if "resume" in given and isinstance(given["resume"], bool):
         given["resume"] = "" if given["resume"] else None
     given["output_dir"] = os.fspath(output_dir)
+    if not verbose:
+        given.setdefault("progress", False)
     loss_fn = None
     if isinstance(loss, str):
         given["loss"] = loss
@@ -135,7 +157,7 @@ def fit(
     name = type(model).__name__.lower()
     given["task"] = task
     recipe = Recipe(name, f"fit() of a {type(model).__name__}", _Given(model), {"data": _Given((train_data, val_data))},
-                    metrics=metrics, target_key=target_key, prepare_batch=prepare_batch)  # fmt: skip
+                    metrics=metrics, target_key=target_key, prepare_batch=prepare_batch, classes=classes)  # fmt: skip
     cfg = resolve_config(recipe, given, style="python", spec=f"fit:{type(model).__module__}.{type(model).__qualname__}")
     if cfg.nproc_per_node > 1:
         _check_pickles(metrics, prepare_batch)
@@ -145,16 +167,18 @@ def fit(
         cfg.optimizer = f"custom:{_qualname(factory)}"
     from flint.recipes.app.launch import launch
 
+    console = functools.partial(log_to_console, False) if verbose else None  # spawned workers' own
     STOPS.install()  # SIGTERM/SIGINT stop the run and save; given back to the caller's handlers at the end
     try:
-        summary = launch(cfg, recipe, handlers, loss_fn, factory)
+        with console_shown() if verbose else contextlib.nullcontext():
+            summary = launch(cfg, recipe, handlers, loss_fn, factory, console=console)
     finally:
         STOPS.uninstall()
     if cfg.nproc_per_node > 1 or summary.get("nothing_to_do"):  # trained elsewhere: model takes the run's last weights
         _load_last_weights(model, cfg.output_dir)
     for index, state in summary.pop("handler_states", {}).items():  # trained by spawned workers: the handlers take their state
         handlers[int(index)].load_state_dict(state)
-    return summary
+    return {**summary, "history": run_history(cfg.output_dir)}
 
 
 def _check_pickles(metrics: Any, prepare_batch: Any) -> None:

@@ -8,19 +8,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flint.recipes.app.config import DEFAULT_LOSS, LOSSES, OPTIMIZERS, REFUSED_OPTIMIZERS, UsageError
+from flint.recipes.app.config import DEFAULT_LOSS, LOSSES, OPTIMIZERS, REFUSED_OPTIMIZERS, UsageError, option_text
 from flint.recipes.app.tasks import canonical_task
 
 __all__ = ["OPTIMIZERS", "REFUSED_OPTIMIZERS", "LOSSES", "DEFAULT_LOSS", "make_optimizer", "make_loss", "param_groups"]
 
 def param_groups(
-    model: nn.Module, lr: float, lr_mult: dict[str, float], wd: float = 0.0, wd_all: bool = False
+    model: nn.Module, lr: float, lr_mult: dict[str, float], wd: float = 0.0, wd_all: bool = False, style: str = "cli"
 ) -> list[dict]:
     """Param groups: one at ``lr``, then one per ``lr_mult`` entry for parameters whose name contains it.
 
     A parameter goes to the first entry it matches (seed 001's per-group learning rates). With
     ``wd > 0`` and not ``wd_all``, each group is split in two: weight decay for weights, none for
-    biases and normalisation parameters (every parameter of at most one dimension).
+    biases and normalisation parameters (every parameter of at most one dimension). An ``lr_mult`` name no
+    parameter has is refused, named as ``style`` spells it.
     """
     by_key: dict[str | None, list[tuple[str, nn.Parameter]]] = {None: [], **{key: [] for key in lr_mult}}
     for name, p in model.named_parameters():
@@ -28,7 +29,7 @@ def param_groups(
     for key, named in by_key.items():
         if key is not None and not named:
             names = ", ".join(n for n, _ in model.named_parameters())
-            raise UsageError(f"--lr-mult {key}={lr_mult[key]}: no parameter name contains {key!r}; names: {names}")
+            raise UsageError(f"{option_text('lr_mult', {key: lr_mult[key]}, style)}: no parameter name contains {key!r}; names: {names}")
     groups = []
     for key, named in by_key.items():
         group_lr = lr if key is None else lr * lr_mult[key]

@@ -17,6 +17,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import math
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -46,10 +47,16 @@ ENTRY_POINT_GROUP = "flint.recipes"
 class Recipe:
     """A training job's ingredients: ``flint run`` and :func:`flint.recipes.app.fit` add the loop.
 
+    ``classes`` (names by output index) and ``normalization`` (``(mean, std)``, numbers or one per
+    channel, that the datasets' inputs were standardised with) reach ``flint export``'s metadata,
+    ``flint predict``'s class names and ``flint report``; without them, what Flint knows of a built-in
+    dataset is used.
+
     Example:
-        >>> recipe = Recipe("tiny", "a tiny model", build_model=dict, datasets={"mine": lambda cfg: ([], [])}, task="binary")
-        >>> recipe.default_dataset, recipe.task
-        ('mine', 'binary')
+        >>> recipe = Recipe("tiny", "a tiny model", build_model=dict, datasets={"mine": lambda cfg: ([], [])}, task="binary",
+        ...                 classes=["no", "yes"], normalization=(0.5, 0.25))
+        >>> recipe.default_dataset, recipe.task, recipe.classes, recipe.normalization
+        ('mine', 'binary', ('no', 'yes'), ((0.5,), (0.25,)))
     """
 
     name: str  # what `flint run NAME` takes, and the default output dir runs/NAME
@@ -63,6 +70,8 @@ class Recipe:
     metrics: Sequence[str] | Mapping[str, Any] = ()
     target_key: str = "target"  # in a dataset of mappings, the target's key; the other keys are the model's keyword arguments
     prepare_batch: Callable[[Any, Any, bool], tuple[Any, Any]] | None = None  # (batch, device, non_blocking) -> (x, y)
+    classes: Sequence[str] | None = None  # class names by output index
+    normalization: tuple[Any, Any] | None = None  # (mean, std) of the inputs' standardisation, per channel
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", self.name) or ".." in self.name:
@@ -77,10 +86,28 @@ class Recipe:
                              f"{type(self.prepare_batch).__name__}")  # fmt: skip
         if not self.datasets:
             raise ValueError(f"Recipe {self.name!r} needs at least one dataset")
+        if self.classes is not None:
+            if isinstance(self.classes, str) or not all(isinstance(c, str) for c in self.classes) or not self.classes:
+                raise ValueError(f"Argument classes should be a list of class names (strings), got {self.classes!r}")
+            object.__setattr__(self, "classes", tuple(self.classes))
+        if self.normalization is not None:
+            object.__setattr__(self, "normalization", _mean_std(self.normalization))
 
     @property
     def default_dataset(self) -> str:
         return next(iter(self.datasets))
+
+
+def _mean_std(value: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` as two equally long tuples of floats (one per channel), std > 0; ValueError naming the value."""
+    problem = f"Argument normalization should be (mean, std), each a number or one per channel, std > 0, got {value!r}"
+    try:
+        mean, std = ([float(v)] if isinstance(v, (int, float)) else [float(x) for x in v] for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(problem) from None
+    if not mean or len(mean) != len(std) or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise ValueError(problem)
+    return tuple(mean), tuple(std)
 
 
 @dataclass(frozen=True)

@@ -284,7 +284,7 @@ def _x_key(records: list[dict]) -> str:
     return "epoch"
 
 
-def _table(summary: dict[str, Any], lr: list[float] | None) -> str:
+def _table(summary: dict[str, Any], lr: list[float] | None, classes: list[str] | None = None) -> str:
     def show(value: Any, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
@@ -298,6 +298,8 @@ def _table(summary: dict[str, Any], lr: list[float] | None) -> str:
     ]
     if summary["resumes"]:
         rows.append(("resumed", ", ".join(f"at iteration {it} (epoch {ep})" for ep, it in summary["resumes"])))
+    if classes:  # the recipe's or fit()'s, or the dataset's (config.json's "metadata")
+        rows.append(("classes", f"{len(classes)}: {', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}"))
     if lr is not None:
         rows.append(("learning rate", f"{', '.join(format(v, '.6g') for v in dict.fromkeys(lr))} (constant)"))
     if summary["avg_epoch_time"] is not None:
@@ -484,4 +486,5 @@ def write_report(run_dir: str | Path) -> tuple[Path, str]:
     fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     tmp.replace(path)
-    return path, _table(summary, plot.constant_lr)
+    metadata = config.get("metadata")
+    return path, _table(summary, plot.constant_lr, metadata.get("classes") if isinstance(metadata, dict) else None)

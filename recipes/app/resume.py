@@ -17,12 +17,13 @@ from typing import Any
 import torch
 
 from flint.handlers import CheckpointError, Checkpointing
-from flint.recipes.app.config import Config, RunConfig, UsageError, config_changes, resume_refusal
+from flint.recipes.app.config import Config, RunConfig, UsageError, config_changes, option_name, option_text, resume_refusal
 from flint.recipes.app.fingerprint import fingerprint_changes
+from flint.recipes.app.init_from import load_init_weights
 from flint.recipes.app.rundir import RunDir
 from flint.recipes.app.runs import trained_epochs
 
-__all__ = ["resume_point", "nothing_left", "check_before_writing", "claim_run_dir", "last_summary", "load_resume_point"]
+__all__ = ["resume_point", "nothing_left", "takes_over", "check_before_writing", "claim_run_dir", "last_summary", "load_resume_point"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,42 +31,58 @@ logger = logging.getLogger(__name__)
 def resume_point(cfg: Config, fingerprint: dict[str, Any] | None = None) -> Path | str | None:
     """The checkpoint ``cfg`` resumes from, ``"latest"`` for the newest valid one in its output dir, or None.
 
-    ``--resume PATH`` takes a checkpoint file, or a run (or checkpoints) directory's newest one.
-    Refuses (``UsageError``) to mix a new run into an old one, and a resume that changes what is trained."""
-    run = RunDir(cfg.output_dir)
+    ``resume=PATH`` takes a checkpoint file, or a run (or checkpoints) directory's newest one.
+    Refuses (``UsageError``) to mix a new run into an old one (unless :func:`takes_over` says the new
+    run takes the directory over), and a resume that changes what is trained."""
+    run, style = RunDir(cfg.output_dir), cfg.style
     out = run.path
-    if cfg.resume is not None:
+    if cfg.resume is not None and takes_over(cfg) is None:  # a run taken over is not continued: nothing to compare
         try:
             saved = run.config() or {}
         except UsageError as e:  # an empty or half-written file
             logger.warning("Ignoring it: %s", e)
             saved = {}
-        refused = resume_refusal(f"the run in {out}", config_changes(saved, asdict(cfg)), fingerprint_changes(saved.get("fingerprint"), fingerprint))
+        changes = config_changes(saved, asdict(cfg)), fingerprint_changes(saved.get("fingerprint"), fingerprint)
+        refused = resume_refusal(f"the run in {out}", *changes, style, str(out))
         if refused:
             raise UsageError(refused)
     found = run.latest_checkpoint()
     if cfg.resume is None:
-        if found is not None or run.metrics_file.exists():
-            raise UsageError(f"output dir {out} already holds a run; pass --resume to continue it or choose another -o")
+        if (found is not None or run.metrics_file.exists()) and takes_over(cfg) is None:
+            raise UsageError(f"output dir {out} already holds a run; pass {option_text('resume', True, style)} to continue it, "
+                             f"{option_text('overwrite', True, style)} to start afresh, or choose another "
+                             f"{option_name('output_dir', style, short=True)}")  # fmt: skip
         return None
     if cfg.resume:
         path = Path(cfg.resume)
         if path.is_dir():
             newest = Checkpointing.find_latest(path / "checkpoints") or Checkpointing.find_latest(path)
             if newest is None:
-                raise UsageError(f"--resume {cfg.resume}: no checkpoint_<iteration>.pt in that directory or its checkpoints/")
+                raise UsageError(f"{option_text('resume', cfg.resume, style)}: no checkpoint_<iteration>.pt in that directory or its checkpoints/")
             return newest
         if not path.is_file():
-            raise UsageError(f"--resume {cfg.resume}: no such checkpoint file or run directory")
+            raise UsageError(f"{option_text('resume', cfg.resume, style)}: no such checkpoint file or run directory")
         return path
     if found is None:
         if list(run.checkpoints.glob("*.corrupt")):
-            raise CheckpointError(
-                f"--resume: every checkpoint in {run.checkpoints} was set aside as .corrupt; refusing to start the run over there"
-            )
-        logger.info("--resume: no checkpoint in %s yet, starting a new run", run.checkpoints)
+            raise CheckpointError(f"{option_text('resume', True, style)}: every checkpoint in {run.checkpoints} was set aside as .corrupt; "
+                                  "refusing to start the run over there")  # fmt: skip
+        logger.info("No checkpoint in %s yet: starting a new run", run.checkpoints)
         return None
     return "latest"
+
+
+def takes_over(cfg: Config) -> str | None:
+    """Why a new run of ``cfg`` takes over its output dir's earlier run, or None: ``overwrite`` was asked
+    for (without ``resume``), or that run left no checkpoint (it failed, was aborted or killed: nothing to continue).
+
+    The claim (:func:`claim_run_dir`) then clears the directory (:meth:`RunDir.clear`) before the run writes."""
+    run = RunDir(cfg.output_dir)
+    if cfg.overwrite and cfg.resume is None and run.has_run():
+        return "overwrite"
+    if run.failed_before_checkpoint():
+        return "its run failed before writing a checkpoint"
+    return None
 
 
 def nothing_left(cfg: Config, resume: Path | str | None, fingerprint: dict[str, Any] | None = None) -> str | None:
@@ -83,7 +100,7 @@ def nothing_left(cfg: Config, resume: Path | str | None, fingerprint: dict[str, 
         if not isinstance(state, dict):
             return None
         if "config" in state:
-            RunConfig(cfg, fingerprint, f"the checkpoint {path}").load_state_dict(state["config"])
+            RunConfig(cfg, fingerprint, path).load_state_dict(state["config"])
         epoch = trained_epochs(state) or 0
         stopper = state.get("early_stopping")
         if epoch >= cfg.epochs:
@@ -94,19 +111,24 @@ def nothing_left(cfg: Config, resume: Path | str | None, fingerprint: dict[str, 
     return None
 
 
-def check_before_writing(cfg: Config, fingerprint: dict[str, Any] | None = None) -> tuple[Path | str | None, str | None]:
+def check_before_writing(cfg: Config, fingerprint: dict[str, Any] | None = None,
+                         module: torch.nn.Module | None = None) -> tuple[Path | str | None, str | None]:  # fmt: skip
     """``(resume point, why nothing is left to train or None)``: every check that can refuse the run.
 
-    Run before anything is written (see :func:`claim_run_dir`): a usage error leaves no trace."""
+    Run before anything is written (see :func:`claim_run_dir`): a usage error leaves no trace. A new
+    run's ``module`` gets the ``init_from`` weights here (:func:`flint.recipes.app.init_from.load_init_weights`:
+    weights that do not fit are refused); a resumed one takes its checkpoint's later."""
     if cfg.progress_file is not None:
         folder = Path(cfg.progress_file).resolve().parent
         inside = folder.is_relative_to(Path(cfg.output_dir).resolve())  # made with the run's directory
         if not inside and (not folder.is_dir() or not os.access(folder, os.W_OK)):
-            raise UsageError(f"--progress-file {cfg.progress_file}: {folder} is not a writable directory")
+            raise UsageError(f"{option_text('progress_file', cfg.progress_file, cfg.style)}: {folder} is not a writable directory")
     run = RunDir(cfg.output_dir)
     if run.checkpoints.is_symlink() and not run.checkpoints.exists():
         raise UsageError(f"output dir {run.path}: checkpoints is a symbolic link to {os.readlink(run.checkpoints)}, which does not exist")
     resume = resume_point(cfg, fingerprint)
+    if resume is None and cfg.init_from is not None and module is not None:
+        load_init_weights(module, cfg.init_from, cfg.style)
     return resume, nothing_left(cfg, resume, fingerprint)
 
 
@@ -117,14 +139,15 @@ def claim_run_dir(cfg: Config, prepare: Callable[[], Any]) -> Iterator[tuple[Any
     The lock comes first (:meth:`RunDir.lock`: a second run is told at once), then ``prepare()`` (the
     recipe's own code: its datasets and model; its result has a ``fingerprint``) and every check of
     :func:`check_before_writing`. If any of them fails, the directories the lock created are removed
-    again: a refused run leaves no trace."""
+    again: a refused run leaves no trace. Once all have passed, a new run that :func:`takes_over` the
+    directory clears it (:meth:`RunDir.clear`)."""
     run = RunDir(cfg.output_dir)
     made = [d for d in (run.path, *run.path.parents) if not d.exists()]  # innermost first
     lock_made = not run.lock_file.exists()
-    with run.lock():
+    with run.lock(cfg.style):
         try:
             prepared = prepare()
-            resume, done = check_before_writing(cfg, prepared.fingerprint)
+            resume, done = check_before_writing(cfg, prepared.fingerprint, prepared.module)
             if cfg.progress_file is not None:
                 Path(cfg.progress_file).resolve().parent.mkdir(parents=True, exist_ok=True)
         except BaseException:
@@ -134,6 +157,10 @@ def claim_run_dir(cfg: Config, prepare: Callable[[], Any]) -> Iterator[tuple[Any
                 with contextlib.suppress(OSError):  # one the recipe wrote into stays
                     directory.rmdir()
             raise
+        why = takes_over(cfg) if resume is None else None
+        if why is not None:
+            kept = run.clear()
+            logger.info("Output dir %s (%s): cleared for a new run%s", run.path, why, f"; its train.log is now {kept.name}" if kept else "")
         yield prepared, resume, done
 
 

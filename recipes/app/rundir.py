@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from flint.recipes.app.config import UsageError
+from flint.recipes.app.config import UsageError, option_name
 from flint.recipes.app.monitor import DIRECTIONS, Monitor
 
 __all__ = ["RunDir", "LOCK_NAME", "STATUSES"]
@@ -37,8 +37,9 @@ _BEST = re.compile(r"^best_checkpoint_(?P<epoch>\d+)_(?P<metric>.+)=(?P<value>[^
 class RunDir:
     """A run's directory and what it holds.
 
-    Files: ``config.json`` (the resolved options), ``metrics.jsonl`` (every record), ``train.log``,
-    ``checkpoints/``, TensorBoard's events files, ``report.png`` and the lock ``.flint.lock``.
+    Files: ``config.json`` (the resolved options), ``metrics.jsonl`` (every record), ``train.log`` (and
+    ``train.log.1``, ... of runs it replaced), ``checkpoints/``, TensorBoard's events files, ``report.png``,
+    ``predictions.csv``, ``lr_find.png``, the default files of ``flint export`` and the lock ``.flint.lock``.
 
     Example:
         >>> import tempfile
@@ -59,17 +60,20 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints")
     lock_file = property(lambda self: self.path / LOCK_NAME)
     report_file = property(lambda self: self.path / "report.png")
+    predictions_file = property(lambda self: self.path / "predictions.csv")
+    lr_find_file = property(lambda self: self.path / "lr_find.png")
 
     # --- the lock: one run at a time --------------------------------------------------------------
 
     @contextmanager
-    def lock(self) -> Iterator[RunDir]:
+    def lock(self, style: str = "cli") -> Iterator[RunDir]:
         """Hold an exclusive OS lock on the directory for the block; :class:`UsageError` if another process holds it.
 
         ``fcntl.flock`` on ``.flint.lock``: the kernel releases it when the process ends, however it ends
         (a SIGKILLed run never blocks its own relaunch). The file holds the owner's pid and command line,
         for the message a second run gets. It is opened without following a symbolic link and must be a
-        regular file: a link planted there cannot make a run write into another file.
+        regular file: a link planted there cannot make a run write into another file. ``style`` names
+        options in the message as the caller does (:func:`flint.recipes.app.config.option_name`).
         """
         import fcntl
 
@@ -83,7 +87,7 @@ class RunDir:
         except BlockingIOError:
             owner = f.read()
             f.close()
-            raise self._in_use(owner) from None
+            raise self._in_use(owner, style) from None
         try:
             f.seek(0)
             f.truncate()
@@ -136,9 +140,9 @@ class RunDir:
             raise UsageError(f"output dir {self.path}: its lock file {LOCK_NAME} is not a regular file; remove it")
         return os.fdopen(fd, "r+" if flags & os.O_RDWR else "r", encoding="utf-8")
 
-    def _in_use(self, owner: str) -> UsageError:
+    def _in_use(self, owner: str, style: str = "cli") -> UsageError:
         who = owner.strip() or "another process"
-        return UsageError(f"output dir {self.path} is in use by process {who}; wait for it or choose another -o")
+        return UsageError(f"output dir {self.path} is in use by process {who}; wait for it or choose another {option_name('output_dir', style, True)}")
 
     # --- what it holds ------------------------------------------------------------------------------
 
@@ -248,6 +252,50 @@ class RunDir:
     def has_run(self) -> bool:
         """Whether a run wrote here: a checkpoint or records."""
         return self.metrics_file.exists() or self.latest_checkpoint() is not None
+
+    # --- a new run in place of an old one -------------------------------------------------------------
+
+    def flint_files(self) -> list[Path]:
+        """The files a run and Flint's commands wrote here, but the lock and ``train.log`` (see :meth:`clear`).
+
+        Only Flint's names: a file of yours in the directory is never among them."""
+        from flint.recipes.app.export import FORMATS  # torch-free
+
+        exports = [self.path / f"model{suffix}" for suffix in FORMATS.values()]  # flint export's defaults, and a state_dict's metadata
+        names = [self.config_file, self.metrics_file, self.report_file, self.predictions_file, self.lr_find_file, *exports,
+                 (self.path / f"model{FORMATS['state_dict']}").with_suffix(".json")]  # fmt: skip
+        found = [p for p in names if p.is_file()] + sorted(self.path.glob("events.out.tfevents.*"))
+        for pattern in ("checkpoint_*.pt", "best_checkpoint_*.pt", "*.pt.corrupt", ".*.pt.tmp"):
+            found += sorted(self.checkpoints.glob(pattern))
+        return found
+
+    def failed_before_checkpoint(self) -> bool:
+        """Whether the run here ended (failed, aborted or killed) before writing any checkpoint: nothing to continue.
+
+        Asked under the run's own lock (:meth:`status` would say ``running``)."""
+        if any(p.parent == self.checkpoints for p in self.flint_files()):
+            return False
+        summary = self.summary()
+        if summary is None:  # killed, or stopped before its first record
+            return self.metrics_file.exists() or self.log_file.exists()
+        return summary.get("status") in ("failed", "aborted")
+
+    def clear(self) -> Path | None:
+        """Remove :meth:`flint_files` (and ``checkpoints/`` if that leaves it empty) for a new run; ``train.log``
+        becomes ``train.log.1`` (an earlier ``.1`` becomes ``.2``, and so on: no log is lost). Returns the
+        renamed log, or None. Call it holding the lock (:meth:`lock`)."""
+        for path in self.flint_files():
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not there, or holding files of yours
+            self.checkpoints.rmdir()
+        if not self.log_file.is_file():
+            return None
+        kept = sorted((int(p.suffix[1:]) for p in self.path.glob("train.log.*") if p.suffix[1:].isdigit()), reverse=True)
+        for n in kept:
+            (self.path / f"train.log.{n}").replace(self.path / f"train.log.{n + 1}")
+        first = self.path / "train.log.1"
+        self.log_file.replace(first)
+        return first
 
 
 def _write_error(path: Path, error: OSError) -> OSError:

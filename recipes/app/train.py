@@ -55,9 +55,10 @@ from flint.handlers import (
     lr_multiplier,
     write_text_atomic,
 )
-from flint.recipes.app.config import Config, RunConfig, UsageError, check_global_batch
+from flint.recipes.app.config import Config, RunConfig, UsageError, check_global_batch, option_text
 from flint.recipes.app.console import RECORDS, ConsoleSink, log_header
 from flint.recipes.app.data_forms import Batches, KeywordInputs, checked_data, fingerprinted, size_of
+from flint.recipes.app.export import data_metadata
 from flint.recipes.app.fingerprint import data_fingerprint, file_digest, recipe_file
 from flint.recipes.app.loaders import first_input, make_loaders
 from flint.recipes.app.task_metrics import TaskForm, TaskLoss, chosen_metrics, task_metrics
@@ -70,7 +71,7 @@ from flint.recipes.app.rundir import RunDir
 from flint.recipes.app.stopping import STOPS, StopSignal
 from flint.recipes.app.tasks import run_task
 
-__all__ = ["train", "prepare", "build_job", "run_job", "Job", "Parts", "Place", "attach_all", "build_optimizer", "resolve_device", "task_metrics", "RunOutcome"]
+__all__ = ["train", "prepare", "build_job", "run_job", "Job", "Parts", "Place", "attach_all", "build_optimizer", "resolve_device", "RunOutcome"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +81,11 @@ OptimizerFactory = Callable[[list[dict]], torch.optim.Optimizer]
 # --- where this process trains -------------------------------------------------------------------
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, style: str = "cli") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available here; choose from auto, cpu")
+        raise UsageError(f"{option_text('device', 'cuda', style)}: no CUDA device is available here; choose from auto, cpu")
     return torch.device(name)
 
 
@@ -103,7 +104,7 @@ class Place:
 
     @classmethod
     def here(cls, cfg: Config) -> Place:
-        device, rank, world = resolve_device(cfg.device), idist.get_rank(), idist.get_world_size()
+        device, rank, world = resolve_device(cfg.device, cfg.style), idist.get_rank(), idist.get_world_size()
         if device.type == "cuda" and world > 1:
             device = torch.device("cuda", idist.get_local_rank())
             torch.cuda.set_device(device)
@@ -116,13 +117,14 @@ def check_with_torch(cfg: Config, recipe: Recipe) -> None:
     ``cfg.device`` stays as the user wrote it ("auto" is resolved on each run), so a run saved on a
     GPU machine resumes on a CPU one without a config change.
 
-    Raises ``UsageError``: no CUDA device, fewer than ``--nproc-per-node``, a ``--lr-mult`` name no
-    parameter has (the model is built on the meta device: no memory, no weights)."""
-    if resolve_device(cfg.device).type == "cuda" and cfg.nproc_per_node > torch.cuda.device_count():
-        raise UsageError(f"--nproc-per-node {cfg.nproc_per_node}: only {torch.cuda.device_count()} CUDA devices here")
+    Raises ``UsageError`` naming the option as the caller spells it (``cfg.style``): no CUDA device, fewer
+    than ``nproc_per_node``, an ``lr_mult`` name no parameter has (the model is built on the meta device: no
+    memory, no weights)."""
+    if resolve_device(cfg.device, cfg.style).type == "cuda" and cfg.nproc_per_node > torch.cuda.device_count():
+        raise UsageError(f"{option_text('nproc_per_node', cfg.nproc_per_node, cfg.style)}: only {torch.cuda.device_count()} CUDA devices here")
     if cfg.lr_mult:
         with torch.device("meta"):
-            param_groups(recipe.build_model(), cfg.lr, cfg.lr_mult)
+            param_groups(recipe.build_model(), cfg.lr, cfg.lr_mult, style=cfg.style)
 
 
 # --- the run: claim the directory, build, run ------------------------------------------------------
@@ -146,21 +148,21 @@ def train(
     loss becomes NaN or infinite (status ``"failed"``), ``KeyboardInterrupt`` on a second stop signal
     (status ``"aborted"``) and :class:`StopSignal` for one before training started."""
     run = RunDir(cfg.output_dir)
-    check_global_batch(cfg.batch_size, idist.get_world_size())  # also for callers that did not come through the CLI
+    check_global_batch(cfg.batch_size, idist.get_world_size(), cfg.style)  # also for callers that did not come through the CLI
     place = Place.here(cfg)
     with contextlib.ExitStack() as owned:
         if lock and place.main:  # the recipe's own code runs and is checked under the lock, before anything is written
             parts, resume, done = owned.enter_context(claim_run_dir(cfg, lambda: prepare(cfg, recipe)))
         else:
             parts = prepare(cfg, recipe)
-            resume, done = check_before_writing(cfg, parts.fingerprint)
+            resume, done = check_before_writing(cfg, parts.fingerprint, parts.module)
         if done is not None:
             logger.info("The run in %s already %s; nothing to do", run.path, done)
             return last_summary(run, done)
         idist.barrier()  # no rank may see rank 0's new files as "a run already there"
         if place.main:
             owned.enter_context(_logging_to(run))
-            config = {**asdict(cfg), "fingerprint": parts.fingerprint}
+            config = {**asdict(cfg), "fingerprint": parts.fingerprint, "metadata": data_metadata(recipe, cfg.dataset, cfg.task)}
             write_text_atomic(run.config_file, json.dumps(config, indent=2) + "\n", "config file")
             RECORDS.info("Run config: %s", json.dumps(config))  # train.log only; the console has a header
             if place.world > 1:

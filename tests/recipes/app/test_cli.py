@@ -188,6 +188,7 @@ def test_resume_refuses_changed_options_but_takes_more_epochs(tmp_path, capsys):
     assert main(["run", "lenet", "--epochs", "3", "--batch-size", "32", "--no-progress", "-o", str(out), "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "batch_size=64, now 32; test_run=True, now False; resume it unchanged" in err
+    assert err.endswith(f"or start a new run from its weights with --init-from {out}\n")
     assert (out / "config.json").read_text() == config_before
     assert main(["run", "lenet", "--test-run", "--epochs", "4", "--no-progress", "-o", str(out), "--resume"]) == 0
     assert records(out)[-1]["epochs"] == 4

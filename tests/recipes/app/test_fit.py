@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 from flint.engine import TrainEvents, register_state
 from flint.handlers import Checkpointing, NonFiniteLoss
 from flint.recipes import fit
+from flint.recipes.app.console import IGNITE_SETUP_LOGGERS, epoch_line
 
 TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time", "model_tflops")
 
@@ -78,7 +79,9 @@ def test_fit_runs_the_loop_with_a_custom_handler_loss_and_optimizer_class(tmp_pa
     train, val = made_up()
     summary = fit(fresh_net(), train, val, output_dir=tmp_path, loss=smooth_cross_entropy, optimizer=torch.optim.AdamW,
                   handlers=[counter], **OPTIONS)  # fmt: skip
+    history = summary.pop("history")
     assert summary == records(tmp_path)[-1] and summary["status"] == "completed" and summary["epochs"] == 4
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert counter.steps == 4 * 6 and counter.evaluator is not None
     assert [r["epoch"] for r in records(tmp_path) if r["phase"] == "validation"] == [1, 2, 3, 4]
     config = json.loads((tmp_path / "config.json").read_text())
@@ -101,6 +104,7 @@ def test_fit_interrupted_and_resumed_equals_an_unbroken_run(tmp_path):
     drop = lambda recs: [{k: v for k, v in r.items() if k not in TIMING} for r in recs if r["phase"] not in ("resume", "summary")]  # noqa: E731
     assert drop(records(tmp_path / "broken")) == drop(records(tmp_path / "straight"))
     assert resumed["best_value"] == straight["best_value"]
+    assert resumed["history"] == straight["history"] and len(resumed["history"]) == 4  # the whole run's, not the last launch's
     final = torch.load(Checkpointing.find_latest(tmp_path / "straight" / "checkpoints"), weights_only=True)["model"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())  # the model object itself trained on
     again = fresh_net()
@@ -143,6 +147,31 @@ def test_fit_writes_train_log_whatever_the_logging_configuration(tmp_path):
     assert "Run config:" in log and "Epoch 2/2" in log and "Completed 2 epochs" in log
 
 
+def test_fit_shows_the_console_leaves_logging_as_it_was_and_returns_the_history_of_metrics_jsonl(tmp_path, capsys):
+    def logging_state() -> list:  # without making a logger that is not there; a logger as made equals none (it passes all on)
+        found = [logging.root, *(logging.root.manager.loggerDict.get(n) for n in ("ignite", "torch.multiprocessing", *IGNITE_SETUP_LOGGERS))]
+        states = [(log.level, list(log.handlers), log.propagate) if isinstance(log, logging.Logger) else None for log in found]
+        return [None if state == (logging.NOTSET, [], True) else state for state in states]
+
+    train, val = made_up()
+    before = logging_state()
+    summary = fit(fresh_net(), train, val, output_dir=tmp_path / "shown", **{**OPTIONS, "epochs": 2})
+    assert logging_state() == before
+    lines = [line.split(" ", 1)[1] for line in capsys.readouterr().err.splitlines()]  # without the time
+    recs = records(tmp_path / "shown")
+    training = {r["epoch"]: r for r in recs if r["phase"] == "training"}
+    validation = {r["epoch"]: r for r in recs if r["phase"] == "validation"}
+    assert lines[0].startswith("net on data: 96 training and 24 validation samples; ")
+    assert lines[2:4] == [epoch_line(e, 2, training[e], validation[e]) for e in (1, 2)]  # the numbers of metrics.jsonl
+    assert lines[4] == "Completed 2 epochs" and lines[5].startswith("Best epoch ") and lines[6].startswith("Average epoch ")
+    assert summary["history"] == [
+        {"epoch": e, "loss": training[e]["loss"], "accuracy": training[e]["accuracy"], "val_loss": validation[e]["loss"],
+         "val_accuracy": validation[e]["accuracy"]} for e in (1, 2)
+    ]  # fmt: skip
+    fit(fresh_net(), train, val, output_dir=tmp_path / "quiet", verbose=False, **{**OPTIONS, "epochs": 1})
+    assert capsys.readouterr().err == "" and logging_state() == before
+
+
 @pytest.mark.parametrize(
     "arguments,message",
     [
@@ -170,6 +199,11 @@ def test_fit_writes_train_log_whatever_the_logging_configuration(tmp_path):
         ({"val_data": None, "early_stopping": 2}, "early_stopping needs val_data"),
         ({"monitor": "f1"}, "monitor='f1': multiclass validates loss, accuracy; add f1 to metrics"),
         ({"handlers": [print]}, "Argument handlers should hold objects with an attach(trainer[, evaluator]) method, got builtin_function"),
+        ({"classes": "ab"}, "Argument classes should be a list of class names (strings), got 'ab'"),
+        ({"verbose": 1}, "Argument verbose should be True or False, got 1"),
+        ({"overwrite": True, "resume": True}, "overwrite=True starts afresh; it takes no resume"),
+        ({"lr_mult": {"head": 0.1}}, "lr_mult={'head': 0.1}: no parameter name contains 'head'; names: layers.0.weight"),
+        ({"init_from": "nowhere"}, "init_from='nowhere': nowhere is neither a run directory nor a checkpoint file"),
     ],
 )
 def test_bad_arguments_raise_value_error_before_anything_is_written(tmp_path, arguments, message):

@@ -137,7 +137,7 @@ def test_resume_file_into_another_directory_refuses_changed_options(tmp_path, ca
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err == (f"flint: error: --resume: the checkpoint {checkpoint} was trained with batch_size=32, now 64; update_cycle=1, now 2; "
-                   "seed=42, now 8; resume it unchanged\n")  # fmt: skip
+                   f"seed=42, now 8; resume it unchanged, or start a new run from its weights with --init-from {checkpoint}\n")  # fmt: skip
     assert not (tmp_path / "b").exists()
     assert main(["run", "lenet", *QUICK, "--optimizer", "adam", "--resume", str(tmp_path / "a"), "-o", str(tmp_path / "c")]) == 2
     assert "optimizer='sgd', now 'adam'" in capsys.readouterr().err  # a run directory names its newest checkpoint

@@ -31,7 +31,7 @@ def test_a_new_run_needs_an_empty_place_and_resume_takes_the_newest_checkpoint(t
     run = RunDir(cfg.output_dir)
     assert resume_point(cfg) is None  # nothing there: a new run
     checkpoint(run, 5)
-    with pytest.raises(UsageError, match="already holds a run; pass --resume to continue it or choose another -o"):
+    with pytest.raises(UsageError, match="already holds a run; pass --resume to continue it, --overwrite to start afresh, or choose another -o"):
         resume_point(cfg)
     assert resume_point(replace(cfg, resume="")) == "latest"
     checkpoint(run, 10)
@@ -49,7 +49,8 @@ def test_a_resume_refuses_changed_options_and_fingerprints_naming_them(tmp_path)
     with pytest.raises(UsageError) as error:
         resume_point(cfg, {"data": {**DATA, "train": 9}})
     assert str(error.value) == (f"--resume: the run in {run.path} was trained with batch_size=32, now 64; since then the data changed "
-                                "(10 training samples, now 9); resume it unchanged")  # fmt: skip
+                                "(10 training samples, now 9); resume it unchanged, or start a new run from its weights with "
+                                f"--init-from {run.path}")  # fmt: skip
 
 
 def test_nothing_is_left_when_the_checkpoint_has_every_epoch_or_stopped_early(tmp_path):
@@ -86,7 +87,7 @@ def test_a_refused_claim_removes_the_directories_it_made_and_a_granted_one_holds
     with pytest.raises(UsageError, match="the recipe's data is bad"), claim_run_dir(cfg, refused):
         pass
     assert not (tmp_path / "a").exists()  # every directory the lock made, gone again
-    with claim_run_dir(cfg, lambda: SimpleNamespace(fingerprint=None)) as (prepared, resume, done):
+    with claim_run_dir(cfg, lambda: SimpleNamespace(fingerprint=None, module=None)) as (prepared, resume, done):
         assert (resume, done) == (None, None) and RunDir(cfg.output_dir).status() == "running"
     assert RunDir(cfg.output_dir).in_use() is None
 

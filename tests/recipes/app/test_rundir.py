@@ -90,3 +90,38 @@ def test_config_reads_or_names_the_file(tmp_path):
     with pytest.raises(UsageError, match=f"cannot read {run.config_file}: not a JSON object"):
         run.config()
     assert run.monitor() is None
+
+
+def test_a_run_that_ended_before_any_checkpoint_has_nothing_to_continue(tmp_path):
+    run = RunDir(tmp_path / "run")
+    assert not run.failed_before_checkpoint()  # nothing there
+    write_records(run, {"phase": "training", "epoch": 1, "loss": 0.5})
+    assert run.failed_before_checkpoint()  # killed: no summary
+    write_records(run, {"phase": "summary", "status": "failed"})
+    assert run.failed_before_checkpoint()
+    run.checkpoints.mkdir()
+    (run.checkpoints / "checkpoint_3.pt.corrupt").write_bytes(b"")
+    assert not run.failed_before_checkpoint()  # it wrote one, later set aside
+    (run.checkpoints / "checkpoint_3.pt.corrupt").unlink()
+    write_records(run, {"phase": "summary", "status": "completed"})
+    assert not run.failed_before_checkpoint()
+
+
+def test_clear_removes_only_flints_files_and_keeps_every_log(tmp_path):
+    run = RunDir(tmp_path)
+    run.checkpoints.mkdir()
+    flints = ["config.json", "metrics.jsonl", "report.png", "predictions.csv", "model.onnx", "model.state_dict.pt", "model.state_dict.json",
+              "events.out.tfevents.1.host", "checkpoints/checkpoint_46.pt", "checkpoints/best_checkpoint_2_accuracy=0.9000.pt",
+              "checkpoints/checkpoint_23.pt.corrupt", "checkpoints/.checkpoint_69.pt.tmp"]  # fmt: skip
+    mine = ["notes.txt", "checkpoints/mine.pt", "model.py"]
+    for name in flints + mine:
+        (tmp_path / name).write_text(name)
+    for name, text in (("train.log", "third"), ("train.log.1", "second"), ("train.log.2", "first")):
+        (tmp_path / name).write_text(text)
+    assert sorted(str(p.relative_to(tmp_path)) for p in run.flint_files()) == sorted(flints)
+    assert run.clear() == tmp_path / "train.log.1"
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == sorted([*mine, "train.log.1", "train.log.2", "train.log.3"])
+    assert [(tmp_path / f"train.log.{n}").read_text() for n in (1, 2, 3)] == ["third", "second", "first"]
+    (tmp_path / "checkpoints" / "mine.pt").unlink()
+    assert run.clear() is None and not run.checkpoints.exists()  # no log to keep; an emptied checkpoints/ goes
