@@ -108,6 +108,18 @@ def _lr_mult(value: Any) -> str | None:
     return f"factors must be finite numbers > 0 and <= {FLOAT32_MAX:g}, got {', '.join(bad)}" if bad else None
 
 
+def _tracking_uri(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return "must be an MLflow tracking URI, or '' for MLflow's default"
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        return "MLflow is not installed: pip install mlflow-skinny sqlalchemy alembic (Flint's extra 'mlflow')"
+    return None
+
+
 # --- option text -> value: the command line's parsers ------------------------------------------------
 
 
@@ -231,6 +243,9 @@ class Config:
     nproc_per_node: int = _opt(1, "data-parallel workers spawned on this machine (gloo on CPU, nccl on CUDA)", _int_in(1, 1024),
                                metavar="N", resumable=True, **_INT)  # fmt: skip
     profile: bool = _opt(False, "log each handler's cost (Ignite's HandlersTimeProfiler) at the end", _flag, kind="switch", resumable=True)
+    # many runs: experiment tracking
+    mlflow: str | None = _opt(None, "track the run in MLflow at this tracking URI; alone, MLflow's default (mlflow.db here)", _tracking_uri,
+                              metavar="URI", kind="optional", resumable=True)  # fmt: skip
 
 
 def option_fields(scope: str | None = None) -> list[Any]:

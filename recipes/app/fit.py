@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flint.recipes.app.config import option_fields, resolve_config
+from flint.recipes.app.config_file import file_options, given_in_file
 from flint.recipes.app.registry import Recipe
 from flint.recipes.app.stopping import STOPS
 
@@ -35,8 +36,9 @@ def fit(
     output_dir: str | os.PathLike[str],
     task: str = "classification",
     loss: Any = None,
-    optimizer: Any = "sgd",
+    optimizer: Any = None,
     handlers: Sequence[Any] = (),
+    config: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Train ``model`` with the loop of ``flint run``: records, TensorBoard, checkpoints, exact resume.
@@ -62,11 +64,14 @@ def fit(
             ``loss(y_pred, y)`` returning a scalar mean loss. Default: the task's.
         optimizer: a name (``"sgd"``, ``"adamw"``, ...), an optimizer class (called with the param groups
             and ``lr=``), or a callable taking the param groups (each with its ``lr`` and
-            ``weight_decay``) and returning an optimizer. Default ``"sgd"``.
+            ``weight_decay``) and returning an optimizer. Default: ``config``'s, else ``"sgd"``.
         handlers: more handlers; each gets ``attach(trainer)``, or ``attach(trainer, evaluator)`` when
             its ``attach`` takes two engines. Their state is checkpointed if they register it
             (``flint.engine.register_state``).
-        **options: ``flint run``'s options by their Python names.
+        config: a JSON, YAML or TOML file of options by their Python names, as ``flint run --config``
+            takes it (a run's ``config.json`` too); keywords given here win. Default None.
+        **options: ``flint run``'s options by their Python names; ``mlflow=URI`` (``True``: MLflow's
+            default store) tracks the run in MLflow.
 
     Returns:
         The run's ``"summary"`` record (as written to ``metrics.jsonl``): ``status`` is
@@ -93,9 +98,12 @@ def fit(
     cli_only = sorted(set(options) & {f.name for f in option_fields()} - {f.name for f in option_fields("python")})
     if cli_only:
         raise ValueError(f"{', '.join(cli_only)}: not options of fit(), which trains on the data you give")
-    given = dict(options)
-    if "resume" in given and isinstance(given["resume"], bool):
-        given["resume"] = "" if given["resume"] else None
+    from_file = _from_file(config, loss, optimizer)
+    given = {**from_file, **options}
+    optimizer = given.pop("optimizer", "sgd") if optimizer is None else optimizer
+    for name in ("resume", "mlflow"):  # True: the option without a value
+        if name in given and isinstance(given[name], bool):
+            given[name] = "" if given[name] else None
     given["output_dir"] = os.fspath(output_dir)
     loss_fn = None
     if isinstance(loss, str):
@@ -122,7 +130,8 @@ def fit(
         raise ValueError("early_stopping needs val_data: it counts validations without improvement")
     name = type(model).__name__.lower()
     recipe = Recipe(name, f"fit() of a {type(model).__name__}", _Given(model), {"data": _Given((train_data, val_data))}, task=task)
-    cfg = resolve_config(recipe, given, style="python", spec=f"fit:{type(model).__module__}.{type(model).__qualname__}")
+    repeated = set(from_file) - set(options) - given_in_file(from_file, recipe)  # the file's options at their defaults: not refused
+    cfg = resolve_config(recipe, given, style="python", spec=f"fit:{type(model).__module__}.{type(model).__qualname__}", typed=set(given) - repeated)
     if loss_fn is not None:
         cfg.loss = f"custom:{_qualname(loss_fn)}"
     if factory is not None:
@@ -139,6 +148,16 @@ def fit(
     for index, state in summary.pop("handler_states", {}).items():  # trained by spawned workers: the handlers take their state
         handlers[int(index)].load_state_dict(state)
     return summary
+
+
+def _from_file(config: str | os.PathLike[str] | None, loss: Any, optimizer: Any) -> dict[str, Any]:
+    """The options ``config`` sets, less the loss and optimizer when fit() is given its own (an optimizer object: its arguments too)."""
+    if config is None:
+        return {}
+    ignore = {"loss"} if loss is not None else set()
+    if optimizer is not None:
+        ignore |= {"optimizer"} if isinstance(optimizer, str) else {"optimizer", "momentum", "nesterov"}
+    return file_options(config, "python", ignore=ignore)
 
 
 def _load_last_weights(model: nn.Module, output_dir: str) -> None:

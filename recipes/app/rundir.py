@@ -38,7 +38,8 @@ class RunDir:
     """A run's directory and what it holds.
 
     Files: ``config.json`` (the resolved options), ``metrics.jsonl`` (every record), ``train.log``,
-    ``checkpoints/``, TensorBoard's events files, ``report.png`` and the lock ``.flint.lock``.
+    ``checkpoints/``, TensorBoard's events files, ``report.png``, ``mlflow.json`` (``--mlflow``'s run id)
+    and the lock ``.flint.lock``.
 
     Example:
         >>> import tempfile
@@ -59,6 +60,7 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints")
     lock_file = property(lambda self: self.path / LOCK_NAME)
     report_file = property(lambda self: self.path / "report.png")
+    mlflow_file = property(lambda self: self.path / "mlflow.json")  # the MLflow run this run is tracked in
 
     # --- the lock: one run at a time --------------------------------------------------------------
 
@@ -158,8 +160,9 @@ class RunDir:
             raise UsageError(f"cannot read {self.config_file}: not a JSON object")
         return config
 
-    def tail(self) -> list[dict[str, Any]]:
-        """The last records of ``metrics.jsonl`` (its final 64 KiB), skipping lines that do not parse; [] if none."""
+    def tail(self, last: int | None = None) -> list[dict[str, Any]]:
+        """The last records of ``metrics.jsonl`` (its final 64 KiB; only the ``last`` ones if given), in file order,
+        skipping lines that do not parse; [] if none."""
         try:
             with self.metrics_file.open("rb") as f:
                 size = f.seek(0, os.SEEK_END)
@@ -169,30 +172,35 @@ class RunDir:
             return []
         if size > _TAIL_BYTES:
             lines = lines[1:]  # the first may be cut
-        records = []
-        for line in lines:
+        records: list[dict[str, Any]] = []
+        for line in reversed(lines):  # from the end: `last` records parse only those
+            if last is not None and len(records) >= last:
+                break
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
             if isinstance(record, dict) and isinstance(record.get("phase"), str):
                 records.append(record)
-        return records
+        return records[::-1]
 
     def summary(self) -> dict[str, Any] | None:
         """The run's last ``summary`` record if it is the last record (the latest launch closed), else None."""
-        records = self.tail()
+        records = self.tail(last=1)
         return records[-1] if records and records[-1]["phase"] == "summary" else None
 
-    def status(self) -> str:
+    def status(self, tail: list[dict[str, Any]] | None = None) -> str:
         """One of :data:`STATUSES`: ``running`` while a process holds the lock, else what the last launch
         recorded (``completed``, ``stopped early``, ``interrupted``, ``failed``, ``aborted``); ``failed`` for a
-        launch that ended without a summary (killed), ``new`` for a directory with no records."""
+        launch that ended without a summary (killed), ``new`` for a directory with no records.
+
+        ``tail``: what :meth:`tail` returned, when it was read already (its last record is enough)."""
         if self.in_use() is not None:
             return "running"
-        summary = self.summary()
+        records = self.tail(last=1) if tail is None else tail
+        summary = records[-1] if records and records[-1]["phase"] == "summary" else None
         if summary is None:
-            return "failed" if self.tail() or self.metrics_file.exists() else "new"
+            return "failed" if records or self.metrics_file.exists() else "new"
         status = str(summary.get("status"))
         if status == "completed" and summary.get("stopped_early"):
             return "stopped early"
