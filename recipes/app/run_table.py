@@ -12,7 +12,7 @@ import datetime
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from flint.recipes.app.rundir import LOCK_NAME, RunDir
 __all__ = ["RunRow", "find_runs", "read_row", "run_rows", "format_table", "as_json"]
 
 _MARKS = frozenset({"config.json", "metrics.jsonl", LOCK_NAME})  # a directory holding one of these is a run's
+_EPOCHS = frozenset({"training", "validation", "summary"})  # what a row reads of a run that has not closed
 
 
 @dataclass
@@ -83,14 +84,13 @@ def read_row(path: str | os.PathLike[str], now: float | None = None) -> RunRow:
     except UsageError as e:
         config, problems = None, [str(e)]
     config = config or {}
-    records = run.tail(last=1)
-    status = run.status(tail=records)
-    closed = status != "running" and bool(records) and records[-1]["phase"] == "summary"
-    if not closed:  # running, killed, or records of a loop of one's own: the whole tail
-        records = run.tail()
-        if not records and run.metrics_file.exists():
-            problems.append("metrics.jsonl holds no records")
-    epochs, best_metric, best_value, best_epoch = _progress(records, config, closed)
+    last = run.tail(last=1)
+    status = run.status(tail=last)
+    closed = status != "running" and bool(last) and last[-1]["phase"] == "summary"
+    records = last if closed else run.tail(phases=("validation", "summary"))  # running or killed: what the tail says of it
+    if not last and run.metrics_file.exists():
+        problems.append("metrics.jsonl holds no records")
+    epochs, best_metric, best_value, best_epoch = _progress(run, records, config, closed)
     total = config.get("epochs")
     return RunRow(
         dir=str(path),
@@ -107,16 +107,20 @@ def read_row(path: str | os.PathLike[str], now: float | None = None) -> RunRow:
     )
 
 
-def _progress(records: list[dict[str, Any]], config: dict[str, Any], closed: bool) -> tuple[int | None, str | None, Any, Any]:
-    """(epochs done, monitored metric, its best value, its epoch): the closing summary's, else from the records."""
+def _progress(run: RunDir, records: list[dict[str, Any]], config: dict[str, Any], closed: bool) -> tuple[int | None, str | None, Any, Any]:
+    """(epochs done, monitored metric, its best value, its epoch): the closing summary's, else the tail's latest epoch
+    and its validation records' best."""
     if closed:
         summary = records[-1]
         monitor = Monitor.of(summary.get("monitor"))
         return summary.get("epochs"), monitor.name if monitor else None, summary.get("best_value"), summary.get("best_epoch")
-    if not records:
-        return None, None, None, None
-    seen = summarise(records, Monitor.of(config.get("monitor")))  # report's rule: the default is accuracy, else loss
-    return seen["epochs"], seen["metric"], seen["best_value"], seen["best_epoch"]
+    latest = [r.get("epoch") for r in run.tail(last=2, phases=("training", "validation"))]
+    epochs = max((e for e in latest if isinstance(e, int)), default=None)
+    validation = [r for r in records if r["phase"] == "validation" and isinstance(r.get("epoch"), int)]
+    if not validation:
+        return epochs, None, None, None
+    seen = summarise(validation, Monitor.of(config.get("monitor")))  # report's rule: the default is accuracy, else loss
+    return epochs, seen["metric"], seen["best_value"], seen["best_epoch"]
 
 
 def run_rows(dirs: Iterable[str | os.PathLike[str]], now: float | None = None) -> list[RunRow]:
@@ -147,4 +151,4 @@ def format_table(rows: Sequence[RunRow]) -> str:
 
 def as_json(rows: Sequence[RunRow]) -> list[dict[str, Any]]:
     """The rows as ``--json`` prints them."""
-    return [asdict(row) for row in rows]
+    return [dict(vars(row)) for row in rows]  # its fields are plain values: no deep copy

@@ -16,7 +16,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = ".flint.lock"
 STATUSES = ("running", "completed", "stopped early", "interrupted", "failed", "aborted", "new")
 _TAIL_BYTES = 1 << 16  # the end of metrics.jsonl read for a run's status: its last records
+_LAST_BYTES = 1 << 12  # read first for its last few records
+_PHASE = re.compile(r'"phase"\s*:\s*"([^"]*)"')  # a record's phase, found without parsing its line
 _BEST = re.compile(r"^best_checkpoint_(?P<epoch>\d+)_(?P<metric>.+)=(?P<value>[^=]+)\.pt$")  # flint.handlers.Checkpointing's names
 
 
@@ -160,29 +162,40 @@ class RunDir:
             raise UsageError(f"cannot read {self.config_file}: not a JSON object")
         return config
 
-    def tail(self, last: int | None = None) -> list[dict[str, Any]]:
-        """The last records of ``metrics.jsonl`` (its final 64 KiB; only the ``last`` ones if given), in file order,
-        skipping lines that do not parse; [] if none."""
+    def tail(self, last: int | None = None, phases: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """The last records of ``metrics.jsonl`` (its final 64 KiB), in file order, skipping lines that do not parse; [] if none.
+
+        ``last``: only the last ones (read from the end: the last record of a closed run costs one line).
+        ``phases``: only records of these phases (a line naming another phase is not parsed)."""
+        records: list[dict[str, Any]] = []
+        for window in (_LAST_BYTES, _TAIL_BYTES) if last is not None else (_TAIL_BYTES,):
+            lines, whole = self._end_lines(window)
+            records = []
+            for line in reversed(lines):  # from the end: `last` records parse only those
+                if last is not None and len(records) >= last:
+                    break
+                if phases is not None and ((named := _PHASE.search(line)) is None or named[1] not in phases):
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("phase"), str) and (phases is None or record["phase"] in phases):
+                    records.append(record)
+            if whole or (last is not None and len(records) >= last):
+                break
+        return records[::-1]
+
+    def _end_lines(self, window: int) -> tuple[list[str], bool]:
+        """The lines of the last ``window`` bytes of ``metrics.jsonl`` (the first, maybe cut, left out) and whether that is all of it."""
         try:
             with self.metrics_file.open("rb") as f:
                 size = f.seek(0, os.SEEK_END)
-                f.seek(max(0, size - _TAIL_BYTES))
-                lines = f.read().split(b"\n")
+                f.seek(max(0, size - window))
+                lines = f.read().decode("utf-8", "replace").split("\n")
         except OSError:
-            return []
-        if size > _TAIL_BYTES:
-            lines = lines[1:]  # the first may be cut
-        records: list[dict[str, Any]] = []
-        for line in reversed(lines):  # from the end: `last` records parse only those
-            if last is not None and len(records) >= last:
-                break
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("phase"), str):
-                records.append(record)
-        return records[::-1]
+            return [], True
+        return (lines[1:], False) if size > window else (lines, True)
 
     def summary(self) -> dict[str, Any] | None:
         """The run's last ``summary`` record if it is the last record (the latest launch closed), else None."""

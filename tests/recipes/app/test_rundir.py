@@ -90,3 +90,12 @@ def test_config_reads_or_names_the_file(tmp_path):
     with pytest.raises(UsageError, match=f"cannot read {run.config_file}: not a JSON object"):
         run.config()
     assert run.monitor() is None
+
+
+def test_the_last_records_of_the_tail_and_a_status_from_them(tmp_path):
+    run = RunDir(tmp_path)
+    lines = [{"phase": "validation", "epoch": e, "loss": 1 / e} for e in (1, 2, 3)] + [{"phase": "summary", "status": "interrupted"}]
+    run.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in lines[:3]) + "{cut\n" + json.dumps(lines[3]) + "\n")
+    assert run.tail(last=2) == [lines[2], lines[3]] and run.tail(last=1) == [lines[3]] and run.tail() == lines
+    assert run.status(tail=run.tail(last=1)) == run.status() == "interrupted"
+    assert run.status(tail=lines[:3]) == "failed"  # records whose last is no summary: a launch that ended without one
