@@ -70,7 +70,7 @@ class LaunchClock:
         except UsageError:  # a config.json that does not read: resume says so, the clock starts over
             saved = {}
         started = saved.get("started") if parse_time(saved.get("started")) is not None else iso_time(launched)
-        earlier = _last_wall_time(run.tail()) if resuming else None
+        earlier = _last_wall_time(run.tail(phases=("summary",))) if resuming else None
         return cls(started, launched, earlier or 0.0, now)
 
     def fields(self) -> dict[str, str]:

@@ -158,17 +158,19 @@ def train(
             logger.info("The run in %s already %s; nothing to do", run.path, done)
             return last_summary(run, done)
         idist.barrier()  # no rank may see rank 0's new files as "a run already there"
-        clock = LaunchClock.start(run, resuming=resume is not None) if place.main else None
+        clock = None  # rank 0's: when the run started, how long it ran
         if place.main:
             owned.enter_context(_logging_to(run))
-            config = {**asdict(cfg), "fingerprint": parts.fingerprint, **clock.fields()}  # type: ignore[union-attr]
+            clock = LaunchClock.start(run, resuming=resume is not None)
+            config = {**asdict(cfg), "fingerprint": parts.fingerprint, **clock.fields()}
             write_text_atomic(run.config_file, json.dumps(config, indent=2) + "\n", "config file")
             RECORDS.info("Run config: %s", json.dumps(config))  # train.log only; the console has a header
             if place.world > 1:
                 RECORDS.info("Data-parallel on %d workers (%s): %d samples per worker batch", place.world, idist.backend(),
                              cfg.batch_size // place.world)  # fmt: skip
         try:
-            return run_job(build_job(cfg, recipe, run, place, handlers, loss_fn, optimizer, parts=parts, clock=clock, resuming=resume is not None), resume)
+            job = build_job(cfg, recipe, run, place, handlers, loss_fn, optimizer, parts=parts, clock=clock, resuming=resume is not None)
+            return run_job(job, resume)
         except Exception:
             logger.debug("Run failed", exc_info=True)
             raise
@@ -489,11 +491,15 @@ def build_job(cfg: Config, recipe: Recipe, run: RunDir, place: Place, extra_hand
     monitor = Monitor.parse(cfg.monitor, recipe.task)
     report = build_reporting(cfg, recipe.task, run, place, model, data, trainer)
     safety = build_safety(cfg, run, monitor, model, trainer, validating=data.val_loader is not None)
-    if place.main:  # the console: one line per epoch, the closing lines with the best checkpoint's path
+    if place.main:  # the console: one line per epoch, the closing lines with the best checkpoint's path; MLflow
         best = safety.checkpoints.best_checkpoint
+
+        def best_path() -> Any:
+            return best.last_checkpoint if best is not None else None
+
         hint = "call fit() again with resume=True" if cfg.recipe.startswith("fit:") else f"run: flint resume {run.path}"
-        report.stream.add(ConsoleSink(cfg.epochs, lambda: best.last_checkpoint if best is not None else None, resume_hint=hint))
-        tracking = MlflowSink.start(cfg, run, resuming, lambda: best.last_checkpoint if best is not None else None) if cfg.mlflow is not None else None
+        report.stream.add(ConsoleSink(cfg.epochs, best_path, resume_hint=hint))
+        tracking = MlflowSink.start(cfg, run, resuming, best_path) if cfg.mlflow is not None else None
         if tracking is not None:  # None: MLflow cannot be reached (warned)
             report.stream.add(tracking)
     handlers = [*schedule_handlers(cfg, data, model, evaluator), *report.handlers, *safety.handlers, *extra_handlers]

@@ -136,3 +136,17 @@ def test_format_options_toml_leaves_out_what_it_cannot_spell(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(text)
     assert file_options(path, "cli")["lr_mult"] == {"conv1.0": 0.1}
+
+
+def test_the_yaml_example_of_the_docs_sets_what_it_says(tmp_path, capsys):
+    import re
+
+    from tests.conftest import REPO
+
+    (block,) = re.findall(r"```yaml\n(.*?)```", (REPO / "docs" / "cli.md").read_text(), re.S)
+    assert block.startswith("# lenet.yaml: flint run lenet --config lenet.yaml\n")
+    (tmp_path / "lenet.yaml").write_text(block)
+    assert main(["run", "lenet", "--config", str(tmp_path / "lenet.yaml"), "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert {k: printed[k] for k in ("epochs", "batch_size", "lr", "lr_mode", "lr_steps")} == {
+        "epochs": 5, "batch_size": 32, "lr": 0.02, "lr_mode": "step", "lr_steps": [3, 4]}  # fmt: skip

@@ -14,7 +14,7 @@ from flint.engine import TrainEvents, register_state
 from flint.handlers import Checkpointing, NonFiniteLoss
 from flint.recipes import fit
 
-TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time", "model_tflops")
+TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time", "wall_time", "model_tflops")
 
 
 class Net(torch.nn.Module):
