@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from flint.recipes.app.config import Config, UsageError, option_fields
+from flint.recipes.app.launch_clock import RECORDED
 
 __all__ = ["FORMATS", "SKIPPED", "read_config_file", "file_options", "given_in_file", "format_options"]
 
 FORMATS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}
-SKIPPED = frozenset({"recipe", "output_dir", "resume", "fingerprint", "started", "launched"})
+SKIPPED = frozenset({"recipe", "output_dir", "resume", "fingerprint", *RECORDED})
 """Keys a config file may hold that do not set a new run's options: ``-o`` decides where it goes."""
 
 _NEEDS = {"yaml": ("yaml", "PyYAML", "pyyaml"), "toml": ("tomllib", "tomli", "tomli")}  # format: module, name, package

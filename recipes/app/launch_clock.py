@@ -17,7 +17,10 @@ from typing import Any
 from flint.recipes.app.config import UsageError
 from flint.recipes.app.rundir import RunDir
 
-__all__ = ["LaunchClock", "iso_time", "parse_time", "run_seconds"]
+__all__ = ["LaunchClock", "RECORDED", "iso_time", "parse_time", "run_seconds"]
+
+RECORDED = ("started", "launched")
+"""What ``config.json`` records of a run's time, beside its options."""
 
 
 def iso_time(seconds: float) -> str:
@@ -75,7 +78,7 @@ class LaunchClock:
 
     def fields(self) -> dict[str, str]:
         """What ``config.json`` records of this launch: ``started`` and ``launched``."""
-        return {"started": self.started, "launched": iso_time(self.launched)}
+        return dict(zip(RECORDED, (self.started, iso_time(self.launched))))
 
     def wall_time(self) -> float:
         """The seconds the run has run: its earlier launches and this one until now."""

@@ -133,17 +133,15 @@ class MlflowSink:
         try:
             with _quick_http():
                 client = mlflow.MlflowClient(tracking_uri=uri)
-                run_id = _reopen(client, saved) if saved.get("tracking_uri") == uri else None
-                if run_id is None:
-                    run_id = _create(client, cfg, run)
-                    write_text_atomic(run.mlflow_file, json.dumps({"tracking_uri": uri, "run_id": run_id}) + "\n", "MLflow run file")
+                reopened = _reopen(client, saved) if saved.get("tracking_uri") == uri else None
+                run_id = reopened or _create(client, cfg, run)
                 _log_params(client, run_id, asdict(cfg))
-        except OSError:
-            raise  # the run directory's own file: a full disk is the run's error
         except Exception as e:
             logger.warning("MLflow at %s cannot be reached (%s); the run is not tracked there, every record is in %s",
                            uri, _first_line(e), run.metrics_file)  # fmt: skip
             return None
+        if reopened is None:  # the run directory's own file: a full disk is the run's error
+            write_text_atomic(run.mlflow_file, json.dumps({"tracking_uri": uri, "run_id": run_id}) + "\n", "MLflow run file")
         logger.info("Tracked in MLflow at %s: run %s", uri, run_id)
         return cls(client, run_id, run, best_checkpoint)
 
@@ -195,7 +193,9 @@ def _reopen(client: Any, saved: Mapping[str, Any]) -> str | None:
 
     try:
         client.get_run(saved["run_id"])
-    except MlflowException:
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
         logger.warning("MLflow run %s is not in %s: starting a new one", saved.get("run_id"), saved.get("tracking_uri"))
         return None
     client.update_run(saved["run_id"], status="RUNNING")

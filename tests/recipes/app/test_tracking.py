@@ -99,6 +99,17 @@ def test_an_interrupt_is_killed_and_the_resumed_run_continues_the_same_mlflow_ru
     assert len(client.search_runs(["0"])) == 1
 
 
+def test_a_resumed_run_whose_mlflow_run_is_gone_starts_a_new_one(tmp_path, store, caplog):
+    out = tmp_path / "run"
+    tiny_fit(out, epochs=2, interrupt_at=1, mlflow=store)
+    (out / "mlflow.json").write_text(json.dumps({"tracking_uri": store, "run_id": "0" * 32}))
+    with caplog.at_level(logging.WARNING):
+        tiny_fit(out, epochs=2, resume=True, mlflow=store)
+    client, run_id = tracked(out)
+    assert run_id != "0" * 32 and client.get_run(run_id).info.status == "FINISHED"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [f"MLflow run {'0' * 32} is not in {store}: starting a new one"]
+
+
 def test_a_failed_run_is_failed(tmp_path, store):
     def nan_loss(y_pred, y):
         return (y_pred.sum() * float("nan")).abs()
