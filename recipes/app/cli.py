@@ -105,7 +105,8 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="plot a run's curves to RUN_DIR/report.png and print its results; "
                                  "several runs: their curves in one figure and a table")  # fmt: skip
     report.add_argument("run_dirs", nargs="+", metavar="RUN")
-    report.add_argument("-o", "--output", metavar="FILE", help="the PNG to write (default RUN/report.png; several runs: compare.png beside them)")
+    report.add_argument("-o", "--output", metavar="FILE",
+                        help="the PNG to write (default RUN/report.png; several runs: compare.png beside them)")  # fmt: skip
     report.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     export = commands.add_parser("export", help="export a trained model")
     export.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory (its best checkpoint) or a checkpoint")

@@ -131,7 +131,8 @@ def fit(
     name = type(model).__name__.lower()
     recipe = Recipe(name, f"fit() of a {type(model).__name__}", _Given(model), {"data": _Given((train_data, val_data))}, task=task)
     repeated = set(from_file) - set(options) - given_in_file(from_file, recipe)  # the file's options at their defaults: not refused
-    cfg = resolve_config(recipe, given, style="python", spec=f"fit:{type(model).__module__}.{type(model).__qualname__}", typed=set(given) - repeated)
+    spec = f"fit:{type(model).__module__}.{type(model).__qualname__}"
+    cfg = resolve_config(recipe, given, style="python", spec=spec, typed=set(given) - repeated)
     if loss_fn is not None:
         cfg.loss = f"custom:{_qualname(loss_fn)}"
     if factory is not None:

@@ -31,6 +31,7 @@ __all__ = ["MlflowSink", "ENDINGS", "metric_points"]
 
 logger = logging.getLogger(__name__)
 
+BestCheckpoint = Callable[[], "str | os.PathLike[str] | None"]  # the best checkpoint's path when the run ends, or None
 ENDINGS = {"completed": "FINISHED", "interrupted": "KILLED"}
 """The MLflow status a run ends with, by its summary's status; any other (failed, aborted, none) is FAILED."""
 
@@ -111,14 +112,14 @@ class MlflowSink:
         best_checkpoint: returns the best checkpoint's path (or None) when the run ends. Default: none logged.
     """
 
-    def __init__(self, client: Any, run_id: str, run: RunDir, best_checkpoint: Callable[[], str | os.PathLike[str] | None] | None = None) -> None:
+    def __init__(self, client: Any, run_id: str, run: RunDir, best_checkpoint: BestCheckpoint | None = None) -> None:
         self.client: Any = client
         self.run_id, self.run, self.best_checkpoint = run_id, run, best_checkpoint
         self._ending = "FAILED"  # until a summary record says otherwise
 
     @classmethod
     def start(cls, cfg: Config, run: RunDir, resuming: bool,
-              best_checkpoint: Callable[[], str | os.PathLike[str] | None] | None = None) -> MlflowSink | None:  # fmt: skip
+              best_checkpoint: BestCheckpoint | None = None) -> MlflowSink | None:  # fmt: skip
         """Open ``cfg``'s MLflow run (a resumed run's own, if ``RUN_DIR/mlflow.json`` names one in the same store)
         and log its options as params; None, with one warning, if MLflow cannot be reached.
 
