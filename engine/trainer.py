@@ -12,7 +12,7 @@ loss for every handler that reads it, and the engine fires Flint's events
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ignite.distributed as idist

@@ -1,4 +1,4 @@
-"""The ``flint`` command: ``list``, ``run``, ``resume``, ``evaluate``, ``report``, ``export``, ``lr-find`` and ``predict``.
+"""The ``flint`` command: ``list``, ``run``, ``resume``, ``evaluate``, ``report``, ``export``, ``lr-find``, ``predict`` and ``runs``.
 
 Exit status: 0 completed; 3 stopped with a checkpoint to resume from (``--interrupt-at``, SIGTERM,
 a first Ctrl-C; relaunch with ``flint resume RUN_DIR``); 2 bad usage, one line naming the bad value
@@ -8,8 +8,8 @@ with nothing to resume (130 for SIGINT, 143 for SIGTERM). Once a command's outco
 run's summary is being written, a command's result printed), no signal changes its exit status
 (:mod:`flint.recipes.app.stopping`).
 
-The command imports torch only once it has a run to do: ``--help``, ``list`` and every bad option
-answer at once.
+The command imports torch only once it has a run to do: ``--help``, ``list``, ``runs`` and every bad
+option answer at once. ``@FILE`` stands for the arguments in FILE, one a line.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 
 from flint import __version__
 from flint.recipes.app.config import DEVICES, Config, UsageError, option_fields, option_name, resolve_config
+from flint.recipes.app.config_file import file_options, format_options, given_in_file
 from flint.recipes.app.console import log_to_console
 from flint.recipes.app.export import FORMATS  # torch-free until a model is exported
 from flint.recipes.app.fingerprint import check_recipe_file
@@ -75,9 +76,9 @@ def _add_options(parser: argparse.ArgumentParser, recipe: Recipe | None, resumin
 
 def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
     """The command line; ``recipe``'s defaults shown in ``flint run RECIPE --help``."""
-    parser = _Parser(prog="flint", description="Flint: the BMXNet training loop on PyTorch-Ignite.")
+    parser = _Parser(prog="flint", description="Flint: the BMXNet training loop on PyTorch-Ignite.", fromfile_prefix_chars="@")
     parser.add_argument("--version", action="version", version=f"flint {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,run,resume,evaluate,report,export,lr-find,predict}",
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,run,resume,evaluate,report,export,lr-find,predict,runs}",
                                      parser_class=_Parser)  # fmt: skip
     commands.add_parser("list", help="list the recipes: the built-ins and installed packages'")
     run = commands.add_parser("run", help="train a recipe", argument_default=argparse.SUPPRESS,
@@ -85,18 +86,27 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
     run.add_argument("recipe", metavar="RECIPE", help=f"{', '.join(BUILTIN)}, an installed recipe, path/to/file.py[:NAME] or package.module:NAME")
     _add_options(run, recipe)
     run.add_argument("--debug", action="store_true", help="show tracebacks")
+    run.add_argument("--config", metavar="FILE", help="options from a JSON, YAML or TOML file, by their names in config.json; "
+                     "options given here win")  # fmt: skip
+    run.add_argument("--print-config", nargs="?", const="json", choices=("json", "yaml", "toml"), metavar="FORMAT",
+                     help="print the resolved options as a config file (json, yaml or toml; default json) and exit")  # fmt: skip
+    _add_verbosity(run)
     resume = commands.add_parser("resume", help="continue a run with the options in RUN_DIR/config.json", argument_default=argparse.SUPPRESS)
     resume.add_argument("run_dir", metavar="RUN_DIR")
     _add_options(resume, None, resuming=True)
     resume.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_verbosity(resume)
     evaluate = commands.add_parser("evaluate", help="evaluate a run's best checkpoint (or the one given) on its validation set")
     evaluate.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
     evaluate.add_argument("--dataset", metavar="NAME", help="another of the recipe's datasets (default: the run's)")
     evaluate.add_argument("--device", choices=DEVICES, default="auto", help="default auto: cuda if available")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object on the last line of stdout")
     evaluate.add_argument("--debug", action="store_true", help="show tracebacks")
-    report = commands.add_parser("report", help="plot a run's curves to RUN_DIR/report.png and print its results")
-    report.add_argument("run_dir", metavar="RUN_DIR")
+    report = commands.add_parser("report", help="plot a run's curves to RUN_DIR/report.png and print its results; "
+                                 "several runs: their curves in one figure and a table")  # fmt: skip
+    report.add_argument("run_dirs", nargs="+", metavar="RUN")
+    report.add_argument("-o", "--output", metavar="FILE",
+                        help="the PNG to write (default RUN/report.png; several runs: compare.png beside them)")  # fmt: skip
     report.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     export = commands.add_parser("export", help="export a trained model")
     export.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory (its best checkpoint) or a checkpoint")
@@ -105,6 +115,7 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
     export.add_argument("--debug", action="store_true", help="show tracebacks and the exporter's log")
     _add_lr_find(commands, recipe)
     _add_predict(commands)
+    _add_runs_command(commands)
     return parser
 
 
@@ -135,6 +146,21 @@ def _add_predict(commands: Any) -> None:
     predict.add_argument("--device", choices=DEVICES, default="auto", help="default auto: cuda if available")
     predict.add_argument("-o", "--output", metavar="FILE.csv", help="file to write (default RUN_DIR/predictions.csv)")
     predict.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """``-q`` and ``-v`` of a training command: what the terminal shows (``train.log`` has everything either way)."""
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
+                       help="only errors on the terminal, no progress bar (train.log has everything)")  # fmt: skip
+    shown.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1, default=0,
+                       help="Ignite's own log lines on the terminal too")  # fmt: skip
+
+
+def _add_runs_command(commands: Any) -> None:
+    runs = commands.add_parser("runs", help="a table of the runs under each DIR (default runs/): status, epochs, best metric, times")
+    runs.add_argument("dirs", nargs="*", metavar="DIR")
+    runs.add_argument("--json", action="store_true", help="print a JSON list, one object per run")
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
@@ -168,9 +194,14 @@ def _recipe_line(name: str, recipe: Recipe) -> str:
 
 
 def _run(args: argparse.Namespace, recipe: Recipe, debug: bool) -> int:
-    cfg = resolve_config(recipe, _given(args), spec=resolve_spec(args.recipe))
+    given = _given(args)
+    from_file = file_options(args.config, "cli") if getattr(args, "config", None) else {}
+    typed = set(given) | given_in_file(from_file, recipe)
+    cfg = resolve_config(recipe, {**from_file, **given}, spec=resolve_spec(args.recipe), typed=typed)
+    if getattr(args, "print_config", None):
+        return _print_settled(format_options(cfg, args.print_config))
     args.out_dir = cfg.output_dir
-    return _launch(cfg, recipe, debug)
+    return _launch(cfg, recipe, debug, args.verbosity)
 
 
 def _resume(args: argparse.Namespace, debug: bool) -> int:
@@ -190,15 +221,15 @@ def _resume(args: argparse.Namespace, debug: bool) -> int:
     options = {**{k: v for k, v in saved.items() if k in known}, **given, "output_dir": str(run.path), "resume": ""}
     cfg = resolve_config(recipe, options, spec=saved["recipe"], typed=set(given))
     args.out_dir = cfg.output_dir
-    return _launch(cfg, recipe, debug)
+    return _launch(cfg, recipe, debug, args.verbosity)
 
 
-def _launch(cfg: Config, recipe: Recipe, debug: bool) -> int:
+def _launch(cfg: Config, recipe: Recipe, debug: bool, verbosity: int = 0) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 holds the directory for all
         RunDir(cfg.output_dir).check_not_in_use()  # before torch is imported: a second run is told at once
     from flint.recipes.app.launch import exit_finished_worker, launch, under_torchrun  # torch, Ignite and the rest: only now
 
-    console = functools.partial(log_to_console, debug)
+    console = functools.partial(log_to_console, debug, verbosity=verbosity)
     console(0)
     code = exit_status(launch(cfg, recipe, console=console))
     if under_torchrun():  # this process is a worker: its run is over on every rank
@@ -220,8 +251,31 @@ def _report(args: argparse.Namespace) -> int:
     from flint.recipes.app.report import write_report
 
     log_to_console(args.debug, quiet=not args.debug)
-    path, table = write_report(args.run_dir)
+    if len(args.run_dirs) > 1:
+        return _compare(args.run_dirs, args.output)
+    path, table = write_report(args.run_dirs[0], args.output)
     return _print_settled(f"{table}\ncurves: {path}")
+
+
+def _compare(run_dirs: list[str], output: str | None) -> int:
+    from flint.recipes.app.compare import write_comparison
+    from flint.recipes.app.run_table import format_table, run_rows
+
+    missing = [d for d in run_dirs if not RunDir(d).metrics_file.is_file()]
+    if missing:
+        raise UsageError(f"report: no metrics.jsonl in {', '.join(missing)}")
+    path = write_comparison(run_dirs, output or os.path.join(os.path.commonpath([os.path.abspath(d) for d in run_dirs]), "compare.png"))
+    return _print_settled(f"{format_table(run_rows(run_dirs))}\ncurves: {path}")
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from flint.recipes.app.run_table import as_json, find_runs, format_table, run_rows
+
+    roots = args.dirs or ["runs"]
+    rows = run_rows(find_runs(roots))
+    if args.json:
+        return _print_settled(json.dumps(as_json(rows)))
+    return _print_settled(format_table(rows) if rows else f"no runs under {', '.join(roots)}")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -280,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _resume(args, debug)
         if args.command == "lr-find":
             return _lr_find(args, recipe or load_recipe(args.recipe))
-        return {"evaluate": _evaluate, "report": _report, "export": _export, "predict": _predict}[args.command](args)
+        return {"evaluate": _evaluate, "report": _report, "export": _export, "predict": _predict, "runs": _runs}[args.command](args)
     except BaseException as e:  # one line: no later signal can cut it short (Stops raises once)
         STOPS.settle()
         return _failed(e, args, debug)

@@ -111,6 +111,18 @@ def _lr_mult(value: Any) -> str | None:
     return f"factors must be finite numbers > 0 and <= {FLOAT32_MAX:g}, got {', '.join(bad)}" if bad else None
 
 
+def _tracking_uri(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return "must be an MLflow tracking URI, or '' for MLflow's default"
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        return "MLflow is not installed: pip install mlflow-skinny sqlalchemy alembic (Flint's extra 'mlflow')"
+    return None
+
+
 # --- option text -> value: the command line's parsers ------------------------------------------------
 
 
@@ -255,6 +267,10 @@ class Config:
     init_from: str | None = _opt(None, "start a new run from the weights of this run (its best checkpoint) or checkpoint file, "
                                  "with a fresh optimizer and LR schedule", _optional(_text), metavar="RUN_DIR_OR_CHECKPOINT",
                                  resumable=True)  # fmt: skip
+
+    # many runs: experiment tracking
+    mlflow: str | None = _opt(None, "track the run in MLflow at this tracking URI; alone, MLflow's default (mlflow.db here)", _tracking_uri,
+                              metavar="URI", kind="optional", resumable=True)  # fmt: skip
 
     @property
     def style(self) -> str:

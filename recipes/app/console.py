@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "RECORDS", "LOG_ONLY", "for_console", "route_ignite_logging", "log_to_console", "console_shown", "significant", "lr_text", "duration",
-    "epoch_values", "epoch_line", "header_lines", "closing_lines", "log_header", "ConsoleSink",
+    "RECORDS", "LOG_ONLY", "for_console", "route_ignite_logging", "log_to_console", "console_shown", "terminal_shows_progress", "significant",
+    "lr_text", "duration", "epoch_values", "epoch_line", "header_lines", "closing_lines", "log_header", "ConsoleSink",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class _ConsoleHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def log_to_console(debug: bool = False, rank: int = 0, quiet: bool = False) -> None:
+def log_to_console(debug: bool = False, rank: int = 0, quiet: bool = False, verbosity: int = 0) -> None:
     """Show on stderr what ``flint run`` shows: the header, epoch and closing lines, warnings and errors.
 
     Adds one handler to the root logger (replacing one this function added before), filtered by
@@ -147,15 +147,18 @@ def log_to_console(debug: bool = False, rank: int = 0, quiet: bool = False) -> N
         debug: show DEBUG lines too. Default False.
         rank: the process's rank; ranks other than 0 show warnings and errors only. Default 0.
         quiet: show warnings and errors only. Default False.
+        verbosity: -1 shows errors only, and no progress bar (``flint run -q``); 1 shows Ignite's own
+            lines too (``-v``). Default 0.
     """
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
     for old in [h for h in root.handlers if isinstance(h, _ConsoleHandler)]:  # called again in-process
         root.removeHandler(old)
     console = _ConsoleHandler(sys.stderr)
-    console.setLevel(logging.DEBUG if debug else logging.WARNING if quiet or rank > 0 else logging.INFO)
+    level = logging.WARNING if quiet or rank > 0 else logging.INFO
+    console.setLevel(logging.DEBUG if debug else logging.ERROR if verbosity < 0 else level)
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    console.addFilter(for_console)  # Ignite's own lines and the full records: train.log only
+    console.addFilter(for_console if verbosity < 1 else _with_ignite)  # Ignite's own lines and the full records: train.log only
     root.addHandler(console)
     route_ignite_logging()
 
@@ -182,6 +185,17 @@ def console_shown(debug: bool = False) -> Iterator[None]:
             log.propagate = propagate
         for name in made:
             manager.loggerDict.pop(name, None)
+
+
+def _with_ignite(record: logging.LogRecord) -> bool:
+    """:func:`for_console` and Ignite's own lines (``-v``)."""
+    return for_console(record) or record.name == "ignite" or record.name.startswith("ignite.")
+
+
+def terminal_shows_progress() -> bool:
+    """Whether a progress bar belongs on stderr: a terminal, and no console of :func:`log_to_console` that shows errors only."""
+    consoles = [h for h in logging.getLogger().handlers if isinstance(h, _ConsoleHandler)]
+    return sys.stderr.isatty() and all(h.level < logging.ERROR for h in consoles)
 
 
 def significant(value: Any) -> str:

@@ -9,7 +9,6 @@ summary of a few samples: the first, the middle and the last of each).
 from __future__ import annotations
 
 import hashlib
-import importlib
 import math
 import sys
 from collections.abc import Mapping

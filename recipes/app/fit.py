@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from flint.recipes.app.config import option_fields, resolve_config
 from flint.recipes.app.console import console_shown, log_to_console
 from flint.recipes.app.history import run_history
+from flint.recipes.app.config_file import file_options, given_in_file
 from flint.recipes.app.registry import Recipe
 from flint.recipes.app.stopping import STOPS
 
@@ -39,13 +40,14 @@ def fit(
     output_dir: str | os.PathLike[str],
     task: str = "multiclass",
     loss: Any = None,
-    optimizer: Any = "sgd",
+    optimizer: Any = None,
     metrics: Sequence[str] | Mapping[str, Any] = (),
     handlers: Sequence[Any] = (),
     target_key: str = "target",
     prepare_batch: Callable[[Any, Any, bool], tuple[Any, Any]] | None = None,
     classes: Sequence[str] | None = None,
     verbose: bool = True,
+    config: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Train ``model`` with the loop of ``flint run``: records, TensorBoard, checkpoints, exact resume.
@@ -77,7 +79,7 @@ def fit(
             or a callable ``loss(y_pred, y)`` returning a scalar mean loss. Default: the task's.
         optimizer: a name (``"sgd"``, ``"adamw"``, ...), an optimizer class (called with the param groups
             and ``lr=``), or a callable taking the param groups (each with its ``lr`` and
-            ``weight_decay``) and returning an optimizer. Default ``"sgd"``.
+            ``weight_decay``) and returning an optimizer. Default: ``config``'s, else ``"sgd"``.
         metrics: validation metrics besides the loss and accuracy (MAE for regression): names from the
             task's catalogue (``flint.recipes.app.tasks.METRICS``: ``"f1"``, ``"roc_auc"``, ``"r2"``, ...), or a
             dict of name -> Ignite ``Metric`` (reading the evaluator's output in the task's form) or callable
@@ -92,7 +94,10 @@ def fit(
             Default None.
         verbose: show the console's lines and the progress bar; False shows nothing (unless
             ``progress=True`` is given). Default True.
-        **options: ``flint run``'s options by their Python names.
+        config: a JSON, YAML or TOML file of options by their Python names, as ``flint run --config``
+            takes it (a run's ``config.json`` too); keywords given here win. Default None.
+        **options: ``flint run``'s options by their Python names; ``mlflow=URI`` (``True``: MLflow's
+            default store) tracks the run in MLflow.
 
     Returns:
         The run's ``"summary"`` record (as written to ``metrics.jsonl``): ``status`` is
@@ -125,9 +130,12 @@ def fit(
     cli_only = sorted(set(options) & {f.name for f in option_fields()} - {f.name for f in option_fields("python")})
     if cli_only:
         raise ValueError(f"{', '.join(cli_only)}: not options of fit(), which trains on the data you give")
-    given = dict(options)
-    if "resume" in given and isinstance(given["resume"], bool):
-        given["resume"] = "" if given["resume"] else None
+    from_file = _from_file(config, loss, optimizer)
+    given = {**from_file, **options}
+    optimizer = given.pop("optimizer", "sgd") if optimizer is None else optimizer
+    for name in ("resume", "mlflow"):  # True: the option without a value
+        if name in given and isinstance(given[name], bool):
+            given[name] = "" if given[name] else None
     given["output_dir"] = os.fspath(output_dir)
     if not verbose:
         given.setdefault("progress", False)
@@ -158,7 +166,9 @@ def fit(
     given["task"] = task
     recipe = Recipe(name, f"fit() of a {type(model).__name__}", _Given(model), {"data": _Given((train_data, val_data))},
                     metrics=metrics, target_key=target_key, prepare_batch=prepare_batch, classes=classes)  # fmt: skip
-    cfg = resolve_config(recipe, given, style="python", spec=f"fit:{type(model).__module__}.{type(model).__qualname__}")
+    repeated = set(from_file) - set(options) - given_in_file(from_file, recipe)  # the file's options at their defaults: not refused
+    spec = f"fit:{type(model).__module__}.{type(model).__qualname__}"
+    cfg = resolve_config(recipe, given, style="python", spec=spec, typed=set(given) - repeated)
     if cfg.nproc_per_node > 1:
         _check_pickles(metrics, prepare_batch)
     if loss_fn is not None:
@@ -191,6 +201,16 @@ def _check_pickles(metrics: Any, prepare_batch: Any) -> None:
             pickle.dumps(value)
         except Exception as e:
             raise ValueError(f"{what} must pickle to reach the spawned workers (nproc_per_node > 1): {e}") from None
+
+
+def _from_file(config: str | os.PathLike[str] | None, loss: Any, optimizer: Any) -> dict[str, Any]:
+    """The options ``config`` sets, less the loss and optimizer when fit() is given its own (an optimizer object: its arguments too)."""
+    if config is None:
+        return {}
+    ignore = {"loss"} if loss is not None else set()
+    if optimizer is not None:
+        ignore |= {"optimizer"} if isinstance(optimizer, str) else {"optimizer", "momentum", "nesterov"}
+    return file_options(config, "python", ignore=ignore)
 
 
 def _load_last_weights(model: nn.Module, output_dir: str) -> None:

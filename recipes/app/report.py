@@ -413,8 +413,8 @@ def _interpolate(value: float, xs: list[float], ys: list[float]) -> float:
     return float(ys[-1])
 
 
-def write_report(run_dir: str | Path) -> tuple[Path, str]:
-    """Plot a run's curves into ``run_dir/report.png`` (written atomically); returns (PNG path, table text).
+def write_report(run_dir: str | Path, output: str | Path | None = None) -> tuple[Path, str]:
+    """Plot a run's curves into ``output`` (default ``run_dir/report.png``; written atomically); returns (PNG path, table text).
 
     Panels, each against samples seen (iterations or epochs if the records lack samples) with the
     epochs on a top axis: the loss (training and validation per epoch, the batch records' interval
@@ -481,7 +481,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, str]:
     best = "-" if summary["best_value"] is None else f"{summary['best_value']:.4f} at epoch {summary['best_epoch']}"
     fig.suptitle(f"{run.path.name}: best validation {metric} {best}")
     fig.tight_layout()
-    path = run.report_file
+    path = Path(output) if output is not None else run.report_file
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)

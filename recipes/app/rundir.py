@@ -16,7 +16,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = ".flint.lock"
 STATUSES = ("running", "completed", "stopped early", "interrupted", "failed", "aborted", "new")
 _TAIL_BYTES = 1 << 16  # the end of metrics.jsonl read for a run's status: its last records
+_LAST_BYTES = 1 << 12  # read first for its last few records
+_PHASE = re.compile(r'"phase"\s*:\s*"([^"]*)"')  # a record's phase, found without parsing its line
 _BEST = re.compile(r"^best_checkpoint_(?P<epoch>\d+)_(?P<metric>.+)=(?P<value>[^=]+)\.pt$")  # flint.handlers.Checkpointing's names
 
 
@@ -39,7 +41,8 @@ class RunDir:
 
     Files: ``config.json`` (the resolved options), ``metrics.jsonl`` (every record), ``train.log`` (and
     ``train.log.1``, ... of runs it replaced), ``checkpoints/``, TensorBoard's events files, ``report.png``,
-    ``predictions.csv``, ``lr_find.png``, the default files of ``flint export`` and the lock ``.flint.lock``.
+    ``predictions.csv``, ``lr_find.png``, ``mlflow.json`` (``--mlflow``'s run id), the default files of
+    ``flint export`` and the lock ``.flint.lock``.
 
     Example:
         >>> import tempfile
@@ -62,6 +65,7 @@ class RunDir:
     report_file = property(lambda self: self.path / "report.png")
     predictions_file = property(lambda self: self.path / "predictions.csv")
     lr_find_file = property(lambda self: self.path / "lr_find.png")
+    mlflow_file = property(lambda self: self.path / "mlflow.json")  # the MLflow run this run is tracked in
 
     # --- the lock: one run at a time --------------------------------------------------------------
 
@@ -162,41 +166,58 @@ class RunDir:
             raise UsageError(f"cannot read {self.config_file}: not a JSON object")
         return config
 
-    def tail(self) -> list[dict[str, Any]]:
-        """The last records of ``metrics.jsonl`` (its final 64 KiB), skipping lines that do not parse; [] if none."""
+    def tail(self, last: int | None = None, phases: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """The last records of ``metrics.jsonl`` (its final 64 KiB), in file order, skipping lines that do not parse; [] if none.
+
+        ``last``: only the last ones (read from the end: the last record of a closed run costs one line).
+        ``phases``: only records of these phases (a line naming another phase is not parsed)."""
+        records: list[dict[str, Any]] = []
+        for window in (_LAST_BYTES, _TAIL_BYTES) if last is not None else (_TAIL_BYTES,):
+            lines, whole = self._end_lines(window)
+            records = []
+            for line in reversed(lines):  # from the end: `last` records parse only those
+                if last is not None and len(records) >= last:
+                    break
+                if phases is not None and ((named := _PHASE.search(line)) is None or named[1] not in phases):
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("phase"), str) and (phases is None or record["phase"] in phases):
+                    records.append(record)
+            if whole or (last is not None and len(records) >= last):
+                break
+        return records[::-1]
+
+    def _end_lines(self, window: int) -> tuple[list[str], bool]:
+        """The lines of the last ``window`` bytes of ``metrics.jsonl`` (the first, maybe cut, left out) and whether that is all of it."""
         try:
             with self.metrics_file.open("rb") as f:
                 size = f.seek(0, os.SEEK_END)
-                f.seek(max(0, size - _TAIL_BYTES))
-                lines = f.read().split(b"\n")
+                f.seek(max(0, size - window))
+                lines = f.read().decode("utf-8", "replace").split("\n")
         except OSError:
-            return []
-        if size > _TAIL_BYTES:
-            lines = lines[1:]  # the first may be cut
-        records = []
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("phase"), str):
-                records.append(record)
-        return records
+            return [], True
+        return (lines[1:], False) if size > window else (lines, True)
 
     def summary(self) -> dict[str, Any] | None:
         """The run's last ``summary`` record if it is the last record (the latest launch closed), else None."""
-        records = self.tail()
+        records = self.tail(last=1)
         return records[-1] if records and records[-1]["phase"] == "summary" else None
 
-    def status(self) -> str:
+    def status(self, tail: list[dict[str, Any]] | None = None) -> str:
         """One of :data:`STATUSES`: ``running`` while a process holds the lock, else what the last launch
         recorded (``completed``, ``stopped early``, ``interrupted``, ``failed``, ``aborted``); ``failed`` for a
-        launch that ended without a summary (killed), ``new`` for a directory with no records."""
+        launch that ended without a summary (killed), ``new`` for a directory with no records.
+
+        ``tail``: what :meth:`tail` returned, when it was read already (its last record is enough)."""
         if self.in_use() is not None:
             return "running"
-        summary = self.summary()
+        records = self.tail(last=1) if tail is None else tail
+        summary = records[-1] if records and records[-1]["phase"] == "summary" else None
         if summary is None:
-            return "failed" if self.tail() or self.metrics_file.exists() else "new"
+            return "failed" if records or self.metrics_file.exists() else "new"
         status = str(summary.get("status"))
         if status == "completed" and summary.get("stopped_early"):
             return "stopped early"
@@ -262,7 +283,7 @@ class RunDir:
         from flint.recipes.app.export import FORMATS  # torch-free
 
         exports = [self.path / f"model{suffix}" for suffix in FORMATS.values()]  # flint export's defaults, and a state_dict's metadata
-        names = [self.config_file, self.metrics_file, self.report_file, self.predictions_file, self.lr_find_file, *exports,
+        names = [self.config_file, self.metrics_file, self.report_file, self.predictions_file, self.lr_find_file, self.mlflow_file, *exports,
                  (self.path / f"model{FORMATS['state_dict']}").with_suffix(".json")]  # fmt: skip
         found = [p for p in names if p.is_file()] + sorted(self.path.glob("events.out.tfevents.*"))
         for pattern in ("checkpoint_*.pt", "best_checkpoint_*.pt", "*.pt.corrupt", ".*.pt.tmp"):

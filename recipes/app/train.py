@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import signal
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,10 +55,11 @@ from flint.handlers import (
     write_text_atomic,
 )
 from flint.recipes.app.config import Config, RunConfig, UsageError, check_global_batch, option_text
-from flint.recipes.app.console import RECORDS, ConsoleSink, log_header
+from flint.recipes.app.console import RECORDS, ConsoleSink, log_header, terminal_shows_progress
 from flint.recipes.app.data_forms import Batches, KeywordInputs, checked_data, fingerprinted, size_of
 from flint.recipes.app.export import data_metadata
 from flint.recipes.app.fingerprint import data_fingerprint, file_digest, recipe_file
+from flint.recipes.app.launch_clock import LaunchClock
 from flint.recipes.app.loaders import first_input, make_loaders
 from flint.recipes.app.task_metrics import TaskForm, TaskLoss, chosen_metrics, task_metrics
 from flint.recipes.app.monitor import Monitor
@@ -70,6 +70,7 @@ from flint.recipes.app.resume import check_before_writing, claim_run_dir, last_s
 from flint.recipes.app.rundir import RunDir
 from flint.recipes.app.stopping import STOPS, StopSignal
 from flint.recipes.app.tasks import run_task
+from flint.recipes.app.tracking import MlflowSink
 
 __all__ = ["train", "prepare", "build_job", "run_job", "Job", "Parts", "Place", "attach_all", "build_optimizer", "resolve_device", "RunOutcome"]
 
@@ -160,16 +161,19 @@ def train(
             logger.info("The run in %s already %s; nothing to do", run.path, done)
             return last_summary(run, done)
         idist.barrier()  # no rank may see rank 0's new files as "a run already there"
+        clock = None  # rank 0's: when the run started, how long it ran
         if place.main:
             owned.enter_context(_logging_to(run))
-            config = {**asdict(cfg), "fingerprint": parts.fingerprint, "metadata": data_metadata(recipe, cfg.dataset, cfg.task)}
+            clock = LaunchClock.start(run, resuming=resume is not None)
+            config = {**asdict(cfg), "fingerprint": parts.fingerprint, **clock.fields(), "metadata": data_metadata(recipe, cfg.dataset, cfg.task)}
             write_text_atomic(run.config_file, json.dumps(config, indent=2) + "\n", "config file")
             RECORDS.info("Run config: %s", json.dumps(config))  # train.log only; the console has a header
             if place.world > 1:
                 RECORDS.info("Data-parallel on %d workers (%s): %d samples per worker batch", place.world, idist.backend(),
                              cfg.batch_size // place.world)  # fmt: skip
         try:
-            return run_job(build_job(cfg, recipe, run, place, handlers, loss_fn, optimizer, parts=parts), resume)
+            job = build_job(cfg, recipe, run, place, handlers, loss_fn, optimizer, parts=parts, clock=clock, resuming=resume is not None)
+            return run_job(job, resume)
         except Exception:
             logger.debug("Run failed", exc_info=True)
             raise
@@ -378,7 +382,7 @@ def build_reporting(cfg: Config, task: str, run: RunDir, place: Place, model: Mo
         handlers.append(OnEvaluator(EpochMetrics(val_metrics, stream, "validation", trainer=trainer)))
     if tb is not None:
         handlers.append(NetSummaries(model.module, tb))
-    if cfg.progress and sys.stderr.isatty() and place.main:
+    if cfg.progress and place.main and terminal_shows_progress():
         from flint.recipes.app.progress import attach_progress_bar
 
         attach_progress_bar(trainer, eta, cfg.log_interval, max(1, len(data.train_loader) // 50))  # redrawn about 50 times an epoch
@@ -446,6 +450,7 @@ class Job:
     report: Reporting
     safety: Safety
     profiler: Any = None
+    clock: LaunchClock | None = None  # rank 0's: the summary's wall_time
 
     def summary(self, status: str) -> dict[str, Any]:
         """The ``"summary"`` record of a run that ended with ``status``."""
@@ -461,18 +466,20 @@ class Job:
             "best_value": best.value,
             "avg_epoch_time": self.report.timer.average,
             "stopped_early": self.safety.stopper is not None and self.safety.stopper.stopped,
+            **({"wall_time": self.clock.wall_time()} if self.clock is not None else {}),
             **_throughput(self.trainer, self.report.timer.average, self.model.flops_per_sample, peak_flops(self.place.device, self.cfg.amp)),
         }
 
 
 def build_job(cfg: Config, recipe: Recipe, run: RunDir, place: Place, extra_handlers: Sequence[Any] = (),
               loss_fn: Callable | None = None, optimizer_factory: type | OptimizerFactory | None = None, *,
-              parts: Parts | None = None) -> Job:  # fmt: skip
+              parts: Parts | None = None, clock: LaunchClock | None = None, resuming: bool = False) -> Job:  # fmt: skip
     """Data, model, engines, reporting and safety of ``cfg``'s run, wired on this rank; nothing run yet.
 
     ``extra_handlers`` are attached beside the recipe's own (see :func:`attach_all`); a dataset
     whose validation part is None trains without validation (no best checkpoint, no early stopping).
-    ``parts`` are the recipe's datasets and model from :func:`prepare` (default: prepared here)."""
+    ``parts`` are the recipe's datasets and model from :func:`prepare` (default: prepared here);
+    ``clock`` times the launch for the summary; ``resuming`` continues the run's MLflow run (``--mlflow``)."""
     parts = parts or prepare(cfg, recipe)
     task = run_task(recipe.task, cfg.task)
     data = build_data(cfg, parts, place)
@@ -485,14 +492,21 @@ def build_job(cfg: Config, recipe: Recipe, run: RunDir, place: Place, extra_hand
     monitor = Monitor.parse(cfg.monitor, task)
     report = build_reporting(cfg, task, run, place, model, data, trainer, chosen_metrics(cfg.metrics, recipe.metrics))
     safety = build_safety(cfg, run, monitor, model, trainer, validating=data.val_loader is not None)
-    if place.main:  # the console: one line per epoch, the closing lines with the best checkpoint's path
+    if place.main:  # the console: one line per epoch, the closing lines with the best checkpoint's path; MLflow
         best = safety.checkpoints.best_checkpoint
+
+        def best_path() -> Any:
+            return best.last_checkpoint if best is not None else None
+
         hint = "call fit() again with resume=True" if cfg.recipe.startswith("fit:") else f"run: flint resume {run.path}"
-        report.stream.add(ConsoleSink(cfg.epochs, lambda: best.last_checkpoint if best is not None else None, resume_hint=hint))
+        report.stream.add(ConsoleSink(cfg.epochs, best_path, resume_hint=hint))
+        tracking = MlflowSink.start(cfg, run, resuming, best_path) if cfg.mlflow is not None else None
+        if tracking is not None:  # None: MLflow cannot be reached (warned)
+            report.stream.add(tracking)
     handlers = [*schedule_handlers(cfg, data, model, evaluator), *report.handlers, *safety.handlers, *extra_handlers]
     attach_all(handlers, trainer, evaluator)
     profiler = _attach_profiler(trainer) if cfg.profile else None
-    return Job(cfg, run, place, monitor, model, trainer, evaluator, data.train_loader, report, safety, profiler)
+    return Job(cfg, run, place, monitor, model, trainer, evaluator, data.train_loader, report, safety, profiler, clock)
 
 
 def _attach_profiler(trainer: Engine) -> Any:

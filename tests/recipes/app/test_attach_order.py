@@ -18,7 +18,7 @@ import flint.recipes.app.train
 from flint.handlers.checkpoint_io import read_state
 from flint.recipes.app.cli import main
 
-TIMING = {"epoch_time", "samples_per_sec", "avg_epoch_time", "model_tflops", "elapsed"}
+TIMING = {"epoch_time", "samples_per_sec", "avg_epoch_time", "model_tflops", "elapsed", "wall_time"}
 
 
 class SignalAt:

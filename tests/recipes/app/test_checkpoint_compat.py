@@ -12,7 +12,7 @@ from flint.recipes.app.cli import main
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 OPTIONS = ["run", "ffnn", "--epochs", "6", "--log-interval", "1", "--lr-mode", "cosine", "--early-stopping", "3", "--no-progress"]
-TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time", "model_tflops")
+TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time", "wall_time", "model_tflops")
 
 
 def trained(run_dir: Path, after: int) -> list[dict]:

@@ -349,3 +349,21 @@ def test_the_cli_console_has_a_header_one_line_per_epoch_and_the_best_checkpoint
         assert f"flint.recipes.app.console: {line}\n" in log
     assert "ignite.engine.engine.Engine: Engine run starting with max_epochs=2." in log
     assert "ignite.engine.engine.Engine: Epoch[1] Complete." in log
+
+
+def test_quiet_shows_only_errors_and_verbose_adds_ignites_lines(tmp_path, capsys):
+    from flint.recipes.app.cli import main
+
+    failing = tmp_path / "failing"
+    assert main(["run", "lenet", "--test-run", "--epochs", "2", "--lr", "1e30", "-q", "-o", str(failing)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("flint: error: the training loss became nan or inf"), err  # no header, no warning
+    log = (failing / "train.log").read_text()
+    assert "flint.recipes.app.console: lenet on digits" in log and " WARNING " in log  # train.log still has everything
+
+    verbose = tmp_path / "verbose"
+    assert main(["run", "lenet", "--test-run", "--epochs", "1", "-v", "-o", str(verbose)]) == 0
+    err = capsys.readouterr().err
+    assert "Engine run starting with max_epochs=1." in err and "Epoch 1/1  " in err
+    assert main(["run", "lenet", "-q", "-v"]) == 2
+    assert capsys.readouterr().err == "flint: error: argument -v/--verbose: not allowed with argument -q/--quiet\n"

@@ -15,7 +15,7 @@ from flint.handlers import Checkpointing, NonFiniteLoss
 from flint.recipes import fit
 from flint.recipes.app.console import IGNITE_SETUP_LOGGERS, epoch_line
 
-TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time", "model_tflops")
+TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time", "wall_time", "model_tflops")
 
 
 class Net(torch.nn.Module):

@@ -17,7 +17,7 @@ from flint.handlers import Checkpointing
 from flint.recipes.app.cli import main
 from tests.conftest import REPO
 
-TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time", "model_tflops")
+TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time", "wall_time", "model_tflops")
 
 RECIPE_FILE = '''"""A recipe of my own: a small classifier on made-up data."""
 

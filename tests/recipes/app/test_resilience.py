@@ -20,7 +20,7 @@ from flint.handlers import Checkpointing
 from flint.recipes.app.cli import main
 from tests.conftest import REPO
 
-TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time")
+TIMING = ("epoch_time", "samples_per_sec", "avg_epoch_time", "wall_time")
 
 
 def records(run_dir: Path) -> list[dict]:

@@ -110,7 +110,7 @@ def test_a_run_that_ended_before_any_checkpoint_has_nothing_to_continue(tmp_path
 def test_clear_removes_only_flints_files_and_keeps_every_log(tmp_path):
     run = RunDir(tmp_path)
     run.checkpoints.mkdir()
-    flints = ["config.json", "metrics.jsonl", "report.png", "predictions.csv", "model.onnx", "model.state_dict.pt", "model.state_dict.json",
+    flints = ["config.json", "metrics.jsonl", "report.png", "predictions.csv", "mlflow.json", "model.onnx", "model.state_dict.pt", "model.state_dict.json",
               "events.out.tfevents.1.host", "checkpoints/checkpoint_46.pt", "checkpoints/best_checkpoint_2_accuracy=0.9000.pt",
               "checkpoints/checkpoint_23.pt.corrupt", "checkpoints/.checkpoint_69.pt.tmp"]  # fmt: skip
     mine = ["notes.txt", "checkpoints/mine.pt", "model.py"]
@@ -125,3 +125,12 @@ def test_clear_removes_only_flints_files_and_keeps_every_log(tmp_path):
     assert [(tmp_path / f"train.log.{n}").read_text() for n in (1, 2, 3)] == ["third", "second", "first"]
     (tmp_path / "checkpoints" / "mine.pt").unlink()
     assert run.clear() is None and not run.checkpoints.exists()  # no log to keep; an emptied checkpoints/ goes
+
+
+def test_the_last_records_of_the_tail_and_a_status_from_them(tmp_path):
+    run = RunDir(tmp_path)
+    lines = [{"phase": "validation", "epoch": e, "loss": 1 / e} for e in (1, 2, 3)] + [{"phase": "summary", "status": "interrupted"}]
+    run.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in lines[:3]) + "{cut\n" + json.dumps(lines[3]) + "\n")
+    assert run.tail(last=2) == [lines[2], lines[3]] and run.tail(last=1) == [lines[3]] and run.tail() == lines
+    assert run.status(tail=run.tail(last=1)) == run.status() == "interrupted"
+    assert run.status(tail=lines[:3]) == "failed"  # records whose last is no summary: a launch that ended without one
