@@ -20,7 +20,7 @@ from flint.recipes.app.config import UsageError
 from flint.recipes.app.monitor import Monitor
 from flint.recipes.app.rundir import RunDir
 
-__all__ = ["read_records", "read_config", "summarise", "plot_data", "write_report", "Panel", "Plot", "CORE_PHASES"]
+__all__ = ["read_records", "read_config", "summarise", "plot_data", "write_report", "panel_grid", "save_png", "Panel", "Plot", "CORE_PHASES"]
 
 logger = logging.getLogger(__name__)
 
@@ -413,6 +413,81 @@ def _interpolate(value: float, xs: list[float], ys: list[float]) -> float:
     return float(ys[-1])
 
 
+def panel_grid(count: int) -> tuple[Any, list[Any]]:
+    """A figure of ``count`` panels, at most 3 a row (matplotlib's Agg backend); ``(figure, the panels' axes)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = min(3, max(1, count))
+    nrows = max(1, math.ceil(count / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.4 * nrows), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:count])
+
+
+def save_png(fig: Any, path: str | Path, what: str) -> Path:
+    """Write ``fig`` to ``path`` as a PNG, atomically (:func:`flint.handlers.write_atomic`), and close it."""
+    import matplotlib.pyplot as plt
+
+    from flint.handlers.files import write_atomic
+
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), what)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def _epoch_axis(plot: Plot) -> Any:
+    """``add(ax)``, drawing the epochs on a top axis over samples seen; None when the epochs' ends do not map one-to-one."""
+    import numpy as np
+    from matplotlib.ticker import FixedLocator
+
+    anchors = ([] if plot.epoch_ends and plot.epoch_ends[0][0] <= 0 else [(0, 0)]) + plot.epoch_ends  # epoch 0 at x 0
+    epochs_at, x_at = [float(e) for e, _ in anchors], [float(x) for _, x in anchors]
+    if len(anchors) < 2 or not all(b > a for v in (epochs_at, x_at) for a, b in zip(v, v[1:])):
+        return None
+
+    def line(v: Any, xs: list[float], ys: list[float]) -> Any:
+        """Piecewise linear through (xs, ys), extended past both ends: the top axis needs an invertible map."""
+        v = np.asarray(v, dtype=float)
+        first, last = (ys[1] - ys[0]) / (xs[1] - xs[0]), (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+        inside = np.interp(v, xs, ys)
+        return np.where(v < xs[0], ys[0] + (v - xs[0]) * first, np.where(v > xs[-1], ys[-1] + (v - xs[-1]) * last, inside))
+
+    def add(ax: Any) -> None:
+        top = ax.secondary_xaxis("top", functions=(lambda x: line(x, x_at, epochs_at), lambda e: line(e, epochs_at, x_at)))
+        step = math.ceil(len(plot.epoch_ends) / 8)  # at most about 8 epoch ticks, the last one always
+        top.xaxis.set_major_locator(FixedLocator([e for e, _ in plot.epoch_ends][::-1][::step][::-1]))
+        top.set_xlabel("epoch", fontsize="small")
+
+    return add
+
+
+def _draw(ax: Any, panel: Panel, plot: Plot, summary: dict[str, Any]) -> None:
+    """One panel of the report: its lines, the best epoch, the resumes."""
+    metric = summary["metric"]
+    for label, points in panel.lines:
+        style = {"training": "o-", "validation": "s-"}.get(label, "-" if len(points) > 1 else "o")
+        extra = {"color": "0.7", "lw": 1} if label.startswith("batch") else {}
+        ax.plot(*zip(*points), style, ms=3, label=label, **extra)
+    if panel.log_y:
+        ax.set_yscale("log")
+    if plot.best_x is not None:
+        ax.axvline(plot.best_x, color="tab:green", ls="--", lw=1, label=f"best {metric} (epoch {summary['best_epoch']})")
+        if panel.title == metric:
+            ax.plot([plot.best_x], [summary["best_value"]], "*", color="tab:green", ms=12, zorder=5)
+    for i, x in enumerate(plot.resume_xs):
+        ax.axvline(x, color="0.3", ls=":", lw=1.2, label="resumed" if i == 0 else None)
+    ax.set_xlabel(plot.x_label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(panel.title)
+
+
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> tuple[Path, str]:
     """Plot a run's curves into ``output`` (default ``run_dir/report.png``; written atomically); returns (PNG path, table text).
 
@@ -424,13 +499,6 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> tuple
     the monitored metric (``config.json``'s ``monitor`` ``"NAME:min|max"`` if set, else accuracy,
     else loss) and dotted lines mark resumes.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from matplotlib.ticker import FixedLocator
-
     run = RunDir(run_dir)
     records = read_records(run.path)
     config = read_config(run)
@@ -439,52 +507,15 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> tuple
         logger.warning("config.json: monitor %r is not NAME[:min|max]; using the default (accuracy, else loss)", config["monitor"])
     summary = summarise(records, monitor, bool(config.get("compile")))
     plot = plot_data(records, summary)
-    metric = summary["metric"]
-    anchors = ([] if plot.epoch_ends and plot.epoch_ends[0][0] <= 0 else [(0, 0)]) + plot.epoch_ends  # epoch 0 at x 0
-    epochs_at, x_at = [float(e) for e, _ in anchors], [float(x) for _, x in anchors]
-    top_axis = len(anchors) > 1 and all(b > a for v in (epochs_at, x_at) for a, b in zip(v, v[1:]))
-
-    def line(v: Any, xs: list[float], ys: list[float]) -> Any:
-        """Piecewise linear through (xs, ys), extended past both ends: the top axis needs an invertible map."""
-        v = np.asarray(v, dtype=float)
-        first, last = (ys[1] - ys[0]) / (xs[1] - xs[0]), (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
-        inside = np.interp(v, xs, ys)
-        return np.where(v < xs[0], ys[0] + (v - xs[0]) * first, np.where(v > xs[-1], ys[-1] + (v - xs[-1]) * last, inside))
-    ncols = min(3, max(1, len(plot.panels)))
-    nrows = max(1, math.ceil(len(plot.panels) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(plot.panels) :]:
-        ax.set_visible(False)
-    for ax, panel in zip(axes.flat, plot.panels):
-        for label, points in panel.lines:
-            style = {"training": "o-", "validation": "s-"}.get(label, "-" if len(points) > 1 else "o")
-            extra = {"color": "0.7", "lw": 1} if label.startswith("batch") else {}
-            ax.plot(*zip(*points), style, ms=3, label=label, **extra)
-        if panel.log_y:
-            ax.set_yscale("log")
-        if plot.best_x is not None:
-            ax.axvline(plot.best_x, color="tab:green", ls="--", lw=1, label=f"best {metric} (epoch {summary['best_epoch']})")
-            if panel.title == metric:
-                ax.plot([plot.best_x], [summary["best_value"]], "*", color="tab:green", ms=12, zorder=5)
-        for i, x in enumerate(plot.resume_xs):
-            ax.axvline(x, color="0.3", ls=":", lw=1.2, label="resumed" if i == 0 else None)
-        ax.set_xlabel(plot.x_label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-        if top_axis:
-            top = ax.secondary_xaxis("top", functions=(lambda x: line(x, x_at, epochs_at), lambda e: line(e, epochs_at, x_at)))
-            step = math.ceil(len(plot.epoch_ends) / 8)  # at most about 8 epoch ticks, the last one always
-            ticks = [e for e, _ in plot.epoch_ends][::-1][::step][::-1]
-            top.xaxis.set_major_locator(FixedLocator(ticks))
-            top.set_xlabel("epoch", fontsize="small")
-        ax.set_title(panel.title)
+    fig, axes = panel_grid(len(plot.panels))
+    epoch_axis = _epoch_axis(plot)
+    for ax, panel in zip(axes, plot.panels):
+        _draw(ax, panel, plot, summary)
+        if epoch_axis is not None:
+            epoch_axis(ax)
     best = "-" if summary["best_value"] is None else f"{summary['best_value']:.4f} at epoch {summary['best_epoch']}"
-    fig.suptitle(f"{run.path.name}: best validation {metric} {best}")
+    fig.suptitle(f"{run.path.name}: best validation {summary['metric']} {best}")
     fig.tight_layout()
-    path = Path(output) if output is not None else run.report_file
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    path = save_png(fig, output if output is not None else run.report_file, "report")
     metadata = config.get("metadata")
     return path, _table(summary, plot.constant_lr, metadata.get("classes") if isinstance(metadata, dict) else None)
