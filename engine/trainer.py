@@ -140,7 +140,14 @@ class TrainStep:
         model, counts = self.model, self.counts
         if not (model.training and self.inner.training):
             model.train()
-        x, y = self._batch(batch)
+        if self.prepare_batch is not None:
+            x, y = self.prepare_batch(batch, self.device, self.non_blocking)
+        else:
+            x, y = batch
+            if type(x) is torch.Tensor and type(y) is torch.Tensor:  # the usual case, directly
+                x, y = x.to(self.device, non_blocking=self.non_blocking), y.to(self.device, non_blocking=self.non_blocking)
+            else:
+                x, y = _default_prepare(batch, self.device, self.non_blocking)
         if self.amp:
             with torch.autocast(self.device.type, dtype=self.amp_dtype):
                 y_pred = model(x)
@@ -163,14 +170,6 @@ class TrainStep:
             if counts.cycle_batches == self.accumulation_steps or is_last_update_of_epoch(engine):
                 self.optimizer_step(engine)
         return {"loss": detached, "y_pred": y_pred.detach(), "y": y}
-
-    def _batch(self, batch: Any) -> tuple[Any, Any]:
-        if self.prepare_batch is not None:
-            return self.prepare_batch(batch, self.device, self.non_blocking)
-        x, y = batch
-        if type(x) is torch.Tensor and type(y) is torch.Tensor:  # the usual case, directly
-            return x.to(self.device, non_blocking=self.non_blocking), y.to(self.device, non_blocking=self.non_blocking)
-        return _default_prepare(batch, self.device, self.non_blocking)
 
     def optimizer_step(self, engine: Engine) -> None:
         """End the update cycle: average the gradients over its samples, clip, step, zero, with the events around."""
