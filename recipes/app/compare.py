@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flint.recipes.app.report import _latest_per_epoch, _number, panel_grid, read_records, save_png
+from flint.recipes.app.report import latest_per_epoch, finite_number, panel_grid, read_records, save_png
 
 __all__ = ["Curve", "run_names", "comparison_curves", "write_comparison"]
 
@@ -55,13 +55,13 @@ def comparison_curves(runs: Mapping[str, list[dict[str, Any]]]) -> dict[str, lis
     metrics: dict[str, list[Curve]] = {"loss": []}
     for name, records in runs.items():
         for phase in PHASES:
-            per_epoch = _latest_per_epoch(records, phase)
+            per_epoch = latest_per_epoch(records, phase)
             for record in per_epoch:
                 for key, value in record.items():
-                    if key not in _NOT_METRICS and _number(value):
+                    if key not in _NOT_METRICS and finite_number(value):
                         metrics.setdefault(key, [])
             for metric, curves in metrics.items():
-                points = [(r["epoch"], float(r[metric])) for r in per_epoch if _number(r.get(metric))]
+                points = [(r["epoch"], float(r[metric])) for r in per_epoch if finite_number(r.get(metric))]
                 if points:
                     curves.append(Curve(name, phase, points))
     return {metric: curves for metric, curves in metrics.items() if curves}
