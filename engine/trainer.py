@@ -24,7 +24,7 @@ from ignite.utils import convert_tensor
 from flint.engine.engine import Engine, FlintEvents, TrainEvents, register_state
 from flint.engine.progress import PROGRESS_KEY, TrainProgress, progress
 
-__all__ = ["create_trainer", "prepare_batch", "batch_size_of", "samples_seen", "is_last_update_of_epoch"]
+__all__ = ["create_trainer", "TrainStep", "prepare_batch", "batch_size_of", "samples_seen", "is_last_update_of_epoch"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,108 @@ def _autocast_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
+class TrainStep:
+    """One iteration of BMXNet's loop, the trainer's process function: forward, loss, backward, and an
+    update every ``accumulation_steps`` batches.
+
+    It puts the model in train mode (also when only the module inside its DDP or ``torch.compile``
+    wrapper is not: an evaluator running the plain module of a DDP-wrapped model leaves the wrapper's
+    own flag set), moves the batch to ``device``, runs forward and the loss (under autocast if
+    ``amp``) and back-propagates. At the end of each update cycle, and at the last iteration of an
+    epoch, :meth:`optimizer_step` averages the gradients over the cycle's samples, fires
+    ``TrainEvents.BEFORE_OPTIMIZER_STEP``, clips, steps, zeroes the gradients and fires
+    ``TrainEvents.OPTIMIZER_STEPPED``: a cycle of N batches of size b is one step on a batch of N*b, up
+    to float rounding, and a shorter last batch is weighted by its size. Its output is ``{"loss":
+    detached loss tensor, "y_pred": detached prediction, "y": target}``; nothing reads a value back to
+    the host. ``counts`` (:class:`flint.engine.TrainProgress`) gets the samples, steps, the cycle in
+    progress and the epoch's running loss, on the device. :func:`create_trainer` builds one.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[Any, Any], torch.Tensor],
+                 counts: TrainProgress, device: torch.device, accumulation_steps: int = 1, amp: bool = False,
+                 clip_grad_norm: float | None = None, prepare_batch: PrepareBatch | None = None, non_blocking: bool = False) -> None:  # fmt: skip
+        self.model, self.optimizer, self.loss_fn, self.counts, self.device = model, optimizer, loss_fn, counts, device
+        self.accumulation_steps, self.amp, self.clip_grad_norm = accumulation_steps, amp, clip_grad_norm
+        self.prepare_batch, self.non_blocking = prepare_batch, non_blocking
+        self.amp_dtype = _autocast_dtype(device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp and self.amp_dtype == torch.float16)
+        self.scaling = self.scaler.is_enabled()
+        self.world = idist.get_world_size()  # data-parallel ranks see equal batches: samples seen are global
+        self.inner = _unwrapped(model)
+
+    def __call__(self, engine: Engine, batch: Any) -> dict[str, Any]:
+        model, counts = self.model, self.counts
+        if not (model.training and self.inner.training):
+            model.train()
+        if self.prepare_batch is not None:
+            x, y = self.prepare_batch(batch, self.device, self.non_blocking)
+        else:
+            x, y = batch
+            if type(x) is torch.Tensor and type(y) is torch.Tensor:  # the usual case, directly
+                x, y = x.to(self.device, non_blocking=self.non_blocking), y.to(self.device, non_blocking=self.non_blocking)
+            else:
+                x, y = _default_prepare(batch, self.device, self.non_blocking)
+        if self.amp:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype):
+                y_pred = model(x)
+                loss = self.loss_fn(y_pred, y)
+        else:  # not entering a disabled autocast: it costs Python time every step
+            y_pred = model(x)
+            loss = self.loss_fn(y_pred, y)
+        n = x.shape[0] if type(x) is torch.Tensor and x.ndim else batch_size_of(x)  # the usual case in line
+        counts.samples += n * self.world
+        counts.epoch_samples += n * self.world
+        detached = loss.detach()
+        counts.loss_sum.add_(detached, alpha=n)  # on the device: no host sync
+        if self.accumulation_steps == 1:
+            (self.scaler.scale(loss) if self.scaling else loss).backward()
+            self.optimizer_step(engine)
+        else:  # sum-weight each batch; optimizer_step divides by the cycle's samples
+            (self.scaler.scale(loss * n) if self.scaling else loss * n).backward()
+            counts.cycle_batches += 1
+            counts.cycle_samples += n
+            if counts.cycle_batches == self.accumulation_steps or is_last_update_of_epoch(engine):
+                self.optimizer_step(engine)
+        return {"loss": detached, "y_pred": y_pred.detach(), "y": y}
+
+    def optimizer_step(self, engine: Engine) -> None:
+        """End the update cycle: average the gradients over its samples, clip, step, zero, with the events around."""
+        optimizer, counts = self.optimizer, self.counts
+        if self.scaling:
+            self.scaler.unscale_(optimizer)
+        if self.accumulation_steps > 1 or self.clip_grad_norm is not None:
+            # Read at each step: param groups may be added after the trainer was made (unfreezing).
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if self.accumulation_steps > 1:
+            torch._foreach_div_([p.grad for p in params], float(counts.cycle_samples))
+        counts.cycle_batches = counts.cycle_samples = 0
+        counts.optimizer_step += 1
+        # The engine's own dispatch: Ignite's public fire_event first looks the event up in a list (docs/engine.md).
+        engine._fire_event(TrainEvents.BEFORE_OPTIMIZER_STEP)
+        if self.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+        if self.scaling:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        engine._fire_event(TrainEvents.OPTIMIZER_STEPPED)
+
+    def start(self, engine: Engine) -> None:
+        """At ``STARTED``: fresh counts for a fresh run (a resumed one keeps its loaded ones), no cycle in progress."""
+        if engine.state.iteration == 0:
+            self.counts.restart(self.device)
+        self.counts.loss_sum = self.counts.loss_sum.to(self.device)
+        self.counts.cycle_batches = self.counts.cycle_samples = 0
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def flush(self, engine: Engine) -> None:
+        """At ``EPOCH_COMPLETED``: step a partial cycle left by data of unknown length (its last iteration could not be told)."""
+        if self.counts.cycle_batches > 0:
+            self.optimizer_step(engine)
+
+
 def create_trainer(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -119,28 +221,13 @@ def create_trainer(
     prepare_batch: PrepareBatch | None = None,
     non_blocking: bool = False,
 ) -> Engine:
-    """Create a training engine running BMXNet's loop: forward, loss, backward, update.
+    """Create a training engine running BMXNet's loop: forward, loss, backward, update (:class:`TrainStep`).
 
-    Each iteration puts the model in train mode, moves the batch to ``device``, runs forward and
-    the loss (under autocast if ``amp``) and back-propagates. Every ``accumulation_steps``
-    iterations of an epoch (the "update cycle") and at the last iteration of an epoch, the gradients
-    are averaged over the samples of the cycle, ``TrainEvents.BEFORE_OPTIMIZER_STEP`` fires,
-    gradients are clipped if asked, the optimizer steps and gradients are zeroed. With equal batches
-    a cycle of N batches of size b is one step on a batch of N*b, up to float rounding; a shorter
-    last batch is weighted by its size.
-
-    ``engine.state.output`` is ``{"loss": detached loss tensor, "y_pred": detached prediction,
-    "y": target}``; nothing in the step reads a value back to the host. The trainer's
-    :class:`flint.engine.TrainProgress` (``flint.engine.progress(trainer)``) counts samples seen and
-    optimizer steps, holds the update cycle in progress and keeps the epoch's running loss on the
-    device for every handler that reports or checks it (one in-place add per step instead of one
-    per handler); it is registered with the trainer (:func:`flint.engine.register_state`), so
-    ``flint.handlers.Checkpointing`` saves and restores it, each rank's running loss its own.
+    The trainer's :class:`flint.engine.TrainProgress` (``flint.engine.progress(trainer)``) counts
+    samples seen and optimizer steps and keeps the epoch's running loss on the device for every
+    handler that reports or checks it; it is registered with the trainer
+    (:func:`flint.engine.register_state`), so ``flint.handlers.Checkpointing`` saves and restores it.
     ``engine.state_dict()`` is Ignite's (epoch, iteration, lengths), before a run as after one.
-
-    The model is put back in train mode when it, or the module inside its DDP or ``torch.compile``
-    wrapper, is not: an evaluator running the plain module of a DDP-wrapped model leaves the
-    wrapper's own flag set.
 
     Args:
         model: the network; move it to ``device`` yourself.
@@ -170,101 +257,15 @@ def create_trainer(
     if clip_grad_norm is not None and not clip_grad_norm > 0:
         raise ValueError(f"Argument clip_grad_norm should be a positive number, got {clip_grad_norm!r}")
     device = _resolve_device(model, device)
-    amp_dtype = _autocast_dtype(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
-    world = idist.get_world_size()  # data-parallel ranks see equal batches: samples seen are global
-
-    scaling = scaler.is_enabled()
-    # An evaluator may run the plain module while this trains a wrapper of it (DDP): its eval() then
-    # leaves the wrapper's own flag True, so the wrapped module's flag is the one to check as well.
-    inner = _unwrapped(model)
     counts = TrainProgress(device)
-
-    def optimizer_step(engine: Engine) -> None:
-        if scaling:
-            scaler.unscale_(optimizer)
-        if accumulation_steps > 1 or clip_grad_norm is not None:
-            # Read at each step: param groups may be added after the trainer was made (unfreezing).
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if accumulation_steps > 1:
-            torch._foreach_div_([p.grad for p in params], float(counts.cycle_samples))
-        counts.cycle_batches = counts.cycle_samples = 0
-        counts.optimizer_step += 1
-        # The engine's own dispatch: Ignite's public fire_event first looks the event up in a list (docs/engine.md).
-        engine._fire_event(TrainEvents.BEFORE_OPTIMIZER_STEP)
-        if clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
-        if scaling:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        engine._fire_event(TrainEvents.OPTIMIZER_STEPPED)
-
-    def update(engine: Engine, batch: Any) -> dict[str, Any]:
-        if not (model.training and inner.training):
-            model.train()
-        if prepare_batch is None:
-            x, y = batch
-            if type(x) is torch.Tensor and type(y) is torch.Tensor:  # the usual case, directly
-                x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
-            else:
-                x, y = _default_prepare(batch, device, non_blocking)
-        else:
-            x, y = prepare_batch(batch, device, non_blocking)
-        if amp:
-            with torch.autocast(device.type, dtype=amp_dtype):
-                y_pred = model(x)
-                loss = loss_fn(y_pred, y)
-        else:  # not entering a disabled autocast: it costs Python time every step
-            y_pred = model(x)
-            loss = loss_fn(y_pred, y)
-        n = x.shape[0] if type(x) is torch.Tensor and x.ndim else batch_size_of(x)  # the usual case in line
-        counts.samples += n * world
-        counts.epoch_samples += n * world
-        detached = loss.detach()
-        counts.loss_sum.add_(detached, alpha=n)  # on the device: no host sync
-        if accumulation_steps == 1:
-            (scaler.scale(loss) if scaling else loss).backward()
-            optimizer_step(engine)
-        else:
-            # Sum-weight each batch; optimizer_step divides by the cycle's samples.
-            (scaler.scale(loss * n) if scaling else loss * n).backward()
-            counts.cycle_batches += 1
-            counts.cycle_samples += n
-            if counts.cycle_batches == accumulation_steps or is_last_update_of_epoch(engine):
-                optimizer_step(engine)
-        return {"loss": detached, "y_pred": y_pred.detach(), "y": y}
-
-    trainer = Engine(update)
+    step = TrainStep(model, optimizer, loss_fn, counts, device, accumulation_steps, amp, clip_grad_norm, prepare_batch, non_blocking)
+    trainer = Engine(step)
     trainer.state = _TrainerState(counts)
     register_state(trainer, PROGRESS_KEY, counts)
     trainer.fire_flint_events()
-    trainer.register_events(
-        *TrainEvents,
-        event_to_attr={
-            TrainEvents.BEFORE_OPTIMIZER_STEP: "optimizer_step",
-            TrainEvents.OPTIMIZER_STEPPED: "optimizer_step",
-        },
-    )
-
-    @trainer.on(Events.STARTED)
-    def _start(engine: Engine) -> None:
-        if engine.state.iteration == 0:  # a fresh run; a resumed one keeps its loaded counts
-            counts.restart(device)
-        counts.loss_sum = counts.loss_sum.to(device)
-        counts.cycle_batches = counts.cycle_samples = 0  # the update cycle in progress
-        optimizer.zero_grad(set_to_none=True)
-
-    # Not when resuming mid-epoch: the loaded sums carry on.
-    trainer.add_event_handler(FlintEvents.NEW_EPOCH, lambda _: counts.new_epoch())
-
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def _flush_partial_cycle(engine: Engine) -> None:
-        # Only reached with data of unknown length, where the last iteration could not be detected.
-        if counts.cycle_batches > 0:
-            optimizer_step(engine)
-
-    trainer.scaler = scaler  # type: ignore[attr-defined]  # for checkpoints: to_save["scaler"]
+    trainer.register_events(*TrainEvents, event_to_attr={event: "optimizer_step" for event in TrainEvents})
+    trainer.add_event_handler(Events.STARTED, step.start)
+    trainer.add_event_handler(FlintEvents.NEW_EPOCH, lambda _: counts.new_epoch())  # not when resuming mid-epoch: the sums carry on
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, step.flush)
+    trainer.scaler = step.scaler  # type: ignore[attr-defined]  # for checkpoints: to_save["scaler"]
     return trainer

@@ -119,10 +119,7 @@ def build_parser(recipe: Recipe | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-# Options that do not shape one training step: lr-find sweeps the LR itself and keeps no run.
-_NOT_LR_FIND = frozenset({"epochs", "lr", "resume", "overwrite", "interrupt_at", "val_every", "monitor", "early_stopping", "save_frequency",
-                          "progress", "progress_file", "nproc_per_node", "profile", "log_interval", "lr_mode", "lr_steps", "lr_factor",
-                          "warmup_epochs", "warmup_lr"})  # fmt: skip
+_NOT_LR_FIND = frozenset(f.name for f in option_fields() if not f.metadata["option"].step)  # lr-find sweeps the LR and keeps no run
 
 
 def _add_lr_find(commands: Any, recipe: Recipe | None) -> None:

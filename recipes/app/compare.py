@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flint.recipes.app.report import _latest_per_epoch, _number, read_records
+from flint.recipes.app.report import latest_per_epoch, finite_number, panel_grid, read_records, save_png
 
 __all__ = ["Curve", "run_names", "comparison_curves", "write_comparison"]
 
@@ -55,13 +55,13 @@ def comparison_curves(runs: Mapping[str, list[dict[str, Any]]]) -> dict[str, lis
     metrics: dict[str, list[Curve]] = {"loss": []}
     for name, records in runs.items():
         for phase in PHASES:
-            per_epoch = _latest_per_epoch(records, phase)
+            per_epoch = latest_per_epoch(records, phase)
             for record in per_epoch:
                 for key, value in record.items():
-                    if key not in _NOT_METRICS and _number(value):
+                    if key not in _NOT_METRICS and finite_number(value):
                         metrics.setdefault(key, [])
             for metric, curves in metrics.items():
-                points = [(r["epoch"], float(r[metric])) for r in per_epoch if _number(r.get(metric))]
+                points = [(r["epoch"], float(r[metric])) for r in per_epoch if finite_number(r.get(metric))]
                 if points:
                     curves.append(Curve(name, phase, points))
     return {metric: curves for metric, curves in metrics.items() if curves}
@@ -73,22 +73,14 @@ def write_comparison(dirs: Sequence[str | os.PathLike[str]], output: str | os.Pa
     Raises:
         UsageError: a run has no ``metrics.jsonl``, or no record in it.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
-
     names = run_names(dirs)
     curves = comparison_curves({name: read_records(d) for name, d in zip(names, dirs)})
     colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
-    ncols = min(3, max(1, len(curves)))
-    nrows = max(1, -(-len(curves) // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(curves) :]:
-        ax.set_visible(False)
-    for ax, (metric, lines) in zip(axes.flat, curves.items()):
+    fig, axes = panel_grid(len(curves))  # imports matplotlib
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    for ax, (metric, lines) in zip(axes, curves.items()):
         for curve in lines:
             ax.plot(*zip(*curve.points), "-" if curve.phase == "training" else "--", color=colours[curve.run], marker="o", ms=2.5)
         ax.set_title(metric)
@@ -99,9 +91,4 @@ def write_comparison(dirs: Sequence[str | os.PathLike[str]], output: str | os.Pa
     handles += [Line2D([], [], color="0.3", ls=ls, label=phase) for phase, ls in zip(PHASES, ("-", "--"))]
     fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 6), fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.92))
-    path = Path(output)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_png(fig, output, "comparison")

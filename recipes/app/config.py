@@ -173,7 +173,9 @@ class Option:
     ``"optional"`` (a value or none), ``"switch"`` (present = True; a ``--no-x`` flag stores False)
     or ``"list"`` (repeatable ``NAME=FACTOR``); ``parse`` turns the command line's text into the value;
     ``resumable`` says a resumed run may change it (it does not alter what is trained); ``scope`` is
-    ``"both"``, ``"cli"`` (the data and files of a recipe; ``fit()`` takes its own) or ``"python"``.
+    ``"both"``, ``"cli"`` (the data and files of a recipe; ``fit()`` takes its own) or ``"python"``;
+    ``step`` says it shapes one training step (``flint lr-find`` takes it; the run's length, schedule,
+    stops, checkpoints and reporting do not).
     """
 
     help: str
@@ -185,6 +187,7 @@ class Option:
     parse: Callable[[str], Any] = str
     resumable: bool = False
     scope: str = "both"
+    step: bool = True
 
 
 def _opt(default: Any, help: str, check: Callable[[Any], str | None], **kwargs: Any) -> Any:
@@ -204,10 +207,10 @@ class Config:
     download: bool = _opt(False, "download a missing dataset into --data-dir", _flag, kind="switch", resumable=True, scope="cli")
     num_workers: int = _opt(0, "DataLoader worker processes (0: load in the main process)", _int_in(0, 1024), metavar="N", resumable=True, **_INT)
     data_on_device: bool = _opt(False, "hold the whole (small) dataset as tensors on the device", _flag, kind="switch")
-    epochs: int = _opt(10, "training epochs (a resumed run may have more, not fewer)", _int_in(1, 10**6), metavar="N", resumable=True, **_INT)
+    epochs: int = _opt(10, "training epochs (a resumed run may have more, not fewer)", _int_in(1, 10**6), metavar="N", resumable=True, **_INT, step=False)
     batch_size: int = _opt(64, "samples per batch, over all workers; one optimizer step sees batch_size * update_cycle",
                            _int_in(1, 2**24), metavar="N", **_INT)  # fmt: skip
-    lr: float = _opt(0.1, "base learning rate", _number(0, low_open=True), metavar="X", **_FLOAT)
+    lr: float = _opt(0.1, "base learning rate", _number(0, low_open=True), metavar="X", **_FLOAT, step=False)
     optimizer: str = _opt("sgd", "optimizer", _choice(OPTIMIZERS), metavar="{" + ",".join(OPTIMIZERS) + "}", parse=_parse_optimizer)
     momentum: float = _opt(0.9, "momentum (sgd, rmsprop)", _number(0, 1), metavar="X", **_FLOAT)
     nesterov: bool = _opt(False, "Nesterov momentum (sgd)", _flag, kind="switch")
@@ -218,14 +221,14 @@ class Config:
     label_smoothing: float = _opt(0.0, "cross-entropy label smoothing", _number(0, 1, high_open=True), metavar="X", **_FLOAT)
     lr_mult: dict[str, float] = _opt(dict, "parameters whose name contains NAME get lr*FACTOR in their own param group (repeatable)",
                                      _lr_mult, metavar="NAME=FACTOR", kind="list", parse=_parse_name_factor)  # fmt: skip
-    log_interval: int = _opt(50, "iterations between batch records", _int_in(1), metavar="N", resumable=True, **_INT)
+    log_interval: int = _opt(50, "iterations between batch records", _int_in(1), metavar="N", resumable=True, **_INT, step=False)
     update_cycle: int = _opt(1, "batches per optimizer step (gradient accumulation)", _int_in(1, 2**20), metavar="N", **_INT)
-    lr_mode: str = _opt("constant", "LR schedule, updated every iteration", _choice(LR_MODES), metavar="{" + ",".join(LR_MODES) + "}")
+    lr_mode: str = _opt("constant", "LR schedule, updated every iteration", _choice(LR_MODES), metavar="{" + ",".join(LR_MODES) + "}", step=False)
     lr_steps: list[int] = _opt(list, "--lr-mode step: epochs after which the LR is multiplied by --lr-factor", _epoch_list,
-                               metavar="E1,E2,...", parse=_parse_epochs)  # fmt: skip
-    lr_factor: float = _opt(0.1, "--lr-mode step: the multiplier at each of --lr-steps", _number(0, low_open=True), metavar="X", **_FLOAT)
-    warmup_epochs: int = _opt(0, "epochs of linear LR warmup before the schedule", _int_in(0, 10**6), metavar="N", **_INT)
-    warmup_lr: float = _opt(0.0, "the LR warmup starts from (scaled per group like --lr-mult)", _number(0), metavar="X", **_FLOAT)
+                               metavar="E1,E2,...", parse=_parse_epochs, step=False)  # fmt: skip
+    lr_factor: float = _opt(0.1, "--lr-mode step: the multiplier at each of --lr-steps", _number(0, low_open=True), metavar="X", **_FLOAT, step=False)
+    warmup_epochs: int = _opt(0, "epochs of linear LR warmup before the schedule", _int_in(0, 10**6), metavar="N", **_INT, step=False)
+    warmup_lr: float = _opt(0.0, "the LR warmup starts from (scaled per group like --lr-mult)", _number(0), metavar="X", **_FLOAT, step=False)
     clip_grad_norm: float | None = _opt(None, "clip the gradients' total L2 norm to X before each optimizer step",
                                         _optional(_number(0, low_open=True)), metavar="X", **_FLOAT)  # fmt: skip
     seed: int = _opt(42, "seeds torch, NumPy and random: same seed and options give the same metrics", _seed, metavar="N", **_INT)
@@ -233,44 +236,44 @@ class Config:
                        resumable=True)  # fmt: skip
     output_dir: str = _opt("", "where the run's files go (default runs/RECIPE)", _text, metavar="DIR", short="-o", resumable=True)
     resume: str | None = _opt(None, "continue from a checkpoint file or run directory; alone, the latest in the output dir",
-                              _optional(_text), metavar="PATH", kind="optional", resumable=True)  # fmt: skip
+                              _optional(_text), metavar="PATH", kind="optional", resumable=True, step=False)  # fmt: skip
     interrupt_at: int | None = _opt(None, "after this epoch's validation, save and exit with status 3", _optional(_int_in(1, 10**6)),
-                                    metavar="EPOCH", resumable=True, **_INT)  # fmt: skip
-    val_every: int = _opt(1, "epochs between validations (the last epoch is always validated)", _int_in(1, 10**6), metavar="N", **_INT)
+                                    metavar="EPOCH", resumable=True, **_INT, step=False)  # fmt: skip
+    val_every: int = _opt(1, "epochs between validations (the last epoch is always validated)", _int_in(1, 10**6), metavar="N", **_INT, step=False)
     monitor: str = _opt("", "the validation metric that picks the best checkpoint and drives early stopping, and its "
-                        "direction (default accuracy:max, or loss:min for regression)", Monitor.problem, metavar="NAME[:min|max]")  # fmt: skip
+                        "direction (default accuracy:max, or loss:min for regression)", Monitor.problem, metavar="NAME[:min|max]", step=False)  # fmt: skip
     early_stopping: int | None = _opt(None, "stop after N validations without improving the monitored metric",
-                                      _optional(_int_in(1, 10**6)), metavar="PATIENCE", **_INT)  # fmt: skip
+                                      _optional(_int_in(1, 10**6)), metavar="PATIENCE", **_INT, step=False)  # fmt: skip
     save_frequency: int = _opt(1, "epochs between checkpoints (the last epoch and any stop are always saved)", _int_in(1, 10**6),
-                               metavar="N", **_INT)  # fmt: skip
+                               metavar="N", **_INT, step=False)  # fmt: skip
     test_run: bool = _opt(False, "one training and one validation batch per epoch", _flag, kind="switch")
     progress: bool = _opt(True, "no progress bar (shown only when stderr is a terminal)", _flag, kind="switch", flag="--no-progress",
-                          resumable=True)  # fmt: skip
+                          resumable=True, step=False)  # fmt: skip
     progress_file: str | None = _opt(None, "keep epoch and run ETA in this JSON file, for schedulers", _optional(_text), metavar="PATH",
-                                     resumable=True)  # fmt: skip
+                                     resumable=True, step=False)  # fmt: skip
     amp: bool = _opt(False, "autocast in bfloat16 (float16 with a GradScaler on CUDA without bf16)", _flag, kind="switch")
     channels_last: bool = _opt(False, "channels-last memory format for model and images (for GPUs)", _flag, kind="switch")
     compile: bool = _opt(False, "torch.compile the model; the first iterations include the compile", _flag, kind="switch")
     nproc_per_node: int = _opt(1, "data-parallel workers spawned on this machine (gloo on CPU, nccl on CUDA)", _int_in(1, 1024),
-                               metavar="N", resumable=True, **_INT)  # fmt: skip
-    profile: bool = _opt(False, "log each handler's cost (Ignite's HandlersTimeProfiler) at the end", _flag, kind="switch", resumable=True)
+                               metavar="N", resumable=True, **_INT, step=False)  # fmt: skip
+    profile: bool = _opt(False, "log each handler's cost (Ignite's HandlersTimeProfiler) at the end", _flag, kind="switch", resumable=True, step=False)
     # tasks and metrics (flint.recipes.app.tasks)
     task: str = _opt("", "the task, for a recipe that leaves it out: multiclass (also: classification), binary, multilabel or "
                      "regression; a recipe that sets its task takes only that one (default: the recipe's, else multiclass)",
                      task_problem, metavar="{" + ",".join(TASKS) + "}")  # fmt: skip
     metrics: list[str] = _opt(list, "validation metrics besides the loss and accuracy (mae for regression), by task: "
                               + "; ".join(f"{task}: {', '.join(names)}" for task, names in METRICS.items()) + " (default: the recipe's)",
-                              _names, metavar="NAME,...", parse=_parse_names, resumable=True)  # fmt: skip
+                              _names, metavar="NAME,...", parse=_parse_names, resumable=True, step=False)  # fmt: skip
     # starting afresh over a finished run, or from another run's weights
     overwrite: bool = _opt(False, "start afresh in an output dir holding a finished or interrupted run: its Flint files are removed "
-                           "(train.log kept as train.log.1)", _flag, kind="switch", resumable=True)  # fmt: skip
+                           "(train.log kept as train.log.1)", _flag, kind="switch", resumable=True, step=False)  # fmt: skip
     init_from: str | None = _opt(None, "start a new run from the weights of this run (its best checkpoint) or checkpoint file, "
                                  "with a fresh optimizer and LR schedule", _optional(_text), metavar="RUN_DIR_OR_CHECKPOINT",
                                  resumable=True)  # fmt: skip
 
     # many runs: experiment tracking
     mlflow: str | None = _opt(None, "track the run in MLflow at this tracking URI; alone, MLflow's default (mlflow.db here)", _tracking_uri,
-                              metavar="URI", kind="optional", resumable=True)  # fmt: skip
+                              metavar="URI", kind="optional", resumable=True, step=False)  # fmt: skip
 
     @property
     def style(self) -> str:

@@ -104,7 +104,7 @@ def export_model(path: str | Path, fmt: str, output: str | Path | None = None) -
     """
     import torch
 
-    from flint.handlers.files import WriteError, write_atomic, write_text_atomic
+    from flint.handlers.files import WriteError
     from flint.recipes.app.runs import open_run
 
     if fmt not in FORMATS:
@@ -122,28 +122,50 @@ def export_model(path: str | Path, fmt: str, output: str | Path | None = None) -
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WriteError.from_error("exported model", target, e) from None
-    if fmt == "onnx":
-        try:
-            import onnx  # noqa: F401
-            import onnxscript  # noqa: F401
-        except ImportError:
-            raise RuntimeError("export --format onnx needs onnx and onnxscript: pip install 'flint[export]'") from None
-        batch = torch.export.Dim("batch")
-        program = torch.onnx.export(
-            model, (example,), dynamo=True, verbose=False, input_names=["input"], output_names=["output"],
-            dynamic_shapes=({0: batch},),
-        )  # fmt: skip
-        assert program is not None  # dynamo=True returns the program
-        program.model.metadata_props.update({key: json.dumps(value) for key, value in metadata.items()})
-        write_atomic(target, lambda tmp: program.save(tmp, external_data=False), "exported model")
-    elif fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation: the docs say it
-            traced = torch.jit.trace(model, example)
-            extra = {METADATA_FILE: json.dumps(metadata, indent=2)}
-            write_atomic(target, lambda tmp: traced.save(str(tmp), _extra_files=extra), "exported model")
-    else:
-        write_atomic(target, lambda tmp: torch.save(model.state_dict(), tmp), "exported model")
-        write_text_atomic(sidecar, json.dumps(metadata, indent=2) + "\n", "metadata file")
+    _WRITERS[fmt](model, example, metadata, target)
     logger.debug("Exported %s (%s) to %s", checkpoint, fmt, target)
     return target
+
+
+def _write_onnx(model: Any, example: Any, metadata: dict[str, Any], target: Path) -> None:
+    """``torch.onnx.export`` with a dynamic batch dimension, the metadata in ``metadata_props`` (each value as JSON)."""
+    import torch
+
+    from flint.handlers.files import write_atomic
+
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise RuntimeError("export --format onnx needs onnx and onnxscript: pip install 'flint[export]'") from None
+    program = torch.onnx.export(model, (example,), dynamo=True, verbose=False, input_names=["input"], output_names=["output"],
+                                dynamic_shapes=({0: torch.export.Dim("batch")},))  # fmt: skip
+    assert program is not None  # dynamo=True returns the program
+    program.model.metadata_props.update({key: json.dumps(value) for key, value in metadata.items()})
+    write_atomic(target, lambda tmp: program.save(tmp, external_data=False), "exported model")
+
+
+def _write_torchscript(model: Any, example: Any, metadata: dict[str, Any], target: Path) -> None:
+    """The traced model, the metadata as its extra file :data:`METADATA_FILE`."""
+    import torch
+
+    from flint.handlers.files import write_atomic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation: the docs say it
+        traced = torch.jit.trace(model, example)
+        extra = {METADATA_FILE: json.dumps(metadata, indent=2)}
+        write_atomic(target, lambda tmp: traced.save(str(tmp), _extra_files=extra), "exported model")
+
+
+def _write_state_dict(model: Any, example: Any, metadata: dict[str, Any], target: Path) -> None:
+    """The plain weights, the metadata beside them in the same path with ``.json`` as its last suffix."""
+    import torch
+
+    from flint.handlers.files import write_atomic, write_text_atomic
+
+    write_atomic(target, lambda tmp: torch.save(model.state_dict(), tmp), "exported model")
+    write_text_atomic(target.with_suffix(".json"), json.dumps(metadata, indent=2) + "\n", "metadata file")
+
+
+_WRITERS = {"onnx": _write_onnx, "torchscript": _write_torchscript, "state_dict": _write_state_dict}  # by FORMATS' names

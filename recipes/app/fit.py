@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flint.recipes.app.config import option_fields, resolve_config
+from flint.recipes.app.config import Config, option_fields, resolve_config
 from flint.recipes.app.console import console_shown, log_to_console
 from flint.recipes.app.history import run_history
 from flint.recipes.app.config_file import file_options, given_in_file
@@ -52,65 +52,33 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``model`` with the loop of ``flint run``: records, TensorBoard, checkpoints, exact resume.
 
-    Everything ``flint run`` does for a recipe it does here for any ``nn.Module`` and your data: the update cycle, LR schedules, per-epoch validation,
-    latest and best checkpoints in ``output_dir/checkpoints``, ``metrics.jsonl``, TensorBoard files,
-    ``train.log``, a SIGTERM or SIGINT stopping at the next update with a checkpoint, exact resume.
-    Every ``flint run`` option is a keyword with its Python name and the same default (see
-    ``flint.recipes.app.config.Config``: ``epochs``, ``batch_size``, ``lr``, ``lr_mult``, ``update_cycle``,
-    ``lr_mode``, ``interrupt_at``, ``early_stopping``, ``monitor``, ``val_every``, ``clip_grad_norm``,
-    ``amp``, ``device="auto"``, ``progress``, ``seed``, ...); ``resume=True`` continues the run in
-    ``output_dir`` from its latest checkpoint (a new run if it has none), ``resume=PATH`` from a checkpoint;
-    ``overwrite=True`` starts afresh over a finished or interrupted run there; ``init_from=RUN_DIR_OR_CHECKPOINT``
-    starts from those weights with a fresh optimizer and schedule. It shows what ``flint run`` shows on
-    stderr (the header, one line per epoch, the closing lines, the progress bar on a terminal) and
-    leaves your logging configuration as it was.
+    Every ``flint run`` option is a keyword with its Python name and default (``epochs``, ``lr``, ``monitor``,
+    ``resume=True``, ...: docs/api.md). The console shows what ``flint run`` shows; your logging stays as it was.
 
     Args:
-        model: the network; trained in place (its weights are the run's at the end; with
-            ``nproc_per_node`` > 1, or a resumed run with nothing left to train, it loads the last checkpoint's).
-        train_data: the training data: a ``Dataset`` (map-style, or iterable with a length) of ``(input, target)``
-            pairs or of mappings, a ``DataLoader`` (used as given), or arrays ``(X, y)`` (NumPy or torch).
-        val_data: the validation data, in one of those forms; None trains without validation (no best
-            checkpoint, no early stopping).
-        output_dir: where the run's files go; a new run refuses a directory that holds one.
-        task: ``"multiclass"`` (``"classification"``), ``"binary"`` (one logit), ``"multilabel"`` or
-            ``"regression"``: the default loss, the shapes checked and the metrics. Default multiclass.
-        loss: a name from ``flint run``'s catalogue (``"cross-entropy"``, ``"bce-with-logits"``, ``"mse"``, ...)
-            or a callable ``loss(y_pred, y)`` returning a scalar mean loss. Default: the task's.
-        optimizer: a name (``"sgd"``, ``"adamw"``, ...), an optimizer class (called with the param groups
-            and ``lr=``), or a callable taking the param groups (each with its ``lr`` and
-            ``weight_decay``) and returning an optimizer. Default: ``config``'s, else ``"sgd"``.
-        metrics: validation metrics besides the loss and accuracy (MAE for regression): names from the
-            task's catalogue (``flint.recipes.app.tasks.METRICS``: ``"f1"``, ``"roc_auc"``, ``"r2"``, ...), or a
-            dict of name -> Ignite ``Metric`` (reading the evaluator's output in the task's form) or callable
-            ``(y_pred, y) -> float`` over the whole validation set. ``monitor`` may name any of them.
-        handlers: more handlers; each gets ``attach(trainer)``, or ``attach(trainer, evaluator)`` when
-            its ``attach`` takes two engines. Their state is checkpointed if they register it
-            (``flint.engine.register_state``).
-        target_key: in a dataset of mappings, the target's key; the other entries go to ``model(**features)``.
-        prepare_batch: ``prepare_batch(batch, device, non_blocking) -> (x, y)`` for batches of any other
-            form; the model is called as ``model(x)``.
-        classes: the class names by output index, kept in ``config.json`` (``flint report`` shows them).
-            Default None.
-        verbose: show the console's lines and the progress bar; False shows nothing (unless
-            ``progress=True`` is given). Default True.
-        config: a JSON, YAML or TOML file of options by their Python names, as ``flint run --config``
-            takes it (a run's ``config.json`` too); keywords given here win. Default None.
-        **options: ``flint run``'s options by their Python names; ``mlflow=URI`` (``True``: MLflow's
-            default store) tracks the run in MLflow.
+        model: trained in place (with ``nproc_per_node`` > 1, or nothing left to train, it loads the last checkpoint's weights).
+        train_data: a ``Dataset`` of ``(input, target)`` pairs or of mappings, a ``DataLoader``, or arrays ``(X, y)``.
+        val_data: the validation data, in one of those forms. Default None: no validation, best checkpoint or early stopping.
+        output_dir: the run's directory; a new run refuses one that holds a run.
+        task: ``"multiclass"``, ``"binary"``, ``"multilabel"`` or ``"regression"``. Default multiclass.
+        loss: a name of ``flint run``'s catalogue or a callable ``loss(y_pred, y)``. Default: the task's.
+        optimizer: a name, an optimizer class or a callable taking the param groups. Default: ``config``'s, else ``"sgd"``.
+        metrics: catalogue names (``flint.recipes.app.tasks.METRICS``) or a dict of name -> Ignite ``Metric``
+            or callable ``(y_pred, y) -> float``. Default: none besides the loss and accuracy (MAE).
+        handlers: objects with ``attach(trainer)`` or ``attach(trainer, evaluator)``. Default none.
+        target_key: a mapping's target; its other entries go to ``model(**features)``. Default ``"target"``.
+        prepare_batch: ``prepare_batch(batch, device, non_blocking) -> (x, y)`` for other batches. Default None.
+        classes: class names by output index, for ``config.json`` and ``flint report``. Default None.
+        verbose: False shows nothing on the console. Default True.
+        config: a JSON, YAML or TOML file of options (a run's ``config.json`` too); keywords win. Default None.
+        **options: ``flint run``'s options by their Python names.
 
     Returns:
-        The run's ``"summary"`` record (as written to ``metrics.jsonl``): ``status`` is
-        ``"completed"``, or ``"interrupted"`` when it stopped with a checkpoint saved (SIGTERM,
-        ``interrupt_at``); ``epochs``, ``best_epoch``, ``best_<metric>``, ``avg_epoch_time``, ...;
-        and ``history``, one dict per epoch as Keras's ``History`` (``epoch``, ``loss``, ``accuracy``,
-        ``val_loss``, ``val_accuracy``...: the numbers of the console's lines and of ``metrics.jsonl``),
-        of the whole run: a resumed run's holds the epochs of its earlier launches too (read from
-        ``metrics.jsonl``, the last record of each epoch).
+        The run's ``"summary"`` record (``status``, ``epochs``, ``best_epoch``, ``best_value``, ...) with
+        ``history``: one dict per epoch of the whole run, as Keras's ``History``, read from ``metrics.jsonl``.
 
     Raises:
-        ValueError: a bad option or argument, named, before anything is written.
-        flint.handlers.NonFiniteLoss: the loss became NaN or infinite (the last good checkpoint is kept).
+        ValueError: a bad option or argument, named, before anything is written. ``flint.handlers.NonFiniteLoss``: a NaN loss.
 
     Example:
         >>> import tempfile, torch
@@ -125,56 +93,17 @@ def fit(
 
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"Argument model should be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(verbose, bool):
-        raise ValueError(f"Argument verbose should be True or False, got {verbose!r}")
-    cli_only = sorted(set(options) & {f.name for f in option_fields()} - {f.name for f in option_fields("python")})
-    if cli_only:
-        raise ValueError(f"{', '.join(cli_only)}: not options of fit(), which trains on the data you give")
-    from_file = _from_file(config, loss, optimizer)
-    given = {**from_file, **options}
-    optimizer = given.pop("optimizer", "sgd") if optimizer is None else optimizer
-    for name in ("resume", "mlflow"):  # True: the option without a value
-        if name in given and isinstance(given[name], bool):
-            given[name] = "" if given[name] else None
-    given["output_dir"] = os.fspath(output_dir)
-    if not verbose:
-        given.setdefault("progress", False)
-    loss_fn = None
-    if isinstance(loss, str):
-        given["loss"] = loss
-    elif loss is not None:
-        if not callable(loss):
-            raise ValueError(f"Argument loss should be a loss name or a callable, got {type(loss).__name__}")
-        loss_fn = loss
-    factory = None
-    if isinstance(optimizer, str):
-        given["optimizer"] = optimizer
-    elif callable(optimizer):
-        factory = optimizer
-        extra = [name for name in ("momentum", "nesterov") if name in given]
-        if extra:
-            raise ValueError(f"{', '.join(extra)}: a custom optimizer takes its own arguments, e.g. "
-                             "functools.partial(torch.optim.SGD, momentum=0.9)")  # fmt: skip
-    else:
-        raise ValueError(f"Argument optimizer should be a name, an optimizer class or a factory, got {type(optimizer).__name__}")
-    without = [type(h).__name__ for h in handlers if not callable(getattr(h, "attach", None))]
-    if without:
-        raise ValueError(f"Argument handlers should hold objects with an attach(trainer[, evaluator]) method, got {', '.join(without)}")
-    if val_data is None and given.get("early_stopping"):
-        raise ValueError("early_stopping needs val_data: it counts validations without improvement")
-    name = type(model).__name__.lower()
-    given["task"] = task
-    recipe = Recipe(name, f"fit() of a {type(model).__name__}", _Given(model), {"data": _Given((train_data, val_data))},
-                    metrics=metrics, target_key=target_key, prepare_batch=prepare_batch, classes=classes)  # fmt: skip
-    repeated = set(from_file) - set(options) - given_in_file(from_file, recipe)  # the file's options at their defaults: not refused
-    spec = f"fit:{type(model).__module__}.{type(model).__qualname__}"
-    cfg = resolve_config(recipe, given, style="python", spec=spec, typed=set(given) - repeated)
-    if cfg.nproc_per_node > 1:
-        _check_pickles(metrics, prepare_batch)
-    if loss_fn is not None:
-        cfg.loss = f"custom:{_qualname(loss_fn)}"
-    if factory is not None:
-        cfg.optimizer = f"custom:{_qualname(factory)}"
+    recipe = Recipe(type(model).__name__.lower(), f"fit() of a {type(model).__name__}", _Given(model),
+                    {"data": _Given((train_data, val_data))}, metrics=metrics, target_key=target_key,
+                    prepare_batch=prepare_batch, classes=classes)  # fmt: skip
+    fixed = {"output_dir": os.fspath(output_dir), "task": task}
+    cfg, loss_fn, factory = _resolve(model, recipe, val_data is not None, handlers, verbose, config, options, fixed, loss, optimizer)
+    return _train(model, cfg, recipe, handlers, loss_fn, factory, verbose)
+
+
+def _train(model: nn.Module, cfg: Config, recipe: Recipe, handlers: Sequence[Any], loss_fn: Callable | None,
+           factory: Callable | None, verbose: bool) -> dict[str, Any]:  # fmt: skip
+    """Launch the run with fit()'s console; the summary with the run's history."""
     from flint.recipes.app.launch import launch
 
     console = functools.partial(log_to_console, False) if verbose else None  # spawned workers' own
@@ -189,6 +118,64 @@ def fit(
     for index, state in summary.pop("handler_states", {}).items():  # trained by spawned workers: the handlers take their state
         handlers[int(index)].load_state_dict(state)
     return {**summary, "history": run_history(cfg.output_dir)}
+
+
+def _resolve(model: nn.Module, recipe: Recipe, validating: bool, handlers: Sequence[Any], verbose: Any, config: Any,
+             options: dict[str, Any], fixed: dict[str, Any], loss: Any, optimizer: Any) -> tuple[Config, Callable | None, Callable | None]:  # fmt: skip
+    """fit()'s arguments as a run's ``Config``, its own loss function and optimizer factory (or None); ValueError naming what is wrong.
+
+    ``options`` are the keywords given, ``fixed`` the run's output directory and task (fit()'s own arguments)."""
+    if not isinstance(verbose, bool):
+        raise ValueError(f"Argument verbose should be True or False, got {verbose!r}")
+    cli_only = sorted(set(options) & {f.name for f in option_fields()} - {f.name for f in option_fields("python")})
+    if cli_only:
+        raise ValueError(f"{', '.join(cli_only)}: not options of fit(), which trains on the data you give")
+    from_file = _from_file(config, loss, optimizer)
+    given = {**from_file, **options, **fixed}
+    optimizer = given.pop("optimizer", "sgd") if optimizer is None else optimizer
+    for name in ("resume", "mlflow"):  # True: the option without a value
+        if name in given and isinstance(given[name], bool):
+            given[name] = "" if given[name] else None
+    if not verbose:
+        given.setdefault("progress", False)
+    loss_fn, factory = _own(loss, optimizer, given)
+    without = [type(h).__name__ for h in handlers if not callable(getattr(h, "attach", None))]
+    if without:
+        raise ValueError(f"Argument handlers should hold objects with an attach(trainer[, evaluator]) method, got {', '.join(without)}")
+    if not validating and given.get("early_stopping"):
+        raise ValueError("early_stopping needs val_data: it counts validations without improvement")
+    repeated = set(from_file) - set(options) - given_in_file(from_file, recipe)  # the file's options at their defaults: not refused
+    spec = f"fit:{type(model).__module__}.{type(model).__qualname__}"
+    cfg = resolve_config(recipe, given, style="python", spec=spec, typed=set(given) - repeated)
+    if cfg.nproc_per_node > 1:
+        _check_pickles(recipe.metrics, recipe.prepare_batch)
+    if loss_fn is not None:
+        cfg.loss = f"custom:{_qualname(loss_fn)}"
+    if factory is not None:
+        cfg.optimizer = f"custom:{_qualname(factory)}"
+    return cfg, loss_fn, factory
+
+
+def _own(loss: Any, optimizer: Any, given: dict[str, Any]) -> tuple[Callable | None, Callable | None]:
+    """A loss function and an optimizer factory of the caller's (or None: a name, set in ``given``)."""
+    loss_fn = factory = None
+    if isinstance(loss, str):
+        given["loss"] = loss
+    elif loss is not None:
+        if not callable(loss):
+            raise ValueError(f"Argument loss should be a loss name or a callable, got {type(loss).__name__}")
+        loss_fn = loss
+    if isinstance(optimizer, str):
+        given["optimizer"] = optimizer
+    elif callable(optimizer):
+        factory = optimizer
+        extra = [name for name in ("momentum", "nesterov") if name in given]
+        if extra:
+            raise ValueError(f"{', '.join(extra)}: a custom optimizer takes its own arguments, e.g. "
+                             "functools.partial(torch.optim.SGD, momentum=0.9)")  # fmt: skip
+    else:
+        raise ValueError(f"Argument optimizer should be a name, an optimizer class or a factory, got {type(optimizer).__name__}")
+    return loss_fn, factory
 
 
 def _check_pickles(metrics: Any, prepare_batch: Any) -> None:

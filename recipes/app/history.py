@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from flint.recipes.app.console import epoch_values
-from flint.recipes.app.report import read_records
+from flint.recipes.app.report import latest_per_epoch, read_records
 
 __all__ = ["run_history"]
 
@@ -31,9 +31,8 @@ def run_history(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         >>> run_history(run)
         [{'epoch': 1, 'loss': 0.4, 'val_loss': nan}]
     """
-    last: dict[str, dict[int, dict[str, Any]]] = {"training": {}, "validation": {}}
-    for record in read_records(run_dir):
-        if record["phase"] in last:
-            last[record["phase"]][record["epoch"]] = {k: math.nan if v is None else v for k, v in record.items()}
+    records = read_records(run_dir)
+    last = {phase: {r["epoch"]: {k: math.nan if v is None else v for k, v in r.items()} for r in latest_per_epoch(records, phase)}
+            for phase in ("training", "validation")}  # fmt: skip
     epochs = sorted({*last["training"], *last["validation"]})
     return [{"epoch": e, **epoch_values(last["training"].get(e), last["validation"].get(e))} for e in epochs]

@@ -95,7 +95,7 @@ def _plot(lrs: list[float], losses: list[float], suggested: float, path: Path, t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from flint.handlers.files import write_atomic
+    from flint.recipes.app.report import save_png
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ax.plot(lrs, losses, "-", lw=1.5)
@@ -104,9 +104,5 @@ def _plot(lrs: list[float], losses: list[float], suggested: float, path: Path, t
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), "LR finder plot")
-    finally:
-        plt.close(fig)
-    return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_png(fig, path, "LR finder plot")

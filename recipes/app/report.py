@@ -20,7 +20,7 @@ from flint.recipes.app.config import UsageError
 from flint.recipes.app.monitor import Monitor
 from flint.recipes.app.rundir import RunDir
 
-__all__ = ["read_records", "read_config", "summarise", "plot_data", "write_report", "Panel", "Plot", "CORE_PHASES"]
+__all__ = ["read_records", "read_config", "latest_per_epoch", "finite_number", "summarise", "plot_data", "write_report", "panel_grid", "save_png", "Panel", "Plot", "CORE_PHASES"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ _NOT_METRICS = {*_POSITION, "loss", "epoch_time", "lr", "samples_per_sec"}
 NO_SUMMARY = "no summary record (still running, or ended without writing one)"
 
 
-def _number(value: Any) -> TypeGuard[float]:
+def finite_number(value: Any) -> TypeGuard[float]:
     """A finite int or float (not a bool): what can be plotted or averaged."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -104,7 +104,7 @@ def read_config(run: RunDir) -> dict[str, Any]:
         return {}
 
 
-def _latest_per_epoch(records: Iterable[dict], phase: str) -> list[dict]:
+def latest_per_epoch(records: Iterable[dict], phase: str) -> list[dict]:
     """One record per epoch, the last written: an attempt that died before its checkpoint is superseded."""
     by_epoch = {r["epoch"]: r for r in records if r["phase"] == phase and r.get("epoch") is not None}
     return [by_epoch[e] for e in sorted(by_epoch)]
@@ -153,7 +153,7 @@ def _timing(training: list[dict], launches: list[list[dict]], compiled: bool) ->
         first = next((r for r in launch if r["phase"] == "training"), None)
         if first is not None:
             firsts.add(id(first))
-    timed = [r for r in training if _number(r.get("epoch_time")) and r["epoch_time"] > 0]
+    timed = [r for r in training if finite_number(r.get("epoch_time")) and r["epoch_time"] > 0]
     steady = [r for r in timed if id(r) not in firsts]
     n_launches = sum(1 for launch in launches if any(r["phase"] == "training" for r in launch))
     if steady:
@@ -173,7 +173,7 @@ def _timing(training: list[dict], launches: list[list[dict]], compiled: bool) ->
     counts = []
     for r in basis:
         before, after = samples_at.get(r["epoch"] - 1), r.get("samples")
-        if not (_number(before) and _number(after)):
+        if not (finite_number(before) and finite_number(after)):
             break
         counts.append(after - before)
     if compiled and not steady:
@@ -199,14 +199,14 @@ def summarise(records: list[dict], monitor: Monitor | None = None, compiled: boo
         >>> s["metric"], s["best_epoch"], s["best_value"], s["status"][:17]
         ('loss', 2, 0.3, 'no summary record')
     """
-    training, validation = _latest_per_epoch(records, "training"), _latest_per_epoch(records, "validation")
+    training, validation = latest_per_epoch(records, "training"), latest_per_epoch(records, "validation")
     if monitor is None:
-        monitor = Monitor("accuracy", "max") if any(_number(r.get("accuracy")) for r in validation) else Monitor("loss", "min")
-    metric, mode = monitor.name, monitor.mode
-    scored = [r for r in validation if _number(r.get(metric))]
+        monitor = Monitor("accuracy", "max") if any(finite_number(r.get("accuracy")) for r in validation) else Monitor("loss", "min")
+    metric = monitor.name
+    scored = [r for r in validation if finite_number(r.get(metric))]
     best = None
     for r in scored:  # ties keep the earlier epoch, as the run's checkpointing does
-        if best is None or (r[metric] > best[metric] if mode == "max" else r[metric] < best[metric]):
+        if monitor.better(r[metric], best[metric] if best is not None else None):
             best = r
     launches = _launches(records)
     last = launches[-1] if launches else []
@@ -217,7 +217,7 @@ def summarise(records: list[dict], monitor: Monitor | None = None, compiled: boo
         "status": status,
         "epochs": max(epochs) if epochs else 0,
         "metric": metric,
-        "mode": mode,
+        "mode": monitor.mode,
         "best_epoch": best["epoch"] if best else None,
         "best_value": best[metric] if best else None,
         "last_value": scored[-1][metric] if scored else None,
@@ -238,11 +238,11 @@ def _lr_series(records: list[dict], x_key: str) -> list[tuple[float, list[float]
     """
     points: dict[tuple[float, int], list[float]] = {}
     for r in records:
-        lr = [r["lr"]] if _number(r.get("lr")) else r.get("lr")  # a loop of your own may write one number
-        if r["phase"] not in ("lr", "training") or not isinstance(lr, list) or not lr or not all(_number(v) for v in lr):
+        lr = [r["lr"]] if finite_number(r.get("lr")) else r.get("lr")  # a loop of your own may write one number
+        if r["phase"] not in ("lr", "training") or not isinstance(lr, list) or not lr or not all(finite_number(v) for v in lr):
             continue
         x = r.get(x_key)
-        if _number(x):
+        if finite_number(x):
             points[(x, 0 if r["phase"] == "training" else 1)] = lr
     width = max((len(v) for v in points.values()), default=0)
     series: list[tuple[float, list[float]]] = []
@@ -279,7 +279,7 @@ def _x_key(records: list[dict]) -> str:
     """The x axis: samples seen if the epoch records have them, else iterations, else epochs."""
     epoch_records = [r for r in records if r["phase"] in ("training", "validation")] or records
     for key in ("samples", "iteration"):
-        if epoch_records and all(_number(r.get(key)) for r in epoch_records):
+        if epoch_records and all(finite_number(r.get(key)) for r in epoch_records):
             return key
     return "epoch"
 
@@ -321,7 +321,7 @@ def _custom_phases(records: list[dict]) -> dict[str, list[str]]:
             continue
         fields = phases.setdefault(r["phase"], {})
         for key, value in r.items():
-            if key not in _POSITION and _number(value):
+            if key not in _POSITION and finite_number(value):
                 fields[key] = None
     return {phase: list(fields) for phase, fields in phases.items() if fields}
 
@@ -357,19 +357,19 @@ def plot_data(records: list[dict], summary: dict[str, Any]) -> Plot:
         >>> [p.title for p in plot.panels], plot.epoch_ends, plot.best_x, plot.constant_lr
         (['loss'], [(1, 10), (2, 20)], 20.0, [0.1, 0.1])
     """
-    training, validation = _latest_per_epoch(records, "training"), _latest_per_epoch(records, "validation")
+    training, validation = latest_per_epoch(records, "training"), latest_per_epoch(records, "validation")
     x_key = _x_key(records)
-    ends = sorted({r["epoch"]: r[x_key] for r in training + validation if _number(r.get(x_key))}.items()) if x_key != "epoch" else []
+    ends = sorted({r["epoch"]: r[x_key] for r in training + validation if finite_number(r.get(x_key))}.items()) if x_key != "epoch" else []
 
     def x_of(record: dict) -> float | None:
-        if _number(record.get(x_key)):
+        if finite_number(record.get(x_key)):
             return float(record[x_key])
-        if ends and _number(record.get("epoch")):  # a record with an epoch only: at that epoch's end
+        if ends and finite_number(record.get("epoch")):  # a record with an epoch only: at that epoch's end
             return _interpolate(record["epoch"], [0] + [e for e, _ in ends], [0] + [x for _, x in ends])
         return None
 
     def series(recs: Iterable[dict], key: str) -> list[tuple[float, float]]:
-        return [(x, float(r[key])) for r in recs if _number(r.get(key)) and (x := x_of(r)) is not None]
+        return [(x, float(r[key])) for r in recs if finite_number(r.get(key)) and (x := x_of(r)) is not None]
 
     metric = summary["metric"]
     batches = [r for r in records if r["phase"] == "batch"]
@@ -380,7 +380,7 @@ def plot_data(records: list[dict], summary: dict[str, Any]) -> Plot:
     panels = [Panel("loss", loss, log_y=bool(losses) and min(losses) > 0 and max(losses) / min(losses) >= 3)]
     metrics = dict.fromkeys([metric] if metric != "loss" else [])
     for r in training + validation:
-        metrics.update(dict.fromkeys(k for k, v in r.items() if k not in _NOT_METRICS and _number(v)))
+        metrics.update(dict.fromkeys(k for k, v in r.items() if k not in _NOT_METRICS and finite_number(v)))
     for name in metrics:
         panels.append(Panel(name, [("training", series(training, name)), ("validation", series(validation, name))]))
     lr_points = _lr_series(records, x_key)
@@ -413,6 +413,81 @@ def _interpolate(value: float, xs: list[float], ys: list[float]) -> float:
     return float(ys[-1])
 
 
+def panel_grid(count: int) -> tuple[Any, list[Any]]:
+    """A figure of ``count`` panels, at most 3 a row (matplotlib's Agg backend); ``(figure, the panels' axes)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = min(3, max(1, count))
+    nrows = max(1, math.ceil(count / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.4 * nrows), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:count])
+
+
+def save_png(fig: Any, path: str | Path, what: str) -> Path:
+    """Write ``fig`` to ``path`` as a PNG, atomically (:func:`flint.handlers.write_atomic`), and close it."""
+    import matplotlib.pyplot as plt
+
+    from flint.handlers.files import write_atomic
+
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), what)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def _epoch_axis(plot: Plot) -> Any:
+    """``add(ax)``, drawing the epochs on a top axis over samples seen; None when the epochs' ends do not map one-to-one."""
+    import numpy as np
+    from matplotlib.ticker import FixedLocator
+
+    anchors = ([] if plot.epoch_ends and plot.epoch_ends[0][0] <= 0 else [(0, 0)]) + plot.epoch_ends  # epoch 0 at x 0
+    epochs_at, x_at = [float(e) for e, _ in anchors], [float(x) for _, x in anchors]
+    if len(anchors) < 2 or not all(b > a for v in (epochs_at, x_at) for a, b in zip(v, v[1:])):
+        return None
+
+    def line(v: Any, xs: list[float], ys: list[float]) -> Any:
+        """Piecewise linear through (xs, ys), extended past both ends: the top axis needs an invertible map."""
+        v = np.asarray(v, dtype=float)
+        first, last = (ys[1] - ys[0]) / (xs[1] - xs[0]), (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+        inside = np.interp(v, xs, ys)
+        return np.where(v < xs[0], ys[0] + (v - xs[0]) * first, np.where(v > xs[-1], ys[-1] + (v - xs[-1]) * last, inside))
+
+    def add(ax: Any) -> None:
+        top = ax.secondary_xaxis("top", functions=(lambda x: line(x, x_at, epochs_at), lambda e: line(e, epochs_at, x_at)))
+        step = math.ceil(len(plot.epoch_ends) / 8)  # at most about 8 epoch ticks, the last one always
+        top.xaxis.set_major_locator(FixedLocator([e for e, _ in plot.epoch_ends][::-1][::step][::-1]))
+        top.set_xlabel("epoch", fontsize="small")
+
+    return add
+
+
+def _draw(ax: Any, panel: Panel, plot: Plot, summary: dict[str, Any]) -> None:
+    """One panel of the report: its lines, the best epoch, the resumes."""
+    metric = summary["metric"]
+    for label, points in panel.lines:
+        style = {"training": "o-", "validation": "s-"}.get(label, "-" if len(points) > 1 else "o")
+        extra = {"color": "0.7", "lw": 1} if label.startswith("batch") else {}
+        ax.plot(*zip(*points), style, ms=3, label=label, **extra)
+    if panel.log_y:
+        ax.set_yscale("log")
+    if plot.best_x is not None:
+        ax.axvline(plot.best_x, color="tab:green", ls="--", lw=1, label=f"best {metric} (epoch {summary['best_epoch']})")
+        if panel.title == metric:
+            ax.plot([plot.best_x], [summary["best_value"]], "*", color="tab:green", ms=12, zorder=5)
+    for i, x in enumerate(plot.resume_xs):
+        ax.axvline(x, color="0.3", ls=":", lw=1.2, label="resumed" if i == 0 else None)
+    ax.set_xlabel(plot.x_label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(panel.title)
+
+
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> tuple[Path, str]:
     """Plot a run's curves into ``output`` (default ``run_dir/report.png``; written atomically); returns (PNG path, table text).
 
@@ -424,13 +499,6 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> tuple
     the monitored metric (``config.json``'s ``monitor`` ``"NAME:min|max"`` if set, else accuracy,
     else loss) and dotted lines mark resumes.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from matplotlib.ticker import FixedLocator
-
     run = RunDir(run_dir)
     records = read_records(run.path)
     config = read_config(run)
@@ -439,52 +507,15 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> tuple
         logger.warning("config.json: monitor %r is not NAME[:min|max]; using the default (accuracy, else loss)", config["monitor"])
     summary = summarise(records, monitor, bool(config.get("compile")))
     plot = plot_data(records, summary)
-    metric = summary["metric"]
-    anchors = ([] if plot.epoch_ends and plot.epoch_ends[0][0] <= 0 else [(0, 0)]) + plot.epoch_ends  # epoch 0 at x 0
-    epochs_at, x_at = [float(e) for e, _ in anchors], [float(x) for _, x in anchors]
-    top_axis = len(anchors) > 1 and all(b > a for v in (epochs_at, x_at) for a, b in zip(v, v[1:]))
-
-    def line(v: Any, xs: list[float], ys: list[float]) -> Any:
-        """Piecewise linear through (xs, ys), extended past both ends: the top axis needs an invertible map."""
-        v = np.asarray(v, dtype=float)
-        first, last = (ys[1] - ys[0]) / (xs[1] - xs[0]), (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
-        inside = np.interp(v, xs, ys)
-        return np.where(v < xs[0], ys[0] + (v - xs[0]) * first, np.where(v > xs[-1], ys[-1] + (v - xs[-1]) * last, inside))
-    ncols = min(3, max(1, len(plot.panels)))
-    nrows = max(1, math.ceil(len(plot.panels) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(plot.panels) :]:
-        ax.set_visible(False)
-    for ax, panel in zip(axes.flat, plot.panels):
-        for label, points in panel.lines:
-            style = {"training": "o-", "validation": "s-"}.get(label, "-" if len(points) > 1 else "o")
-            extra = {"color": "0.7", "lw": 1} if label.startswith("batch") else {}
-            ax.plot(*zip(*points), style, ms=3, label=label, **extra)
-        if panel.log_y:
-            ax.set_yscale("log")
-        if plot.best_x is not None:
-            ax.axvline(plot.best_x, color="tab:green", ls="--", lw=1, label=f"best {metric} (epoch {summary['best_epoch']})")
-            if panel.title == metric:
-                ax.plot([plot.best_x], [summary["best_value"]], "*", color="tab:green", ms=12, zorder=5)
-        for i, x in enumerate(plot.resume_xs):
-            ax.axvline(x, color="0.3", ls=":", lw=1.2, label="resumed" if i == 0 else None)
-        ax.set_xlabel(plot.x_label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-        if top_axis:
-            top = ax.secondary_xaxis("top", functions=(lambda x: line(x, x_at, epochs_at), lambda e: line(e, epochs_at, x_at)))
-            step = math.ceil(len(plot.epoch_ends) / 8)  # at most about 8 epoch ticks, the last one always
-            ticks = [e for e, _ in plot.epoch_ends][::-1][::step][::-1]
-            top.xaxis.set_major_locator(FixedLocator(ticks))
-            top.set_xlabel("epoch", fontsize="small")
-        ax.set_title(panel.title)
+    fig, axes = panel_grid(len(plot.panels))
+    epoch_axis = _epoch_axis(plot)
+    for ax, panel in zip(axes, plot.panels):
+        _draw(ax, panel, plot, summary)
+        if epoch_axis is not None:
+            epoch_axis(ax)
     best = "-" if summary["best_value"] is None else f"{summary['best_value']:.4f} at epoch {summary['best_epoch']}"
-    fig.suptitle(f"{run.path.name}: best validation {metric} {best}")
+    fig.suptitle(f"{run.path.name}: best validation {summary['metric']} {best}")
     fig.tight_layout()
-    path = Path(output) if output is not None else run.report_file
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    path = save_png(fig, output if output is not None else run.report_file, "report")
     metadata = config.get("metadata")
     return path, _table(summary, plot.constant_lr, metadata.get("classes") if isinstance(metadata, dict) else None)

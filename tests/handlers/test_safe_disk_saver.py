@@ -96,6 +96,7 @@ engine.run([0] * 10**6)
 """
 
 
+@pytest.mark.slow  # a kill inside a write, deterministically and through a whole run: tests/recipes/app/test_resilience.py
 def test_a_writer_killed_at_random_moments_leaves_only_complete_checkpoints(tmp_path):
     # A process saves 8 MB checkpoints in rotation as fast as it can; each is killed once its
     # writing is seen to be under way (the k-th temp file of the attempt: a different moment each time).
