@@ -102,7 +102,7 @@ def fit(
     Returns:
         The run's ``"summary"`` record (as written to ``metrics.jsonl``): ``status`` is
         ``"completed"``, or ``"interrupted"`` when it stopped with a checkpoint saved (SIGTERM,
-        ``interrupt_at``); ``epochs``, ``best_epoch``, ``best_<metric>``, ``avg_epoch_time``, ...;
+        ``interrupt_at``); ``epochs``, ``monitor``, ``best_epoch``, ``best_value``, ``avg_epoch_time``, ...;
         and ``history``, one dict per epoch as Keras's ``History`` (``epoch``, ``loss``, ``accuracy``,
         ``val_loss``, ``val_accuracy``...: the numbers of the console's lines and of ``metrics.jsonl``),
         of the whole run: a resumed run's holds the epochs of its earlier launches too (read from
