@@ -30,10 +30,10 @@ class RNGState:
 
     ``state_dict()`` holds only tensors and plain Python values, so a checkpoint containing it loads
     with ``torch.load(weights_only=True)``. NumPy's key array and Python's 625-word state are stored
-    as tensors (as a list, Python's state is 625 objects for the checkpoint's pickler: 0.44 ms to
-    save this state instead of 0.26). Put it in the objects to save; loading it restores every
+    as tensors (a list would be 625 objects for the checkpoint's pickler, slower to save:
+    docs/performance.md). Put it in the objects to save; loading it restores every
     generator, so the run draws the same shuffles, dropout masks and augmentations as one that was
-    never interrupted. Checkpoints holding Python's state as a list still load.
+    never interrupted. Checkpoints holding Python's state as a list load too.
 
     Example:
         >>> rng = RNGState()
@@ -69,6 +69,6 @@ class RNGState:
         keys = n["keys"].cpu().numpy().astype(np.uint32)
         np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
         p = state["python"]
-        internal = p["internal"]  # a list in checkpoints written before it became a tensor
+        internal = p["internal"]  # a tensor, or a list in checkpoints that hold it as one
         words = internal.tolist() if isinstance(internal, torch.Tensor) else internal
         random.setstate((p["version"], tuple(words), p["gauss"]))

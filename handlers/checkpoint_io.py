@@ -73,7 +73,7 @@ def _feed(digest: Any, value: Any) -> None:
 def verify_checksum(state: Mapping[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
     """``state`` without its ``CHECKSUM_KEY``; :class:`CheckpointError` (``corrupt``) if its content does not match it.
 
-    A state without the key (a checkpoint written before checksums) is returned as it is."""
+    A state without the key (a checkpoint saved without a checksum) is returned as it is."""
     state = dict(state)
     saved = state.pop(CHECKSUM_KEY, None)
     if saved is not None and saved != checksum(state):

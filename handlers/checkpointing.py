@@ -224,7 +224,7 @@ class Checkpointing:
         objects = self._objects()
         restore({k: v for k, v in objects.items() if k in state or k in self.to_save}, state, path)  # to_save: all required
         for key in [k for k in objects if k not in state and k not in ("best_score", "best_checkpointer")]:  # to_save's are all there
-            # a handler attached now that the run saving it did not have (or an earlier Flint's layout)
+            # a handler attached now that the run saving it did not have (or a checkpoint without that entry)
             logger.warning("Checkpoint %s holds no state for %s: it starts afresh", path, key)
         if "checkpointer" in state:
             self.latest.load_state_dict(state["checkpointer"])
@@ -233,8 +233,8 @@ class Checkpointing:
 
 
 def _upgraded(state: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A checkpoint written before :class:`flint.engine.TrainProgress` had an entry of its own: the trainer's
-    counts were in the trainer's entry, each rank's running loss in ``loss_sums``. They go to its entry."""
+    """A checkpoint without a :class:`flint.engine.TrainProgress` entry, whose trainer entry holds those counts
+    (each rank's running loss in ``loss_sums``): they move to that entry."""
     trainer, sums = state.get("trainer"), state.get("loss_sums")
     if PROGRESS_KEY in state or not isinstance(trainer, Mapping) or "samples" not in trainer:
         return state

@@ -1,5 +1,5 @@
-"""The code in the docs runs as written: docs/handlers.md's custom handler, its test and the handler-test
-pattern; docs/api.md's fit() examples; docs/cli.md's recipe for --task and --metrics."""
+"""The code in the docs runs as written: docs/handlers.md's composed loop, custom handler and its test;
+docs/api.md's fit() examples; docs/cli.md's recipe for --task and --metrics."""
 
 import json
 import re
@@ -9,14 +9,26 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_handlers_md_examples_run():
+def test_handlers_md_handler_and_its_test_run():
     text = (REPO / "docs" / "handlers.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert len(blocks) == 3
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "GradNormLogger" in b]
+    assert len(blocks) == 2
     namespace: dict = {}
     for i, block in enumerate(blocks):  # one namespace: the test block uses the handler defined before it
         exec(compile(block, f"docs/handlers.md block {i + 1}", "exec"), namespace)
-    assert namespace["GradNormLogger"].__name__ == "GradNormLogger" and "timer" in namespace
+    assert namespace["GradNormLogger"].__name__ == "GradNormLogger" and "test_grad_norm_logger_emits_the_norm_every_n_steps" in namespace
+
+
+def test_handlers_md_composed_loop_trains_logs_and_checkpoints(tmp_path, monkeypatch):
+    text = (REPO / "docs" / "handlers.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "DataOrder(sampler" in b]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/handlers.md", "exec"), {})
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    validation = [r for r in records if r["phase"] == "validation"]
+    assert [r["epoch"] for r in validation] == [1, 2, 3] and validation[-1]["accuracy"] > 0.9
+    assert any(r["phase"] == "batch" for r in records)
+    assert {p.name for p in (tmp_path / "checkpoints").glob("checkpoint_*.pt")} == {"checkpoint_46.pt", "checkpoint_69.pt"}
 
 
 def test_api_md_example_runs_and_prints_what_it_says(capsys):

@@ -199,7 +199,7 @@ def load_recipe(spec: str) -> Recipe:
 
 
 def _old_layout(spec: str, error: BaseException) -> str | None:
-    """The one line for recipe code written for Flint's old top-level packages (``from recipes import Recipe``), or None."""
+    """The one line for recipe code importing a top-level ``engine``, ``handlers`` or ``recipes``, or None."""
     top = (getattr(error, "name", None) or "").partition(".")[0] if isinstance(error, ImportError) else ""
     if top not in ("engine", "handlers", "recipes"):
         return None

@@ -76,7 +76,7 @@ def cifar_resnet18(num_classes: int = 10) -> nn.Module:
         >>> cifar_resnet18()(torch.zeros(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
-    from torchvision.models import resnet18  # imported here: torchvision's models cost ~0.7 s to import
+    from torchvision.models import resnet18  # imported here: a slow import (docs/performance.md)
 
     model = resnet18(num_classes=num_classes)
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
