@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import ignite.engine
-from ignite.engine import EventEnum, Events, State
+from ignite.engine import EventEnum, Events, EventsList, State
 
 __all__ = ["Engine", "FlintEvents", "TrainEvents", "when", "register_state", "registered_states", "iteration_in_epoch"]
 
@@ -92,7 +92,8 @@ class Engine(ignite.engine.Engine):
     constructed directly it behaves as Ignite's (Ignite's own engine and handler tests pass with it).
     Its override of ``_fire_event`` (the method Ignite's loop calls for every event) runs Ignite's
     and then fires the Flint events that follow the event just fired, through ``_fire_event`` again,
-    so whatever watches it (a profiler, a tracer) sees them too. Named ``Engine`` like its base, so
+    so whatever watches it (a profiler, a tracer) sees them too; a Flint event that no handler was
+    added for is not fired (:attr:`listened`). Named ``Engine`` like its base, so
     Ignite's messages read the same.
 
     Example:
@@ -107,8 +108,17 @@ class Engine(ignite.engine.Engine):
     """
 
     def __init__(self, process_function: Any) -> None:
+        self.listened: set[str] = set()
+        """The names of the events a handler was ever added for: a Flint event no handler listens to is not fired."""
         super().__init__(process_function)
         self._fired_after: dict[int, tuple[FlintEvents, ...]] = {}  # none until fire_flint_events
+
+    def add_event_handler(self, event_name: Any, handler: Any, *args: Any, **kwargs: Any) -> Any:
+        """Ignite's; the event's name joins :attr:`listened` (an ``EventsList`` adds each of its events through here)."""
+        handle = super().add_event_handler(event_name, handler, *args, **kwargs)
+        if not isinstance(event_name, EventsList):
+            self.listened.add(getattr(event_name, "name", event_name))  # a filtered event keeps its event's name
+        return handle
 
     def fire_flint_events(self) -> None:
         """Register :class:`FlintEvents` and fire them from now on; ``every``/``once`` filters on them
@@ -119,8 +129,8 @@ class Engine(ignite.engine.Engine):
     def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
         super()._fire_event(event_name, *event_args, **event_kwargs)
         for event in self._fired_after.get(id(event_name), ()):
-            if event is FlintEvents.NEW_EPOCH and iteration_in_epoch(self):
-                continue  # an epoch resumed inside: its state was loaded, not new
+            if event._name_ not in self.listened or (event is FlintEvents.NEW_EPOCH and iteration_in_epoch(self)):
+                continue  # nobody listens; or an epoch resumed inside: its state was loaded, not new
             self._fire_event(event)
 
 

@@ -107,6 +107,9 @@ def _autocast_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
+_BEFORE, _STEPPED = TrainEvents.BEFORE_OPTIMIZER_STEP.name, TrainEvents.OPTIMIZER_STEPPED.name  # fired when listened to
+
+
 class TrainStep:
     """One iteration of BMXNet's loop, the trainer's process function: forward, loss, backward, and an
     update every ``accumulation_steps`` batches.
@@ -184,7 +187,8 @@ class TrainStep:
         counts.cycle_batches = counts.cycle_samples = 0
         counts.optimizer_step += 1
         # The engine's own dispatch: Ignite's public fire_event first looks the event up in a list (docs/engine.md).
-        engine._fire_event(TrainEvents.BEFORE_OPTIMIZER_STEP)
+        if _BEFORE in engine.listened:
+            engine._fire_event(TrainEvents.BEFORE_OPTIMIZER_STEP)
         if self.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
         if self.scaling:
@@ -193,7 +197,8 @@ class TrainStep:
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        engine._fire_event(TrainEvents.OPTIMIZER_STEPPED)
+        if _STEPPED in engine.listened:
+            engine._fire_event(TrainEvents.OPTIMIZER_STEPPED)
 
     def start(self, engine: Engine) -> None:
         """At ``STARTED``: fresh counts for a fresh run (a resumed one keeps its loaded ones), no cycle in progress."""

@@ -128,3 +128,27 @@ def test_register_state_refuses_two_objects_under_one_key():
     with pytest.raises(ValueError, match="two objects keep state under 'thing'"):
         register_state(engine, "thing", second)
     assert registered_states(engine) == {"thing": first}
+
+
+def test_a_flint_event_is_fired_once_a_handler_listens_to_it_and_not_before():
+    # Firing an event costs Ignite's dispatch whether or not a handler runs: Flint fires its own only when listened to.
+    engine = Tracer(lambda e, b: None)
+    engine.fire_flint_events()
+    engine.run([0, 0], max_epochs=1)
+    assert not {e.name for e in FlintEvents} & set(engine.fired)
+    seen = []
+    engine.add_event_handler(FlintEvents.ITERATION_REPORT(every=2), lambda e: seen.append(e.state.iteration))  # a filtered one too
+    engine.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda e: e.add_event_handler(FlintEvents.SAVE, lambda _: seen.append("save")))
+    engine.fired.clear()
+    engine.run([0, 0], max_epochs=1)
+    assert engine.fired.count("ITERATION_REPORT") == 2 and engine.fired.count("SAVE") == 1  # a handler added during the run counts at once
+    assert seen == [2, "save"] and "EPOCH_REPORT" not in engine.fired
+
+
+def test_the_trainer_fires_its_train_events_only_for_listeners(model, batches):
+    trainer = create_trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy)
+    steps = []
+    trainer.add_event_handler(TrainEvents.OPTIMIZER_STEPPED, lambda e: steps.append(e.state.iteration))
+    trainer.run(batches[:3], max_epochs=1)
+    assert steps == [1, 2, 3] and TrainEvents.OPTIMIZER_STEPPED.name in trainer.listened
+    assert TrainEvents.BEFORE_OPTIMIZER_STEP.name not in trainer.listened
