@@ -29,8 +29,9 @@ class TopOneAccuracy(Metric):
     (one prediction per sample, or per pixel of a segmentation). Any other pair of shapes, a
     single score per sample among them, raises ``ValueError`` naming both shapes: it has no top-1
     class (use Ignite's ``Accuracy`` on thresholded predictions). The count stays on ``device``;
-    one value is read back at ``compute``. Unlike Ignite's metrics, each update reads the engine's
-    output directly (``Metric.iteration_completed`` overridden): the one output form a trainer has.
+    one value is read back at ``compute``. Unlike Ignite's metrics, it reads the engine's output
+    directly (``Metric.iteration_completed`` overridden) and checks the shapes of the first one after
+    each reset: a trainer's outputs keep their form.
 
     Args:
         output_transform: engine output -> ``(y_pred, y)``. Default ``output["y_pred"], output["y"]``.
@@ -53,25 +54,26 @@ class TopOneAccuracy(Metric):
         device: str | torch.device = "cpu",
     ) -> None:
         super().__init__(output_transform=output_transform or _scores_and_targets, device=device)
-        self._default_output = output_transform is None  # then read in place: one call less per step
+        self._default_output = output_transform is None  # then read in place
 
     def reset(self) -> None:
         self._correct = torch.zeros((), dtype=torch.int64, device=self._device)
         self._count = 0
+        self._checked = False
 
     def iteration_completed(self, engine: Engine) -> None:
         output: Any = engine.state.output
-        self.update((output["y_pred"], output["y"]) if self._default_output else self._output_transform(output))
+        y_pred, y = (output["y_pred"], output["y"]) if self._default_output else self._output_transform(output)
+        if not self._checked:  # a trainer's outputs keep their form: checked once per reset
+            _check_shapes(y_pred, y)
+            self._checked = True
+        self._correct.add_(torch.count_nonzero(y_pred.argmax(dim=1) == y))  # half the cost of a bool .sum()
+        self._count += y.numel()
 
     def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
         y_pred, y = output
-        shape = y_pred.shape
-        if len(shape) < 2 or shape[1] < 2 or shape[:1] + shape[2:] != y.shape:
-            raise ValueError(
-                f"TopOneAccuracy needs y_pred of shape (N, C, ...) with C >= 2 and y of shape (N, ...), "
-                f"got y_pred {tuple(shape)} and y {tuple(y.shape)}"
-            )
-        self._correct.add_(torch.count_nonzero(y_pred.argmax(dim=1) == y))  # half the cost of a bool .sum()
+        _check_shapes(y_pred, y)
+        self._correct.add_(torch.count_nonzero(y_pred.argmax(dim=1) == y))
         self._count += y.numel()
 
     @sync_all_reduce("_correct", "_count")
@@ -79,6 +81,13 @@ class TopOneAccuracy(Metric):
         if self._count == 0:
             raise NotComputableError("TopOneAccuracy needs at least one batch before it can be computed")
         return float(self._correct.item()) / self._count
+
+
+def _check_shapes(y_pred: torch.Tensor, y: torch.Tensor) -> None:
+    shape = y_pred.shape
+    if len(shape) < 2 or shape[1] < 2 or shape[:1] + shape[2:] != y.shape:
+        raise ValueError(f"TopOneAccuracy needs y_pred of shape (N, C, ...) with C >= 2 and y of shape (N, ...), "
+                         f"got y_pred {tuple(shape)} and y {tuple(y.shape)}")  # fmt: skip
 
 
 def _scores_and_targets(output: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import ignite.handlers
@@ -20,6 +21,7 @@ class EarlyStopping(ignite.handlers.EarlyStopping):
     patience counter and best score) is saved with the trainer's checkpoints under ``state_key``
     ``"early_stopping"``. Unlike ``EarlyStopping.attach(..., reset_engine=trainer)`` it is not
     reset at the trainer's STARTED, which also fires on a resume and would wipe the loaded patience.
+    A NaN score counts as no improvement (Ignite's comparisons alone would make it the best).
 
     Args:
         patience: validations without improvement before stopping.
@@ -47,7 +49,8 @@ class EarlyStopping(ignite.handlers.EarlyStopping):
             raise ValueError(f"Argument patience should be a positive integer, got {patience!r}")
         if mode not in ("min", "max"):
             raise ValueError(f"Argument mode should be 'max' or 'min', got {mode!r}")
-        super().__init__(patience, lambda engine: float(engine.state.metrics[metric]), trainer, mode=mode, **kwargs)
+        worst = -math.inf if mode == "max" else math.inf  # what a NaN scores: Ignite's comparisons take it for an improvement
+        super().__init__(patience, lambda engine: _finite_or(float(engine.state.metrics[metric]), worst), trainer, mode=mode, **kwargs)
         self.metric = metric
 
     def attach(self, trainer: Engine, evaluator: Engine) -> EarlyStopping:  # type: ignore[override]  # Flint's shape: both engines
@@ -59,3 +62,7 @@ class EarlyStopping(ignite.handlers.EarlyStopping):
     def stopped(self) -> bool:
         """Whether patience ran out (also when loaded from a checkpoint of a run that stopped)."""
         return self.counter >= self.patience
+
+
+def _finite_or(value: float, worst: float) -> float:
+    return worst if math.isnan(value) else value

@@ -39,8 +39,8 @@ def non_finite(metrics: Mapping[str, Any]) -> dict[str, Any]:
 class MetricGuard:
     """Warns once per run of a NaN or infinite validation metric; raises :class:`NonFiniteLoss` when it is the monitored one.
 
-    A NaN validation metric breaks what is decided on it without a word: no checkpoint beats NaN as
-    the best, and early stopping takes every NaN for an improvement, so it never fires. At the end of
+    A NaN validation metric would otherwise pass without a word: no checkpoint beats NaN as the best,
+    and :class:`flint.handlers.EarlyStopping` counts it as no improvement. At the end of
     each validation (the evaluator's COMPLETED) this guard checks every metric of
     ``evaluator.state.metrics``. The first non-finite one logs one warning naming the training epoch
     and the metric (none again in this run). A non-finite ``monitor`` (the metric that picks the best

@@ -91,6 +91,8 @@ class SafeDiskSaver(DiskSaver):
         ['model_4.pt', 'model_5.pt']
     """
 
+    TEMP_FILES = ".*.tmp"  # the glob of its temp files: ".NAME.PID.tmp" beside each file being written
+
     def __init__(self, dirname: str | os.PathLike[str], save_on_rank: int = 0, sync_in_background: bool = False,
                  add_checksum: bool = False, **kwargs: Any) -> None:  # fmt: skip
         super().__init__(Path(dirname), create_dir=True, require_empty=False, save_on_rank=save_on_rank, **kwargs)
@@ -103,7 +105,7 @@ class SafeDiskSaver(DiskSaver):
             self._remove_stale_temp_files()
 
     def _remove_stale_temp_files(self) -> None:
-        for tmp in self.dirname.glob(".*.tmp"):
+        for tmp in self.dirname.glob(self.TEMP_FILES):
             pid = tmp.name.rsplit(".", 2)[-2]
             if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
                 tmp.unlink(missing_ok=True)

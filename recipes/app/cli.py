@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flint import __version__
-from flint.recipes.app.config import DEVICES, Config, UsageError, option_fields, option_name, resolve_config
+from flint.recipes.app.config import DEVICES, Config, UsageError, option_fields, option_name, resolve_config, style_of
 from flint.recipes.app.config_file import file_options, format_options, given_in_file
 from flint.recipes.app.console import log_to_console
 from flint.recipes.app.export import FORMATS  # torch-free until a model is exported
@@ -209,7 +209,7 @@ def _resume(args: argparse.Namespace, debug: bool) -> int:
         raise UsageError(f"resume {run.path}: no config.json there: not a run directory of flint run")
     if not isinstance(saved.get("recipe"), str):
         raise UsageError(f"resume {run.path}: {run.config_file} names no recipe")
-    if saved["recipe"].startswith("fit:"):
+    if style_of(saved["recipe"]) == "python":
         raise UsageError(f"resume {run.path}: the run was made by fit(); call fit() again with resume=True")
     check_recipe_file(saved["recipe"], saved.get("fingerprint"), str(run.path))  # the code the run recorded, before it is run
     recipe = load_recipe(saved["recipe"])

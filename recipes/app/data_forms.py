@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from flint.engine import prepare_batch
-from flint.recipes.app.config import UsageError
+from flint.recipes.app.config import UsageError, option_name
 
 __all__ = ["FORMS", "Batches", "checked_data", "as_data", "sample_kind", "size_of", "fingerprinted", "check_forms", "KeywordBatch",
            "KeywordInputs", "batch_plan"]  # fmt: skip
@@ -102,11 +102,11 @@ def check_forms(sets: Sequence[Any], nproc_per_node: int, data_on_device: bool, 
     sets = [d for d in sets if d is not None]
     batched = [d for d in sets if isinstance(d, (DataLoader, IterableDataset))]
     if batched and nproc_per_node > 1:
-        name = "nproc_per_node" if style == "python" else "--nproc-per-node"
+        name = option_name("nproc_per_node", style)
         raise UsageError(f"{name} {nproc_per_node} needs map-style datasets, which Flint shards among the workers: "
                          f"a {type(batched[0]).__name__} would feed every worker the same batches")  # fmt: skip
     if data_on_device and batched:
-        name = "data_on_device" if style == "python" else "--data-on-device"
+        name = option_name("data_on_device", style)
         raise UsageError(f"{name} takes datasets of (input, target) pairs, not a {type(batched[0]).__name__}")
 
 
@@ -185,7 +185,7 @@ def checked_data(named: Sequence[tuple[str, Any]], cfg: Any, recipe: Any) -> tup
     if recipe.prepare_batch is None:
         kinds = [sample_kind(data, name, recipe.target_key) for (name, _), data in zip(named, sets) if data is not None]
     if cfg.data_on_device and (recipe.prepare_batch is not None or "mappings" in kinds):
-        name = "data_on_device" if style == "python" else "--data-on-device"
+        name = option_name("data_on_device", style)
         raise UsageError(f"{name} takes datasets of (input, target) pairs, not mappings or batches for prepare_batch")
     prepare, keyword = batch_plan(kinds, recipe.target_key, recipe.prepare_batch, cfg.channels_last)
     return sets, Batches(prepare, keyword)

@@ -31,7 +31,7 @@ def validating(path: str | os.PathLike[str], dataset: str | None = None, device:
 
     The run's ``config.json`` (or the options the checkpoint carries) names its recipe and options;
     the validation set, its batches and the metrics are built as training built them
-    (``flint.recipes.app.loaders.make_val_loader``, ``flint.recipes.app.train.task_metrics``).
+    (``flint.recipes.app.loaders.make_val_loader``, ``flint.recipes.app.task_metrics.task_metrics``).
     ``dataset`` picks another of the recipe's datasets.
 
     Raises:
@@ -57,7 +57,7 @@ def validating(path: str | os.PathLike[str], dataset: str | None = None, device:
             raise UsageError(f"--dataset {dataset!r}: {run.recipe.name} takes {', '.join(run.recipe.datasets)}")
         cfg.dataset = dataset
     where = resolve_device(device)
-    cfg.task = run_task(run.recipe.task, cfg.task)  # a run from before --task has none: its recipe's
+    cfg.task = run_task(run.recipe.task, cfg.task)  # config.json without a task: its recipe's
     _, val_set = run.recipe.datasets[cfg.dataset](cfg)
     if val_set is None:
         raise UsageError(f"{cfg.dataset} of {run.recipe.name} has no validation set")

@@ -86,7 +86,7 @@ def export_model(path: str | Path, fmt: str, output: str | Path | None = None) -
     """Rebuild the run's model from ``config.json``, load the checkpoint's weights and write it as ``fmt``.
 
     For a run directory the checkpoint is its best (by the value each best checkpoint recorded,
-    see :func:`best_checkpoint`), else its latest. ``onnx`` uses ``torch.onnx.export`` (the ``export``
+    see :meth:`flint.recipes.app.rundir.RunDir.best_checkpoint`), else its latest. ``onnx`` uses ``torch.onnx.export`` (the ``export``
     extra: onnx, onnxscript) with a dynamic batch dimension and the metadata of
     :func:`model_metadata` in the model's ``metadata_props`` (each value as JSON); ``torchscript``
     traces the model (TorchScript is deprecated in recent PyTorch) and stores the metadata as the

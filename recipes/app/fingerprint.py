@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flint.recipes.app.config import UsageError
+from flint.recipes.app.config import UsageError, style_of
 
 __all__ = ["recipe_file", "file_digest", "data_fingerprint", "fingerprint_changes", "check_recipe_file"]
 
@@ -25,7 +25,7 @@ def recipe_file(spec: str) -> Path | None:
     entry point), resolved; None for a built-in or ``fit()``'s."""
     from flint.recipes.app.registry import BUILTIN, ENTRY_POINT_GROUP, is_file_spec, split_file_spec
 
-    if spec in BUILTIN or spec.startswith("fit:"):
+    if spec in BUILTIN or style_of(spec) == "python":
         return None
     if is_file_spec(spec):
         return Path(split_file_spec(spec)[0]).resolve()

@@ -78,7 +78,7 @@ def launch(cfg: Config, recipe: Any, handlers: Sequence[Any] = (), loss_fn: Any 
     if under_torchrun():
         return _under_torchrun(cfg, recipe, handlers, loss_fn, optimizer, console)
     if cfg.nproc_per_node > 1:
-        shipped = recipe if cfg.recipe in BUILTIN or cfg.recipe.startswith("fit:") else cfg.recipe
+        shipped = recipe if cfg.recipe in BUILTIN or cfg.style == "python" else cfg.recipe
         return _spawn(cfg, recipe, shipped, tuple(handlers), loss_fn, optimizer, console)
     return train(cfg, recipe, handlers, loss_fn, optimizer)
 
@@ -116,9 +116,9 @@ def _backend(cfg: Config) -> str:
 
 def _report(results: Path, result: WorkerResult) -> None:
     """Write a worker's result where the launcher reads it: one file per rank, renamed into place whole."""
-    tmp = results / f".{result.rank}.tmp"
-    tmp.write_bytes(pickle.dumps(result))
-    tmp.replace(results / f"{result.rank}.result")
+    from flint.handlers.files import write_atomic
+
+    write_atomic(results / f"{result.rank}.result", lambda tmp: tmp.write_bytes(pickle.dumps(result)), "worker result")
 
 
 def _worker(local_rank: int, cfg: Config, recipe: Any, extras: tuple[Sequence[Any], Any, Any], console: Console | None,

@@ -286,7 +286,7 @@ class RunDir:
         names = [self.config_file, self.metrics_file, self.report_file, self.predictions_file, self.lr_find_file, self.mlflow_file, *exports,
                  (self.path / f"model{FORMATS['state_dict']}").with_suffix(".json")]  # fmt: skip
         found = [p for p in names if p.is_file()] + sorted(self.path.glob("events.out.tfevents.*"))
-        for pattern in ("checkpoint_*.pt", "best_checkpoint_*.pt", "*.pt.corrupt", ".*.pt.tmp"):
+        for pattern in ("checkpoint_*.pt", "best_checkpoint_*.pt", "*.pt.corrupt", ".*.tmp"):  # .tmp: SafeDiskSaver.TEMP_FILES
             found += sorted(self.checkpoints.glob(pattern))
         return found
 

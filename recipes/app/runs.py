@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from flint.handlers.checkpoint_io import CheckpointError, read_state
-from flint.recipes.app.config import UsageError
+from flint.recipes.app.config import UsageError, style_of
 from flint.recipes.app.fingerprint import check_recipe_file
 from flint.recipes.app.registry import Recipe, load_recipe
 from flint.recipes.app.rundir import RunDir
@@ -146,7 +146,7 @@ def open_run(path: str | os.PathLike[str]) -> Run:
     if not isinstance(config, dict) or not isinstance(config.get("recipe"), str):
         raise UsageError(f"no config.json in {run_dir} (nor options in {checkpoint.name}) to tell which recipe it belongs to")
     spec = config["recipe"]
-    if spec.startswith("fit:"):
+    if style_of(spec) == "python":
         raise UsageError(f"{checkpoint} was trained by fit() with a model of yours ({spec[4:]}): load "
                          "torch.load(path, weights_only=True)['model'] into it in Python")  # fmt: skip
     check_recipe_file(spec, config.get("fingerprint"), where)  # a run directory names code that is run: the code recorded

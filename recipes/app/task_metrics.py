@@ -250,7 +250,7 @@ def task_metrics(task: str, loss_fn: Callable, device: torch.device, chosen: Map
     """(training metrics, validation metrics) of ``task``, accumulated on ``device``.
 
     Training: the task's cheap metric (accuracy, or MAE for regression; the loss comes from the
-    trainer's running sum, ``flint.engine.epoch_loss_total``). Validation: the loss, that metric and
+    trainer's running sum, ``flint.engine.TrainProgress.epoch_loss``). Validation: the loss, that metric and
     ``chosen``: name -> a catalogue name (:data:`flint.recipes.app.tasks.METRICS`), an Ignite ``Metric``
     (as built; it reads the evaluator's output in the task's form) or a callable ``(y_pred, y) -> float``
     run once on the whole validation set (Ignite's ``EpochMetric``, gathered from every worker).

@@ -227,7 +227,7 @@ def prepare(cfg: Config, recipe: Recipe) -> Parts:
     if not isinstance(loaded, (tuple, list)) or len(loaded) != 2 or loaded[0] is None:
         raise UsageError(f"recipe {recipe.name}: datasets[{cfg.dataset!r}](cfg) returned {_described(loaded)}; "
                          "it must return a pair (training set, validation set or None)")  # fmt: skip
-    names = ("train_data", "val_data") if cfg.recipe.startswith("fit:") else tuple(f"recipe {recipe.name}'s {part} set" for part in ("training", "validation"))
+    names = ("train_data", "val_data") if cfg.style == "python" else tuple(f"recipe {recipe.name}'s {part} set" for part in ("training", "validation"))
     (train_set, val_set), batches = checked_data(list(zip(names, loaded)), cfg, recipe)
     module = recipe.build_model()
     if not isinstance(module, nn.Module):
@@ -498,7 +498,7 @@ def build_job(cfg: Config, recipe: Recipe, run: RunDir, place: Place, extra_hand
         def best_path() -> Any:
             return best.last_checkpoint if best is not None else None
 
-        hint = "call fit() again with resume=True" if cfg.recipe.startswith("fit:") else f"run: flint resume {run.path}"
+        hint = "call fit() again with resume=True" if cfg.style == "python" else f"run: flint resume {run.path}"
         report.stream.add(ConsoleSink(cfg.epochs, best_path, resume_hint=hint))
         tracking = MlflowSink.start(cfg, run, resuming, best_path) if cfg.mlflow is not None else None
         if tracking is not None:  # None: MLflow cannot be reached (warned)

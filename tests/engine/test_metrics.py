@@ -57,3 +57,13 @@ def test_a_given_output_transform_is_used_instead_of_the_default(model, batches)
     Accuracy(output_transform=lambda out: (-out["y_pred"], out["y"])).attach(trainer, "ignite_worst_class")
     metrics = trainer.run(batches, max_epochs=1).metrics
     assert metrics["worst_class"] == metrics["ignite_worst_class"] != metrics["accuracy"]
+
+
+def test_the_first_output_after_each_reset_is_checked():
+    good = {"y_pred": torch.tensor([[0.2, 0.8]]), "y": torch.tensor([1])}
+    outputs = iter([good, good, {"y_pred": torch.tensor([[0.9]]), "y": torch.tensor([0])}])  # epoch 2 starts with one score
+    engine = Engine(lambda e, b: next(outputs))
+    TopOneAccuracy().attach(engine, "accuracy")  # reset at each epoch's start
+    with pytest.raises(ValueError, match=r"got y_pred \(1, 1\) and y \(1,\)"):
+        engine.run([0, 0], max_epochs=2, epoch_length=2)
+    assert engine.state.epoch == 2 and engine.state.iteration == 3

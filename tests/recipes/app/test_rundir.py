@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from flint.recipes.app.config import UsageError
+from flint.handlers import SafeDiskSaver
 from flint.recipes.app.rundir import LOCK_NAME, RunDir
 
 HOLD = "import sys; from flint.recipes.app.rundir import RunDir\nwith RunDir(sys.argv[1]).lock():\n    print('held', flush=True); sys.stdin.read()"
@@ -112,13 +113,14 @@ def test_clear_removes_only_flints_files_and_keeps_every_log(tmp_path):
     run.checkpoints.mkdir()
     flints = ["config.json", "metrics.jsonl", "report.png", "predictions.csv", "mlflow.json", "model.onnx", "model.state_dict.pt", "model.state_dict.json",
               "events.out.tfevents.1.host", "checkpoints/checkpoint_46.pt", "checkpoints/best_checkpoint_2_accuracy=0.9000.pt",
-              "checkpoints/checkpoint_23.pt.corrupt", "checkpoints/.checkpoint_69.pt.tmp"]  # fmt: skip
+              "checkpoints/checkpoint_23.pt.corrupt", "checkpoints/.checkpoint_69.pt.4242.tmp"]  # fmt: skip
     mine = ["notes.txt", "checkpoints/mine.pt", "model.py"]
     for name in flints + mine:
         (tmp_path / name).write_text(name)
     for name, text in (("train.log", "third"), ("train.log.1", "second"), ("train.log.2", "first")):
         (tmp_path / name).write_text(text)
     assert sorted(str(p.relative_to(tmp_path)) for p in run.flint_files()) == sorted(flints)
+    assert SafeDiskSaver.TEMP_FILES == ".*.tmp"  # the temp files' glob RunDir uses (it imports no torch)
     assert run.clear() == tmp_path / "train.log.1"
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert left == sorted([*mine, "train.log.1", "train.log.2", "train.log.3"])
