@@ -147,8 +147,6 @@ def _resolve(model: nn.Module, recipe: Recipe, validating: bool, handlers: Seque
     repeated = set(from_file) - set(options) - given_in_file(from_file, recipe)  # the file's options at their defaults: not refused
     spec = f"fit:{type(model).__module__}.{type(model).__qualname__}"
     cfg = resolve_config(recipe, given, style="python", spec=spec, typed=set(given) - repeated)
-    if cfg.nproc_per_node > 1:
-        _check_pickles(recipe.metrics, recipe.prepare_batch)
     if loss_fn is not None:
         cfg.loss = f"custom:{_qualname(loss_fn)}"
     if factory is not None:
@@ -176,18 +174,6 @@ def _own(loss: Any, optimizer: Any, given: dict[str, Any]) -> tuple[Callable | N
     else:
         raise ValueError(f"Argument optimizer should be a name, an optimizer class or a factory, got {type(optimizer).__name__}")
     return loss_fn, factory
-
-
-def _check_pickles(metrics: Any, prepare_batch: Any) -> None:
-    """Spawned workers get the metrics and ``prepare_batch`` by pickle: an Ignite metric built with its default
-    output transform (a lambda) does not pickle."""
-    import pickle
-
-    for what, value in (("metrics", metrics), ("prepare_batch", prepare_batch)):
-        try:
-            pickle.dumps(value)
-        except Exception as e:
-            raise ValueError(f"{what} must pickle to reach the spawned workers (nproc_per_node > 1): {e}") from None
 
 
 def _from_file(config: str | os.PathLike[str] | None, loss: Any, optimizer: Any) -> dict[str, Any]:

@@ -161,7 +161,8 @@ def _spawn(cfg: Config, recipe: Any, shipped: Any, handlers: tuple[Any, ...], lo
     from flint.recipes.app.rundir import RunDir
     from flint.recipes.app.train import prepare
 
-    _check_spawnable(cfg, {"the model and data": shipped, "loss": loss_fn, "optimizer": optimizer,
+    _check_spawnable(cfg, {"metrics": recipe.metrics, "prepare_batch": recipe.prepare_batch, "the model and data": shipped, "loss": loss_fn,
+                           "optimizer": optimizer,
                            **{f"handlers[{i}]": h for i, h in enumerate(handlers)}})  # fmt: skip
     launch_error: Exception | None = None
     with claim_run_dir(cfg, lambda: prepare(cfg, recipe)) as (_, _, done), tempfile.TemporaryDirectory(prefix="flint-workers-") as results:

@@ -194,7 +194,7 @@ def test_two_spawned_workers_validate_the_whole_set(tmp_path):
 
 def test_a_metric_object_that_does_not_pickle_is_refused_for_spawned_workers(tmp_path):
     train, val = binary_data()
-    with pytest.raises(ValueError, match=r"^metrics must pickle to reach the spawned workers \(nproc_per_node > 1\)"):
+    with pytest.raises(ValueError, match=r"^nproc_per_node=2 sends metrics to worker processes, which needs pickling"):
         fit(torch.nn.Linear(5, 1), train, val, output_dir=tmp_path / "run", task="binary", metrics={"auc": ROC_AUC()},
             nproc_per_node=2, **OPTIONS)  # fmt: skip
     assert not (tmp_path / "run").exists()
