@@ -187,12 +187,10 @@ def _from_file(config: str | os.PathLike[str] | None, loss: Any, optimizer: Any)
 
 
 def _load_last_weights(model: nn.Module, output_dir: str) -> None:
-    from pathlib import Path
-
-    from flint.handlers import Checkpointing
+    from flint.recipes.app.rundir import RunDir
     from flint.recipes.app.runs import load_weights, read_checkpoint
 
-    latest = Checkpointing.find_latest(Path(output_dir) / "checkpoints")
+    latest = RunDir(output_dir).latest_checkpoint()
     if latest is not None:
         load_weights(model, read_checkpoint(latest)["model"], latest, type(model).__name__)
 

@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 
 from flint.recipes.app.config import Config, UsageError
 from flint.recipes.app.registry import BUILTIN
+from flint.recipes.app.rundir import RunDir
 from flint.recipes.app.stopping import STOPS, StopSignal
 
 __all__ = ["launch", "under_torchrun", "exit_finished_worker", "WorkerResult", "Console"]
@@ -158,7 +159,6 @@ def _spawn(cfg: Config, recipe: Any, shipped: Any, handlers: tuple[Any, ...], lo
     import ignite.distributed as idist
 
     from flint.recipes.app.resume import claim_run_dir, last_summary
-    from flint.recipes.app.rundir import RunDir
     from flint.recipes.app.train import prepare
 
     _check_spawnable(cfg, {"metrics": recipe.metrics, "prepare_batch": recipe.prepare_batch, "the model and data": shipped, "loss": loss_fn,
@@ -183,14 +183,14 @@ def _outcome(reports: list[WorkerResult], launch_error: Exception | None, cfg: C
     killed = getattr(launch_error, "signal_name", None)
     if killed:  # torch.multiprocessing.ProcessExitedException: a worker died of a signal, reporting nothing
         index = getattr(launch_error, "error_index", "?")
-        raise RuntimeError(f"worker {index} was killed by signal {killed}; the others stopped; see {Path(cfg.output_dir) / 'train.log'}")
+        raise RuntimeError(f"worker {index} was killed by signal {killed}; the others stopped; see {RunDir(cfg.output_dir).log_file}")
     failed = sorted((r for r in reports if r.error), key=lambda r: (r.error == "StopSignal", r.rank))
     if failed:
         failed[0].raise_error()
     done = [r for r in reports if r.rank == 0]
     if not done:
         reason = str(launch_error).strip().splitlines()[0] if launch_error else "no result"
-        raise RuntimeError(f"a worker ended without reporting a result ({reason}); see {Path(cfg.output_dir) / 'train.log'}")
+        raise RuntimeError(f"a worker ended without reporting a result ({reason}); see {RunDir(cfg.output_dir).log_file}")
     return {**done[0].summary, "handler_states": done[0].handler_states}
 
 
