@@ -9,6 +9,7 @@ summary of a few samples: the first, the middle and the last of each).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import math
 import sys
 from collections.abc import Mapping
@@ -23,17 +24,14 @@ __all__ = ["recipe_file", "file_digest", "data_fingerprint", "fingerprint_change
 def recipe_file(spec: str) -> Path | None:
     """The file that defines the recipe ``spec`` names (a recipe file, or the module of ``module:NAME`` or an
     entry point), resolved; None for a built-in or ``fit()``'s."""
-    from flint.recipes.app.registry import BUILTIN, ENTRY_POINT_GROUP, is_file_spec, split_file_spec
+    from flint.recipes.app.registry import BUILTIN, entry_point_names, is_file_spec, split_file_spec
 
     if spec in BUILTIN or style_of(spec) == "python":
         return None
     if is_file_spec(spec):
         return Path(split_file_spec(spec)[0]).resolve()
     if ":" not in spec:
-        import importlib.metadata
-
-        points = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-        spec = points.get(spec, spec)
+        spec = entry_point_names().get(spec, spec)
     module = sys.modules.get(spec.partition(":")[0]) or importlib.import_module(spec.partition(":")[0])
     path = getattr(module, "__file__", None)
     return Path(path).resolve() if path else None

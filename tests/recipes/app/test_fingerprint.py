@@ -10,6 +10,7 @@ from torch.utils.data import TensorDataset
 
 from flint.recipes.app.cli import main
 from flint.recipes.app.fingerprint import data_fingerprint, fingerprint_changes
+from flint.recipes.app.fingerprint import recipe_file as file_of
 
 RECIPE = '''
 import torch
@@ -86,3 +87,11 @@ def test_evaluate_runs_only_the_recipe_file_the_run_recorded(tmp_path, capsys):
     assert main(["evaluate", str(out)]) == 2
     assert capsys.readouterr().err == (f"flint: error: {out} names the recipe file evil.py by a relative path (flint run records an "
                                        "absolute one): refusing to run it\n")  # fmt: skip
+
+
+def test_recipe_file_of_each_spec_form(tmp_path, monkeypatch):
+    (tmp_path / "my_recipes_not_imported_yet.py").write_text("RECIPE = None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert file_of("my_recipes_not_imported_yet:RECIPE") == tmp_path / "my_recipes_not_imported_yet.py"  # imported here
+    assert file_of(str(tmp_path / "r.py")) == tmp_path / "r.py"
+    assert file_of("lenet") is None and file_of("fit:mine.Net") is None
